@@ -1,0 +1,142 @@
+//! Appending results to JSONL files.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::FileSinkConfig;
+use crate::sink::{Message, Sink, SinkError, SinkEvent};
+
+/// Appends each result as one line; a batch is confirmed after `fdatasync`.
+pub struct FileSink {
+    template: String,
+    files: HashMap<PathBuf, File>,
+    events: VecDeque<SinkEvent>,
+}
+
+impl FileSink {
+    pub fn new(cfg: &FileSinkConfig) -> Self {
+        Self {
+            template: cfg.path.to_string_lossy().into_owned(),
+            files: HashMap::new(),
+            // A file is always reachable: announce readiness at once.
+            events: VecDeque::from([SinkEvent::Ready]),
+        }
+    }
+
+    fn path_for(&self, rule: &str) -> PathBuf {
+        PathBuf::from(self.template.replace("{rule}", rule))
+    }
+
+    fn file(&mut self, path: &PathBuf) -> Result<&mut File, SinkError> {
+        if !self.files.contains_key(path) {
+            let io = |source| SinkError::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io)?;
+            self.files.insert(path.clone(), f);
+        }
+        self.files.get_mut(path).ok_or(SinkError::NotConnected)
+    }
+
+    fn write(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
+        let mut by_path: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        for m in msgs {
+            let path = self.path_for(&m.rule);
+            let buf = match by_path.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, b)) => b,
+                None => {
+                    by_path.push((path, Vec::new()));
+                    &mut by_path.last_mut().ok_or(SinkError::NotConnected)?.1
+                }
+            };
+            buf.extend_from_slice(&m.payload);
+            buf.push(b'\n');
+        }
+        for (path, buf) in by_path {
+            let io = |source| SinkError::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            let result = self
+                .file(&path)?
+                .write_all(&buf)
+                .and_then(|_| self.files.get(&path).map_or(Ok(()), |f| f.sync_data()));
+            if let Err(e) = result {
+                // Reopen next time: the file may have been moved or the disk replaced.
+                self.files.remove(&path);
+                return Err(io(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sink for FileSink {
+    fn max_in_flight(&self) -> usize {
+        4096
+    }
+
+    async fn send(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
+        self.write(msgs)?;
+        self.events
+            .push_back(SinkEvent::Confirmed(msgs.iter().map(|m| m.seq).collect()));
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> SinkEvent {
+        match self.events.pop_front() {
+            Some(e) => e,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn msg(seq: u64, rule: &str, body: &str) -> Message {
+        Message {
+            seq,
+            rule: Arc::from(rule),
+            payload: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_lines_per_rule_and_confirms_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = FileSinkConfig {
+            path: dir.path().join("out/{rule}.jsonl"),
+        };
+        let mut sink = FileSink::new(&cfg);
+        assert_eq!(sink.next_event().await, SinkEvent::Ready);
+        sink.send(&[
+            msg(1, "a", "{\"x\":1}"),
+            msg(2, "b", "{\"y\":2}"),
+            msg(3, "a", "{\"x\":3}"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(sink.next_event().await, SinkEvent::Confirmed(vec![1, 2, 3]));
+        sink.send(&[msg(4, "a", "{\"x\":4}")]).await.unwrap();
+        let a = std::fs::read_to_string(dir.path().join("out/a.jsonl")).unwrap();
+        let b = std::fs::read_to_string(dir.path().join("out/b.jsonl")).unwrap();
+        assert_eq!(a, "{\"x\":1}\n{\"x\":3}\n{\"x\":4}\n");
+        assert_eq!(b, "{\"y\":2}\n");
+    }
+}

@@ -1,0 +1,101 @@
+//! Sinks: where queued rule results go.
+//!
+//! A sink is driven by the gateway's uplink worker: the worker [`Sink::send`]s messages
+//! read from the sink's durable queue and waits on [`Sink::next_event`] for what the
+//! destination confirmed. Only confirmed messages are deleted from the queue; after
+//! [`SinkEvent::Ready`] (a new connection) every unconfirmed message is sent again.
+
+pub mod encode;
+pub mod file;
+pub mod mqtt;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// One queued result on its way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The queue's sequence number: unique and increasing per sink.
+    pub seq: u64,
+    /// The rule that produced the result.
+    pub rule: Arc<str>,
+    /// The encoded result (a JSON object).
+    pub payload: Bytes,
+}
+
+/// What a sink reports to its uplink worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkEvent {
+    /// The destination is reachable; nothing sent before this is in flight any more, so
+    /// everything unconfirmed must be sent again.
+    Ready,
+    /// These messages arrived and may be deleted from the queue.
+    Confirmed(Vec<u64>),
+    /// The destination was lost; sending resumes after the next `Ready`.
+    Down(String),
+}
+
+/// Errors from handing messages to a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("not connected")]
+    NotConnected,
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("MQTT client: {0}")]
+    Client(#[from] rumqttc::ClientError),
+}
+
+/// A destination for queued results.
+pub trait Sink: Send {
+    /// How many messages may be sent and not yet confirmed.
+    fn max_in_flight(&self) -> usize;
+
+    /// Sends messages, in order. They count as delivered only once confirmed.
+    fn send(&mut self, msgs: &[Message]) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Waits for the next confirmation or connection change.
+    fn next_event(&mut self) -> impl Future<Output = SinkEvent> + Send;
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): exponential from `min` up to `max`,
+/// with full jitter in its upper half so a fleet does not reconnect in step.
+pub fn backoff(
+    attempt: u32,
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> std::time::Duration {
+    use rand::Rng;
+    let exp = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let half = exp / 2;
+    half + rand::rng().random_range(std::time::Duration::ZERO..=half)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::backoff;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        for _ in 0..100 {
+            let d0 = backoff(0, min, max);
+            assert!(d0 >= Duration::from_millis(50) && d0 <= min, "{d0:?}");
+            let d3 = backoff(3, min, max);
+            assert!(
+                d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800),
+                "{d3:?}"
+            );
+            let d30 = backoff(30, min, max);
+            assert!(d30 >= max / 2 && d30 <= max, "{d30:?}");
+        }
+    }
+}

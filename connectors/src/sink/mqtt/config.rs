@@ -1,0 +1,80 @@
+//! Configuration of the cloud MQTT sink.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[sinks.NAME]` with `type = "mqtt"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// MQTT client id; defaults to `fieldgate-<gateway id>-<sink name>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Topic of each result; `{gateway}` and `{rule}` are replaced.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Publishes sent and not yet acknowledged, at most.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u16,
+    /// First reconnect delay; doubles per failed attempt up to `reconnect_max`.
+    #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+fn default_topic() -> String {
+    "fieldgate/{gateway}/{rule}".into()
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_in_flight() -> u16 {
+    100
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl MqttSinkConfig {
+    /// Checks values serde cannot: returns a message naming the bad key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.host.is_empty() {
+            return Err("`host` is empty".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("`max_in_flight` must be at least 1".into());
+        }
+        if self.keepalive < Duration::from_secs(1) {
+            return Err("`keepalive` must be at least 1s".into());
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
+            return Err("`reconnect_min` must be positive and not above `reconnect_max`".into());
+        }
+        if self.topic.is_empty() || self.topic.contains(['+', '#']) {
+            return Err(format!(
+                "`topic` = {:?} must be a non-empty topic without wildcards",
+                self.topic
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! The MQTT sink's connection and its PUBACK bookkeeping.
+//!
+//! A connection task owns the MQTT event loop. Each connection gets a fresh client and
+//! event loop with a clean session, so nothing from a lost connection is replayed behind
+//! the uplink worker's back: after [`SinkEvent::Ready`] the worker resends whatever is
+//! unconfirmed. PUBACKs are matched to queue sequence numbers through the order in which
+//! the event loop reports outgoing publishes and the packet id it gave each.
+
+use std::collections::{HashMap, VecDeque};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::mpsc;
+
+use super::MqttSinkConfig;
+use crate::sink::{Message, Sink, SinkError, SinkEvent, backoff};
+
+/// What the connection task reports.
+enum Conn {
+    Up(AsyncClient, u64),
+    Published(u64, u16),
+    Acked(u64, u16),
+    Down(u64, String),
+}
+
+/// Publishes results to a cloud MQTT broker with QoS 1.
+pub struct MqttSink {
+    topic: String,
+    gateway: String,
+    max_in_flight: usize,
+    rx: mpsc::UnboundedReceiver<Conn>,
+    client: Option<AsyncClient>,
+    generation: u64,
+    /// Sequences sent, waiting for the event loop to report their packet id.
+    unassigned: VecDeque<u64>,
+    /// Packet id → sequence, for publishes waiting for their PUBACK.
+    by_pkid: HashMap<u16, u64>,
+    /// A connection change to report after the confirmations returned before it.
+    pending: Option<SinkEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MqttSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MqttSink {
+    /// Starts connecting in the background; `name` names the sink in logs and the default
+    /// client id.
+    pub fn start(name: &str, gateway: &str, cfg: &MqttSinkConfig) -> Self {
+        let client_id = cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("fieldgate-{gateway}-{name}"));
+        let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
+        opts.set_keep_alive(cfg.keepalive)
+            .set_clean_session(true)
+            .set_inflight(cfg.max_in_flight)
+            .set_request_channel_capacity(usize::from(cfg.max_in_flight) * 2 + 16);
+        if let Some(user) = &cfg.username {
+            opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(connection(
+            name.to_string(),
+            opts,
+            cfg.reconnect_min,
+            cfg.reconnect_max,
+            tx,
+        ));
+        Self {
+            topic: cfg.topic.replace("{gateway}", gateway),
+            gateway: gateway.to_string(),
+            max_in_flight: usize::from(cfg.max_in_flight),
+            rx,
+            client: None,
+            generation: 0,
+            unassigned: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            pending: None,
+            task,
+        }
+    }
+
+    fn topic_for(&self, rule: &str) -> String {
+        self.topic.replace("{rule}", rule)
+    }
+
+    /// The gateway id this sink publishes for.
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+}
+
+async fn connection(
+    name: String,
+    opts: MqttOptions,
+    min: std::time::Duration,
+    max: std::time::Duration,
+    tx: mpsc::UnboundedSender<Conn>,
+) {
+    let mut attempt = 0u32;
+    for generation in 1u64.. {
+        let (client, mut eventloop) =
+            AsyncClient::new(opts.clone(), opts.request_channel_capacity());
+        let mut net = eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
+        let mut client = Some(client);
+        loop {
+            let report = match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    attempt = 0;
+                    tracing::info!(sink = %name, "connected to cloud broker");
+                    match client.take() {
+                        Some(c) => Conn::Up(c, generation),
+                        None => continue,
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Conn::Published(generation, pkid),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => Conn::Acked(generation, ack.pkid),
+                Ok(_) => continue,
+                Err(e) => {
+                    if tx.send(Conn::Down(generation, e.to_string())).is_err() {
+                        return;
+                    }
+                    break;
+                }
+            };
+            if tx.send(report).is_err() {
+                return;
+            }
+        }
+        let delay = backoff(attempt, min, max);
+        attempt = attempt.saturating_add(1);
+        tracing::debug!(sink = %name, ?delay, "reconnecting after delay");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+impl Sink for MqttSink {
+    fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    async fn send(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
+        for m in msgs {
+            let topic = self.topic_for(&m.rule);
+            let client = self.client.as_ref().ok_or(SinkError::NotConnected)?;
+            client.try_publish(topic, QoS::AtLeastOnce, false, m.payload.clone())?;
+            self.unassigned.push_back(m.seq);
+        }
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> SinkEvent {
+        if let Some(ev) = self.pending.take() {
+            return ev;
+        }
+        let mut confirmed = Vec::new();
+        loop {
+            // Return confirmations gathered so far once nothing more is waiting.
+            let msg = if confirmed.is_empty() {
+                self.rx.recv().await
+            } else {
+                match self.rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => return SinkEvent::Confirmed(confirmed),
+                }
+            };
+            let Some(msg) = msg else {
+                return SinkEvent::Down("connection task ended".into());
+            };
+            let event = match msg {
+                Conn::Up(client, generation) => {
+                    self.reset(Some(client), generation);
+                    SinkEvent::Ready
+                }
+                Conn::Published(g, pkid) if g == self.generation => {
+                    if let Some(seq) = self.unassigned.pop_front() {
+                        self.by_pkid.insert(pkid, seq);
+                    }
+                    continue;
+                }
+                Conn::Acked(g, pkid) if g == self.generation => {
+                    if let Some(seq) = self.by_pkid.remove(&pkid) {
+                        confirmed.push(seq);
+                    }
+                    continue;
+                }
+                Conn::Down(g, e) if g >= self.generation => {
+                    self.reset(None, g);
+                    SinkEvent::Down(e)
+                }
+                // Reports from an earlier connection.
+                _ => continue,
+            };
+            if confirmed.is_empty() {
+                return event;
+            }
+            // Hand out the confirmations first; the connection change comes next call.
+            self.pending = Some(event);
+            return SinkEvent::Confirmed(confirmed);
+        }
+    }
+}
+
+impl MqttSink {
+    /// Forgets everything in flight on a connection change.
+    fn reset(&mut self, client: Option<AsyncClient>, generation: u64) {
+        self.client = client;
+        self.generation = generation;
+        self.unassigned.clear();
+        self.by_pkid.clear();
+    }
+}

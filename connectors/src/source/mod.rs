@@ -1,0 +1,3 @@
+//! Sources: the way messages enter a stream.
+
+pub mod mqtt;

@@ -1,0 +1,257 @@
+//! JSON payloads straight into Arrow batches of a stream's declared schema.
+//!
+//! Payloads are fed to one `arrow_json` decoder as a run; no `serde_json::Value` is built.
+//! When the run fails (a malformed payload, a value of the wrong type), the same payloads
+//! are decoded one by one so that only the bad ones are rejected, each with its reason.
+
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::json::reader::Decoder;
+use datafusion::arrow::record_batch::RecordBatch;
+
+/// Rows decoded per Arrow batch before the decoder flushes.
+const BATCH_ROWS: usize = 8192;
+
+/// Decodes JSON payloads into batches of one schema.
+pub struct JsonDecoder {
+    schema: SchemaRef,
+    decoder: Decoder,
+}
+
+/// A payload that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Index of the payload in the decoded slice.
+    pub index: usize,
+    pub reason: String,
+}
+
+/// The result of decoding a run of payloads.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The rows of every good payload, in order; `None` when there were none.
+    pub batch: Option<RecordBatch>,
+    pub rejected: Vec<Rejected>,
+}
+
+impl JsonDecoder {
+    pub fn new(schema: SchemaRef) -> Result<Self, ArrowError> {
+        let decoder = Self::build(&schema)?;
+        Ok(Self { schema, decoder })
+    }
+
+    fn build(schema: &SchemaRef) -> Result<Decoder, ArrowError> {
+        ReaderBuilder::new(schema.clone())
+            .with_batch_size(BATCH_ROWS)
+            .build_decoder()
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes a run of payloads, each holding one JSON object (or several, separated by
+    /// whitespace). Bad payloads are rejected; the others are decoded.
+    pub fn decode<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Decoded {
+        let mut rejected = Vec::new();
+        let good: Vec<usize> = (0..payloads.len())
+            .filter(|&i| {
+                let p = payloads[i].as_ref();
+                let blank = p.iter().all(u8::is_ascii_whitespace);
+                if blank {
+                    rejected.push(Rejected {
+                        index: i,
+                        reason: "empty payload".into(),
+                    });
+                }
+                !blank
+            })
+            .collect();
+        match self.run(good.iter().map(|&i| payloads[i].as_ref())) {
+            Ok(batches) => Decoded {
+                batch: self.concat(batches, &mut rejected, &good),
+                rejected,
+            },
+            Err(_) => {
+                // Start over from a clean decoder and isolate the bad payloads.
+                let mut batches = Vec::new();
+                for &i in &good {
+                    match self.run(std::iter::once(payloads[i].as_ref())) {
+                        Ok(b) => batches.extend(b),
+                        Err(e) => rejected.push(Rejected {
+                            index: i,
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
+                rejected.sort_by_key(|r| r.index);
+                Decoded {
+                    batch: self.concat(batches, &mut rejected, &good),
+                    rejected,
+                }
+            }
+        }
+    }
+
+    fn concat(
+        &self,
+        batches: Vec<RecordBatch>,
+        rejected: &mut Vec<Rejected>,
+        good: &[usize],
+    ) -> Option<RecordBatch> {
+        match batches.len() {
+            0 => None,
+            1 => batches.into_iter().next(),
+            _ => match concat_batches(&self.schema, &batches) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    rejected.extend(good.iter().map(|&index| Rejected {
+                        index,
+                        reason: e.to_string(),
+                    }));
+                    None
+                }
+            },
+        }
+    }
+
+    /// Feeds payloads to the decoder, each terminated so that a truncated object cannot
+    /// swallow the next payload, and flushes. On error the decoder is rebuilt.
+    fn run<'a>(
+        &mut self,
+        payloads: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<Vec<RecordBatch>, ArrowError> {
+        let result = self.feed(payloads);
+        if result.is_err() {
+            self.decoder = Self::build(&self.schema)?;
+        }
+        result
+    }
+
+    fn feed<'a>(
+        &mut self,
+        payloads: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut out = Vec::new();
+        for payload in payloads {
+            std::str::from_utf8(payload)
+                .map_err(|e| ArrowError::JsonError(format!("payload is not UTF-8: {e}")))?;
+            let mut buf = payload;
+            while !buf.is_empty() {
+                let read = self.decoder.decode(buf)?;
+                buf = &buf[read..];
+                if !buf.is_empty() || read == 0 {
+                    // The batch is full: flush before reading on.
+                    if let Some(b) = self.decoder.flush()? {
+                        out.push(b);
+                    }
+                }
+            }
+            if self.decoder.has_partial_record() {
+                return Err(ArrowError::JsonError(
+                    "payload ends inside a JSON value".into(),
+                ));
+            }
+        }
+        if let Some(b) = self.decoder.flush()? {
+            out.push(b);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{AsArray, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Utf8, true),
+            Field::new("ts", DataType::Int64, true),
+            Field::new("temp", DataType::Float64, true),
+        ]))
+    }
+
+    #[test]
+    fn good_payloads_become_rows_in_order() {
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let out = d.decode(&[
+            r#"{"device":"a","ts":1,"temp":20.5}"#,
+            r#"{"temp":7,"device":"b","ts":2,"extra":{"x":[1,2]}}"#,
+            "{\"device\":\"c\",\"ts\":3}\n{\"device\":\"d\",\"ts\":4,\"temp\":-1.25}",
+        ]);
+        assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+        let b = out.batch.unwrap();
+        assert_eq!(b.num_rows(), 4);
+        let dev: &StringArray = b.column(0).as_string();
+        assert_eq!(
+            dev.iter().flatten().collect::<Vec<_>>(),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(
+            b.column(1).as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![1, 2, 3, 4])
+        );
+        assert_eq!(
+            b.column(2).as_primitive::<Float64Type>(),
+            &Float64Array::from(vec![Some(20.5), Some(7.0), None, Some(-1.25)])
+        );
+    }
+
+    #[test]
+    fn bad_payloads_are_rejected_alone() {
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let out = d.decode(&[
+            &br#"{"device":"a","ts":1,"temp":1.0}"#[..],
+            br#"{"device":"b","ts":2,"temp":"#,
+            br#"{"device":"c","ts":3,"temp":"hot"}"#,
+            b"   ",
+            b"\xff\xfe",
+            br#"not json"#,
+            br#"{"device":"d","ts":4,"temp":4.0}"#,
+        ]);
+        let idx: Vec<usize> = out.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(idx, [1, 2, 3, 4, 5], "{:?}", out.rejected);
+        let b = out.batch.unwrap();
+        let dev: &StringArray = b.column(0).as_string();
+        assert_eq!(dev.iter().flatten().collect::<Vec<_>>(), ["a", "d"]);
+        assert!(
+            out.rejected[1].reason.contains("hot"),
+            "{}",
+            out.rejected[1].reason
+        );
+        // The decoder is usable afterwards.
+        let again = d.decode(&[r#"{"device":"e","ts":5}"#]);
+        assert_eq!(again.batch.unwrap().num_rows(), 1);
+    }
+
+    #[test]
+    fn a_truncated_payload_does_not_swallow_the_next() {
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let out = d.decode(&[r#"{"device":"a","ts":1"#, r#"{"device":"b","ts":2}"#]);
+        assert_eq!(out.rejected.len(), 1);
+        assert_eq!(out.rejected[0].index, 0);
+        assert_eq!(out.batch.unwrap().num_rows(), 1);
+    }
+
+    #[test]
+    fn many_rows_span_several_arrow_batches() {
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let payloads: Vec<String> = (0..20_000)
+            .map(|i| format!(r#"{{"device":"d{}","ts":{i},"temp":{}.5}}"#, i % 7, i % 40))
+            .collect();
+        let out = d.decode(&payloads);
+        assert!(out.rejected.is_empty());
+        let b = out.batch.unwrap();
+        assert_eq!(b.num_rows(), 20_000);
+        let ts = b.column(1).as_primitive::<Int64Type>();
+        assert!(ts.values().iter().enumerate().all(|(i, v)| *v == i as i64));
+    }
+}

@@ -1,0 +1,8 @@
+//! MQTT ingest: messages published to the embedded broker become rows of every stream
+//! whose topic filter matches.
+
+mod decode;
+mod topic;
+
+pub use decode::{Decoded, JsonDecoder, Rejected};
+pub use topic::topic_matches;

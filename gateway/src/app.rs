@@ -1,0 +1,167 @@
+//! Wiring: starts the queues and uplinks, the rules, the broker and its ingest, and the
+//! admin endpoint; on SIGINT/SIGTERM stops them in data-flow order so that everything
+//! accepted is durable before the process exits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fieldgate_connectors::sink::file::FileSink;
+use fieldgate_connectors::sink::mqtt::MqttSink;
+use fieldgate_rules::RuleSet;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Readiness};
+use crate::config::{Config, SinkConfig};
+use crate::ingest::{self, IngestCounters, Route};
+use crate::pipeline::{self, StreamCounters};
+use crate::queue::{Queue, QueueOptions};
+use crate::{broker, uplink};
+
+/// Micro-batches waiting per stream before ingest waits for the stream task.
+const STREAM_CHANNEL_BATCHES: usize = 64;
+
+/// Runs the gateway until a termination signal.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let readiness = Arc::new(Readiness::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Admin first, so probes answer (not ready) while the rest starts.
+    let admin_task = {
+        let addr = cfg.admin.listen;
+        let r = readiness.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(addr, r, stop).await {
+                tracing::error!(error = %e, "admin HTTP stopped");
+            }
+        })
+    };
+
+    // Rules: a broken rule is reported and left out; the others run.
+    if !cfg.rules_dir.is_dir() {
+        bail!("rules directory {} does not exist", cfg.rules_dir.display());
+    }
+    let (set, errors) = RuleSet::load(std::slice::from_ref(&cfg.rules_dir));
+    for e in &errors {
+        tracing::error!(error = %e, "rule file error");
+    }
+    let (pipelines, errors) = set.build(|s| cfg.sinks.contains_key(s)).await;
+    for e in &errors {
+        tracing::error!(error = %e, "rule not loaded");
+    }
+    let rules: usize = pipelines.iter().map(|p| p.rules.len()).sum();
+    tracing::info!(streams = pipelines.len(), rules, "rules loaded");
+
+    // Queues and their uplinks.
+    let queue_dir = cfg.data_dir.join("queue");
+    let opts = QueueOptions {
+        commit_delay: cfg.queue.commit_delay,
+        cache_bytes: cfg.queue.cache_bytes,
+    };
+    let mut queues = HashMap::new();
+    let mut uplinks: Vec<JoinHandle<()>> = Vec::new();
+    for (name, sink_cfg) in &cfg.sinks {
+        let path = queue_dir.join(format!("{name}.redb"));
+        let q = Queue::open(name, &path, opts)
+            .with_context(|| format!("cannot open queue {}", path.display()))?;
+        let depth = q.depth().unwrap_or(0);
+        if depth > 0 {
+            tracing::info!(sink = %name, queued = depth, "resuming delivery of queued results");
+        }
+        let stop = stop_rx.clone();
+        let drain = cfg.queue.drain_timeout;
+        let task = match sink_cfg {
+            SinkConfig::Mqtt(m) => {
+                let sink = MqttSink::start(name, &cfg.gateway_id, m);
+                tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
+            }
+            SinkConfig::File(f) => tokio::spawn(uplink::run(
+                name.clone(),
+                FileSink::new(f),
+                q.clone(),
+                stop,
+                drain,
+            )),
+        };
+        uplinks.push(task);
+        queues.insert(name.clone(), q);
+    }
+    let queues = Arc::new(queues);
+
+    // One task per stream.
+    let mut routes = Vec::new();
+    let mut streams = Vec::new();
+    for p in pipelines {
+        let (tx, rx) = mpsc::channel(STREAM_CHANNEL_BATCHES);
+        routes.push(Route {
+            stream: p.stream.name.clone(),
+            filter: p.stream.topic.clone(),
+            tx,
+        });
+        let counters = Arc::new(StreamCounters::default());
+        streams.push(tokio::spawn(pipeline::run_stream(
+            p,
+            rx,
+            queues.clone(),
+            counters,
+        )));
+    }
+
+    // The broker and the in-process subscriber feeding the streams.
+    let (mut broker, link_tx, link_rx) = broker::start(&cfg.broker)?;
+    let ingest_counters = Arc::new(IngestCounters::default());
+    let ingest_task = tokio::spawn(ingest::run(
+        link_tx,
+        link_rx,
+        routes,
+        cfg.ingest.batch_rows,
+        cfg.ingest.batch_delay,
+        ingest_counters.clone(),
+        stop_rx.clone(),
+    ));
+    readiness.ready.store(true, Ordering::Relaxed);
+    tracing::info!(gateway = %cfg.gateway_id, "fieldgate running");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: stopping ingest");
+    readiness.ready.store(false, Ordering::Relaxed);
+    broker.stop_listeners();
+    let _ = stop_tx.send(true);
+    let _ = ingest_task.await;
+    for s in streams {
+        let _ = s.await;
+    }
+    tracing::info!("ingest stopped; delivering what is queued");
+    for u in uplinks {
+        let _ = u.await;
+    }
+    match Arc::try_unwrap(queues) {
+        Ok(qs) => {
+            for (_, q) in qs {
+                q.close().await;
+            }
+        }
+        Err(_) => tracing::warn!("queues still in use at shutdown"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+    tracing::info!(
+        messages = ingest_counters.messages.load(Ordering::Relaxed),
+        "fieldgate stopped"
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! The gateway's TOML configuration, with the embedded default used when no file is
+//! given. Unknown keys and bad values are errors that name the file and the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fieldgate_connectors::sink::file::FileSinkConfig;
+use fieldgate_connectors::sink::mqtt::MqttSinkConfig;
+use serde::Deserialize;
+
+/// The configuration `fieldgate run` uses without `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this gateway in message topics and client ids.
+    #[serde(default = "default_gateway_id")]
+    pub gateway_id: String,
+    /// Where the durable queues live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Directory of `.sql` rule files.
+    pub rules_dir: PathBuf,
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Named sinks that rules send to.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// The embedded MQTT broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// MQTT 3.1.1 listener.
+    pub listen: Option<SocketAddr>,
+    /// MQTT 5 listener (rumqttd serves each protocol version on its own port).
+    pub listen_v5: Option<SocketAddr>,
+    pub max_connections: usize,
+    /// Largest accepted payload, in bytes.
+    pub max_payload_size: usize,
+    /// In-flight QoS 1/2 messages per client.
+    pub max_inflight: usize,
+    /// Time a new connection has to send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Bytes per segment of a topic's in-memory log.
+    pub segment_size: usize,
+    /// Segments per topic; the oldest is dropped when full.
+    pub segment_count: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            listen_v5: Some(SocketAddr::from(([127, 0, 0, 1], 1884))),
+            max_connections: 10_000,
+            max_payload_size: 256 * 1024,
+            max_inflight: 100,
+            connect_timeout: Duration::from_secs(10),
+            segment_size: 1024 * 1024,
+            segment_count: 8,
+        }
+    }
+}
+
+/// The admin HTTP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+        }
+    }
+}
+
+/// How messages are batched before decoding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Messages per micro-batch, at most.
+    pub batch_rows: usize,
+    /// Longest a message waits for its micro-batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub batch_delay: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: 4096,
+            batch_delay: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Durable queue settings, shared by all sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Longest an accepted result waits for others to share its fsync.
+    #[serde(with = "humantime_serde")]
+    pub commit_delay: Duration,
+    /// redb cache per queue, in bytes.
+    pub cache_bytes: usize,
+    /// Time the uplink gets on shutdown to deliver what is queued.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            commit_delay: Duration::from_millis(5),
+            cache_bytes: 4 * 1024 * 1024,
+            drain_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One named sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    Mqtt(MqttSinkConfig),
+    File(FileSinkConfig),
+}
+
+fn default_gateway_id() -> String {
+    "fieldgate".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+impl Config {
+    /// Reads a config file; relative paths in it are taken from the file's directory.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// The embedded default; its relative paths are taken from the working directory.
+    pub fn embedded() -> anyhow::Result<Config> {
+        Self::parse(DEFAULT_CONFIG, "<embedded default config>", Path::new(""))
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> anyhow::Result<Config> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        cfg.check().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        cfg.data_dir = base.join(&cfg.data_dir);
+        cfg.rules_dir = base.join(&cfg.rules_dir);
+        for sink in cfg.sinks.values_mut() {
+            if let SinkConfig::File(f) = sink {
+                f.path = base.join(&f.path);
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let id_ok = !self.gateway_id.is_empty()
+            && self
+                .gateway_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !id_ok {
+            bail!(
+                "key `gateway_id`: {:?} must be non-empty letters, digits, `-`, `_` or `.`",
+                self.gateway_id
+            );
+        }
+        if self.broker.listen.is_none() && self.broker.listen_v5.is_none() {
+            bail!("key `broker`: set `listen` or `listen_v5`");
+        }
+        if self.broker.segment_size == 0 || self.broker.segment_count == 0 {
+            bail!("keys `broker.segment_size` and `broker.segment_count` must be positive");
+        }
+        if self.ingest.batch_rows == 0 {
+            bail!("key `ingest.batch_rows` must be positive");
+        }
+        for (name, sink) in &self.sinks {
+            let valid_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                bail!("key `sinks.{name}`: sink names are letters, digits and `_`");
+            }
+            let r = match sink {
+                SinkConfig::Mqtt(m) => m.validate(),
+                SinkConfig::File(f) => f.validate(),
+            };
+            r.map_err(|e| anyhow::anyhow!("key `sinks.{name}`: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.broker.listen, Some("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(c.admin.listen, "127.0.0.1:9180".parse().unwrap());
+        assert!(c.sinks.contains_key("local"));
+        assert_eq!(c.rules_dir, PathBuf::from("configs/rules"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_file_and_key() {
+        let base = Path::new("/etc/fg");
+        let e = Config::parse("rules_dir = 'r'\nbogus = 1\n", "gw.toml", base)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gw.toml") && e.contains("bogus"), "{e}");
+        let e = Config::parse(
+            "rules_dir = 'r'\n[ingest]\nbatch_delay = 'soon'\n",
+            "gw.toml",
+            base,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("gw.toml") && e.contains("batch_delay"), "{e}");
+        let e = Config::parse(
+            "rules_dir = 'r'\n[sinks.cloud]\ntype = 'mqtt'\nhost = 'h'\nqos = 2\n",
+            "gw.toml",
+            base,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("qos"), "{e}");
+        let e = Config::parse(
+            "rules_dir = 'r'\n[sinks.x]\ntype = 'kafka'\n",
+            "gw.toml",
+            base,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kafka"), "{e}");
+    }
+
+    #[test]
+    fn human_durations_and_relative_paths() {
+        let c = Config::parse(
+            "rules_dir = 'rules'\ndata_dir = 'd'\n[ingest]\nbatch_delay = '250ms'\n\
+             [sinks.f]\ntype = 'file'\npath = 'out/{rule}.jsonl'\n",
+            "gw.toml",
+            Path::new("/etc/fg"),
+        )
+        .unwrap();
+        assert_eq!(c.ingest.batch_delay, Duration::from_millis(250));
+        assert_eq!(c.rules_dir, PathBuf::from("/etc/fg/rules"));
+        assert_eq!(c.data_dir, PathBuf::from("/etc/fg/d"));
+        match &c.sinks["f"] {
+            SinkConfig::File(f) => assert_eq!(f.path, PathBuf::from("/etc/fg/out/{rule}.jsonl")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Ingest: the in-process subscriber of the embedded broker. It routes every message
+//! to the streams whose topic filter matches and hands them over in micro-batches
+//! (up to `batch_rows` messages or `batch_delay` old), so the broker link is never
+//! held up by decoding or rule work.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fieldgate_connectors::source::mqtt::topic_matches;
+use rumqttd::Notification;
+use rumqttd::local::{LinkRx, LinkTx};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Where one stream's messages go.
+pub struct Route {
+    pub stream: String,
+    pub filter: String,
+    pub tx: mpsc::Sender<Vec<Bytes>>,
+}
+
+/// Ingest counters.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Messages received from the broker.
+    pub messages: AtomicU64,
+    /// Messages that matched no stream.
+    pub unrouted: AtomicU64,
+}
+
+/// Subscribes to every topic and feeds the routes until `stop` turns true; then hands
+/// over what it holds and returns, closing the routes' channels.
+pub async fn run(
+    mut link_tx: LinkTx,
+    mut link_rx: LinkRx,
+    routes: Vec<Route>,
+    batch_rows: usize,
+    batch_delay: Duration,
+    counters: Arc<IngestCounters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // One subscription to everything: each message arrives once, whatever number of
+    // streams it matches, and is routed here.
+    if let Err(e) = link_tx.subscribe("#") {
+        tracing::error!(error = %e, "cannot subscribe to the embedded broker");
+        return;
+    }
+    let mut pending: Vec<Vec<Bytes>> = routes.iter().map(|_| Vec::new()).collect();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            n = link_rx.next() => match n {
+                Ok(Some(Notification::Forward(f))) => {
+                    counters.messages.fetch_add(1, Ordering::Relaxed);
+                    let Ok(topic) = std::str::from_utf8(&f.publish.topic) else { continue };
+                    let mut routed = false;
+                    for (i, r) in routes.iter().enumerate() {
+                        if topic_matches(&r.filter, topic) {
+                            routed = true;
+                            pending[i].push(f.publish.payload.clone());
+                            if pending[i].len() >= batch_rows {
+                                send(&routes[i], &mut pending[i]).await;
+                            }
+                        }
+                    }
+                    if !routed {
+                        counters.unrouted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if deadline.is_none() && pending.iter().any(|p| !p.is_empty()) {
+                        deadline = Some(Instant::now() + batch_delay);
+                    }
+                }
+                Ok(Some(Notification::Unschedule)) => {
+                    if let Err(e) = link_rx.wake().await {
+                        tracing::error!(error = %e, "broker link lost");
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "broker link lost");
+                    break;
+                }
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                for (r, p) in routes.iter().zip(pending.iter_mut()) {
+                    send(r, p).await;
+                }
+                deadline = None;
+            }
+            _ = crate::stopped(&mut stop) => break,
+        }
+    }
+    for (r, p) in routes.iter().zip(pending.iter_mut()) {
+        send(r, p).await;
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send(route: &Route, pending: &mut Vec<Bytes>) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(pending);
+    if route.tx.send(batch).await.is_err() {
+        tracing::error!(stream = %route.stream, "stream task is gone; messages dropped");
+    }
+}

@@ -1,0 +1,100 @@
+//! `fieldgate`: an IoT edge gateway in one binary.
+//!
+//! Data flows through the modules in this order: [`broker`] (the embedded MQTT broker)
+//! → [`ingest`] (routing messages to streams in micro-batches) → [`pipeline`] (decoding
+//! and the SQL rules) → [`queue`] (durable, per sink) → [`uplink`] (delivery to the
+//! sinks). [`app`] wires them; [`config`] reads the TOML configuration; [`admin`]
+//! serves the health probes.
+
+mod admin;
+mod app;
+mod broker;
+mod config;
+mod ingest;
+mod pipeline;
+mod queue;
+mod uplink;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "fieldgate",
+    version,
+    about = "IoT edge gateway: MQTT broker, SQL rules, store-and-forward uplink"
+)]
+struct Cli {
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// TOML config file; without it the embedded default config is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fieldgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = match &config {
+        Some(path) => config::Config::load(path)?,
+        None => config::Config::embedded()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fieldgate")
+        .build()?;
+    runtime.block_on(app::run(cfg))?;
+    // Listener and router threads of the broker do not stop on their own.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    Ok(())
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttd::router::routing=off"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,142 @@
+//! The stream tasks: one per declared stream. Each decodes its micro-batches into
+//! Arrow, runs the stream's rules, encodes their results as JSON and appends them to
+//! the durable queue of every sink the rule names.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fieldgate_connectors::sink::encode::json_rows;
+use fieldgate_connectors::source::mqtt::JsonDecoder;
+use fieldgate_rules::{RuleOutput, StreamPipeline};
+use tokio::sync::mpsc;
+
+use crate::queue::Queue;
+
+/// Per-stream counters.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    /// Rows decoded.
+    pub rows: AtomicU64,
+    /// Payloads that could not be decoded.
+    pub decode_errors: AtomicU64,
+    /// Result rows that could not be queued.
+    pub queue_errors: AtomicU64,
+}
+
+/// Logs at most one message per interval, counting the ones it held back.
+struct RateLimited {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl RateLimited {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// Returns how many were held back since the last one, when this one may be logged.
+    fn allow(&mut self, n: u64) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < self.every)
+        {
+            self.held += n;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// Runs one stream until its channel closes.
+pub async fn run_stream(
+    mut pipeline: StreamPipeline,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+    queues: Arc<HashMap<String, Queue>>,
+    counters: Arc<StreamCounters>,
+) {
+    let stream = pipeline.stream.name.clone();
+    let mut decoder = match JsonDecoder::new(pipeline.stream.schema.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(%stream, error = %e, "cannot build the stream's decoder");
+            return;
+        }
+    };
+    let mut bad_payload_log = RateLimited::new(Duration::from_secs(5));
+    let mut rule_error_log = RateLimited::new(Duration::from_secs(5));
+    while let Some(payloads) = rx.recv().await {
+        let decoded = decoder.decode(&payloads);
+        if !decoded.rejected.is_empty() {
+            let n = decoded.rejected.len() as u64;
+            counters.decode_errors.fetch_add(n, Ordering::Relaxed);
+            if let Some(held) = bad_payload_log.allow(n - 1) {
+                let first = &decoded.rejected[0];
+                tracing::warn!(
+                    %stream,
+                    rejected = n,
+                    not_logged_before = held,
+                    reason = %first.reason,
+                    payload = %String::from_utf8_lossy(&payloads[first.index][..payloads[first.index].len().min(200)]),
+                    "payloads do not fit the stream's schema"
+                );
+            }
+        }
+        let Some(batch) = decoded.batch else { continue };
+        counters
+            .rows
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        let (outputs, errors) = pipeline.push(&batch).await;
+        for e in errors {
+            if let Some(held) = rule_error_log.allow(1) {
+                tracing::warn!(%stream, error = %e, not_logged_before = held, "rule failed on a batch");
+            }
+        }
+        deliver(&stream, outputs, &queues, &counters).await;
+    }
+    let open: usize = pipeline.rules.iter().map(|r| r.open_windows()).sum();
+    if open > 0 {
+        tracing::info!(%stream, open_windows = open, "stream stopped with windows still open; they are not emitted");
+    }
+}
+
+/// Encodes results and appends them to their sinks' queues; returns once durable.
+async fn deliver(
+    stream: &str,
+    outputs: Vec<RuleOutput>,
+    queues: &HashMap<String, Queue>,
+    counters: &StreamCounters,
+) {
+    for out in outputs {
+        let rows = match json_rows(&out.batches) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%stream, rule = %out.rule, error = %e, "cannot encode results");
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            continue;
+        }
+        let entries: Vec<(Arc<str>, Bytes)> =
+            rows.into_iter().map(|r| (out.rule.clone(), r)).collect();
+        for sink in out.sinks.iter() {
+            let Some(q) = queues.get(sink) else { continue };
+            if let Err(e) = q.append(entries.clone()).await {
+                counters
+                    .queue_errors
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                tracing::error!(%stream, rule = %out.rule, %sink, error = %e, "results not queued");
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Uplink workers: one per sink, moving entries from the sink's durable queue to the
+//! sink and deleting them once the sink confirmed them.
+//!
+//! After every (re)connection the worker starts over from the oldest entry still in the
+//! queue, so whatever was unconfirmed when the link dropped or the gateway stopped is
+//! sent again: delivery is at least once, in queue order.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fieldgate_connectors::sink::{Sink, SinkError, SinkEvent};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::queue::Queue;
+
+/// Entries read from the queue per read.
+const READ_BATCH: usize = 512;
+/// Delay before retrying a sink whose send failed while it claimed to be ready.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs until `stop` turns true and then until the queue is delivered or `drain` passed.
+pub async fn run<S: Sink>(
+    name: String,
+    mut sink: S,
+    queue: Queue,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut committed = queue.committed();
+    let mut ready = false;
+    let mut cursor = 0u64;
+    let mut in_flight = BTreeSet::new();
+    let mut retry_at: Option<Instant> = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut last_down: Option<String> = None;
+    loop {
+        if ready {
+            while in_flight.len() < sink.max_in_flight() {
+                let room = sink.max_in_flight() - in_flight.len();
+                let batch = match queue.read_from(cursor, room.min(READ_BATCH)) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(sink = %name, error = %e, "cannot read the queue");
+                        break;
+                    }
+                };
+                let Some(last) = batch.last().map(|m| m.seq) else {
+                    break;
+                };
+                match sink.send(&batch).await {
+                    Ok(()) => {
+                        cursor = last + 1;
+                        in_flight.extend(batch.iter().map(|m| m.seq));
+                    }
+                    Err(e) => {
+                        ready = false;
+                        in_flight.clear();
+                        if !matches!(e, SinkError::NotConnected) {
+                            tracing::warn!(sink = %name, error = %e, "send failed; retrying");
+                            retry_at = Some(Instant::now() + RETRY_DELAY);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if drain_until.is_some() && in_flight.is_empty() && queue.depth().map_or(true, |d| d == 0) {
+            break;
+        }
+        tokio::select! {
+            ev = sink.next_event() => match ev {
+                SinkEvent::Ready => {
+                    tracing::debug!(sink = %name, "sink ready; sending from the oldest queued entry");
+                    last_down = None;
+                    ready = true;
+                    cursor = 0;
+                    in_flight.clear();
+                }
+                SinkEvent::Confirmed(seqs) => {
+                    for s in &seqs {
+                        in_flight.remove(s);
+                    }
+                    if let Err(e) = queue.remove(seqs).await {
+                        tracing::error!(sink = %name, error = %e, "cannot delete delivered entries");
+                    }
+                }
+                SinkEvent::Down(reason) => {
+                    if last_down.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(sink = %name, %reason, "sink unreachable; results stay queued");
+                    }
+                    last_down = Some(reason);
+                    ready = false;
+                    in_flight.clear();
+                }
+            },
+            r = committed.changed() => {
+                if r.is_err() {
+                    break;
+                }
+            }
+            _ = sleep_until(retry_at), if retry_at.is_some() => {
+                retry_at = None;
+                ready = true;
+                cursor = 0;
+                in_flight.clear();
+            }
+            _ = crate::stopped(&mut stop), if drain_until.is_none() => {
+                drain_until = Some(Instant::now() + drain);
+            }
+            _ = sleep_until(drain_until), if drain_until.is_some() => {
+                let left = queue.depth().unwrap_or(0);
+                if left > 0 {
+                    tracing::info!(sink = %name, queued = left, "shutting down with results queued; they are sent after restart");
+                }
+                break;
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,42 @@
+//! fieldgate's rule engine.
+//!
+//! Users write two kinds of statement in `.sql` files:
+//!
+//! ```sql
+//! CREATE STREAM telemetry (device STRING, ts BIGINT, temp DOUBLE)
+//!   WITH (DATASOURCE = 'sensors/+/telemetry', FORMAT = 'json',
+//!         TIMESTAMP = 'ts', TIMESTAMP_FORMAT = 'epoch_ms', LATENESS = '5s');
+//!
+//! CREATE RULE avg_temp INTO cloud AS
+//!   SELECT device, window_start, window_end, avg(temp) AS avg_temp
+//!   FROM telemetry GROUP BY device, TUMBLINGWINDOW(ss, 10);
+//! ```
+//!
+//! [`RuleSet`] parses files into [`StreamDef`]s and [`RuleDef`]s; [`RuleSet::build`] plans
+//! every rule once (DataFusion) and groups rules into one [`StreamPipeline`] per stream.
+//! A pipeline takes decoded Arrow batches of its stream, tracks the event-time
+//! [`Watermark`], and returns [`RuleOutput`]s: result rows addressed to named sinks.
+//!
+//! The crate does no I/O beyond reading rule files, so it runs the same in the gateway,
+//! in tests and in benchmarks.
+
+mod engine;
+mod error;
+mod plan;
+mod rule;
+mod ruleset;
+mod sql;
+mod stream;
+mod watermark;
+mod window;
+
+pub use engine::{Rule, RuleCounters, RuleOutput, StreamPipeline, WINDOW_END, WINDOW_START};
+pub use error::{ExecError, Pos, SqlError};
+pub use rule::RuleDef;
+pub use ruleset::{RuleSet, rule_files};
+pub use stream::{EventTime, PayloadFormat, StreamDef, TimeEncoding};
+pub use watermark::Watermark;
+pub use window::WindowSpec;
+
+/// Arrow, as used by the engine, for callers that build or read batches.
+pub use datafusion::arrow;

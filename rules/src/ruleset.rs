@@ -1,0 +1,159 @@
+//! Loading rule files: every `.sql` file of a directory (or the files named), checked
+//! together so that rules find their streams and sinks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::engine::{Rule, StreamPipeline};
+use crate::error::{Pos, SqlError};
+use crate::rule::RuleDef;
+use crate::sql::{Statement, parse_file};
+use crate::stream::StreamDef;
+
+/// The parsed contents of a set of rule files.
+#[derive(Debug, Default, Clone)]
+pub struct RuleSet {
+    pub streams: Vec<StreamDef>,
+    pub rules: Vec<RuleDef>,
+}
+
+/// The `.sql` files under the given paths: a directory contributes its `*.sql` files
+/// (not recursively) in name order; a file is taken as it is.
+pub fn rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SqlError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let io_err =
+            |e: std::io::Error| SqlError::new(path, Pos::default(), format!("cannot read: {e}"));
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(io_err)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sql") && p.is_file())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            return Err(SqlError::new(
+                path,
+                Pos::default(),
+                "no such file or directory",
+            ));
+        }
+    }
+    Ok(files)
+}
+
+impl RuleSet {
+    /// Parses every rule file under `paths`. Returns what parsed and every error found.
+    pub fn load(paths: &[PathBuf]) -> (RuleSet, Vec<SqlError>) {
+        let mut set = RuleSet::default();
+        let mut errors = Vec::new();
+        let files = match rule_files(paths) {
+            Ok(f) => f,
+            Err(e) => return (set, vec![e]),
+        };
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    let (stmts, errs) = parse_file(&file, &text);
+                    errors.extend(errs);
+                    set.add(stmts, &mut errors);
+                }
+                Err(e) => errors.push(SqlError::new(
+                    &file,
+                    Pos::default(),
+                    format!("cannot read: {e}"),
+                )),
+            }
+        }
+        (set, errors)
+    }
+
+    /// Parses one file's text (for tests and tools).
+    pub fn parse(file: &Path, text: &str) -> (RuleSet, Vec<SqlError>) {
+        let mut set = RuleSet::default();
+        let (stmts, mut errors) = parse_file(file, text);
+        set.add(stmts, &mut errors);
+        (set, errors)
+    }
+
+    fn add(&mut self, stmts: Vec<Statement>, errors: &mut Vec<SqlError>) {
+        for s in stmts {
+            match s {
+                Statement::Stream(d) => match self.streams.iter().find(|x| x.name == d.name) {
+                    Some(prev) => errors.push(SqlError::new(
+                        &d.file,
+                        d.pos,
+                        format!(
+                            "stream `{}` is already declared at {}:{}",
+                            d.name,
+                            prev.file.display(),
+                            prev.pos
+                        ),
+                    )),
+                    None => self.streams.push(d),
+                },
+                Statement::Rule(r) => match self.rules.iter().find(|x| x.name == r.name) {
+                    Some(prev) => errors.push(SqlError::new(
+                        &r.file,
+                        r.pos,
+                        format!(
+                            "rule `{}` is already declared at {}:{}",
+                            r.name,
+                            prev.file.display(),
+                            prev.pos
+                        ),
+                    )),
+                    None => self.rules.push(r),
+                },
+            }
+        }
+    }
+
+    /// Plans every rule and groups the rules by stream. A rule that fails (unknown
+    /// stream or sink, bad SQL) is reported and left out; the others are built.
+    pub async fn build(
+        &self,
+        sink_exists: impl Fn(&str) -> bool,
+    ) -> (Vec<StreamPipeline>, Vec<SqlError>) {
+        let mut errors = Vec::new();
+        let mut by_stream: HashMap<&str, Vec<Rule>> = HashMap::new();
+        for def in &self.rules {
+            let Some(stream) = self.streams.iter().find(|s| s.name == def.stream) else {
+                errors.push(SqlError::new(
+                    &def.file,
+                    def.query_pos,
+                    format!("rule `{}` reads unknown stream `{}`", def.name, def.stream),
+                ));
+                continue;
+            };
+            if let Some(missing) = def.sinks.iter().find(|s| !sink_exists(s)) {
+                errors.push(SqlError::new(
+                    &def.file,
+                    def.pos,
+                    format!("rule `{}` sends to unknown sink `{missing}`", def.name),
+                ));
+                continue;
+            }
+            match Rule::compile(def.clone(), stream).await {
+                Ok(rule) => by_stream
+                    .entry(stream.name.as_str())
+                    .or_default()
+                    .push(rule),
+                Err(e) => errors.push(e),
+            }
+        }
+        let pipelines = self
+            .streams
+            .iter()
+            .map(|s| {
+                let rules = by_stream.remove(s.name.as_str()).unwrap_or_default();
+                StreamPipeline::new(Arc::new(s.clone()), rules)
+            })
+            .collect();
+        (pipelines, errors)
+    }
+}

@@ -1,0 +1,86 @@
+//! The text of rule files: splitting a file into statements and parsing the two
+//! statement kinds, `CREATE STREAM` and `CREATE RULE`.
+//!
+//! The file is tokenized once with the SQL tokenizer so every token keeps its line and
+//! column; positions in errors therefore point into the file, not into a statement.
+
+mod cursor;
+mod rule;
+mod stream;
+
+use std::path::Path;
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+
+use crate::error::{Pos, SqlError};
+use crate::rule::RuleDef;
+use crate::stream::StreamDef;
+
+pub(crate) use cursor::Cursor;
+
+/// One parsed statement of a rule file.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    Stream(StreamDef),
+    Rule(RuleDef),
+}
+
+/// Parses every statement of one file's text. Errors in one statement do not stop the
+/// others from being parsed; all errors are returned.
+pub fn parse_file(file: &Path, text: &str) -> (Vec<Statement>, Vec<SqlError>) {
+    let dialect = GenericDialect {};
+    let tokens = match Tokenizer::new(&dialect, text).tokenize_with_location() {
+        Ok(t) => t,
+        Err(e) => {
+            let pos = Pos {
+                line: e.location.line,
+                column: e.location.column,
+            };
+            return (vec![], vec![SqlError::new(file, pos, e.message)]);
+        }
+    };
+    let mut statements = Vec::new();
+    let mut errors = Vec::new();
+    for chunk in split_statements(tokens) {
+        let mut cursor = Cursor::new(file, chunk);
+        match parse_statement(&mut cursor) {
+            Ok(s) => statements.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    (statements, errors)
+}
+
+fn parse_statement(c: &mut Cursor) -> Result<Statement, SqlError> {
+    c.expect_keyword("CREATE")?;
+    let kind = c.peek_word_upper();
+    match kind.as_deref() {
+        Some("STREAM") => {
+            c.next();
+            stream::parse(c).map(Statement::Stream)
+        }
+        Some("RULE") => {
+            c.next();
+            rule::parse(c).map(Statement::Rule)
+        }
+        _ => Err(c.error_here("expected STREAM or RULE after CREATE")),
+    }
+}
+
+/// Splits a token list at top-level semicolons, dropping statements that hold nothing
+/// but whitespace and comments.
+fn split_statements(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    for t in tokens {
+        match t.token {
+            Token::SemiColon => out.push(std::mem::take(&mut cur)),
+            Token::EOF => {}
+            _ => cur.push(t),
+        }
+    }
+    out.push(cur);
+    out.retain(|s| s.iter().any(|t| !matches!(t.token, Token::Whitespace(_))));
+    out
+}

@@ -1,0 +1,178 @@
+//! `CREATE STREAM name (col TYPE, ...) WITH (KEY = 'value', ...)`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use super::Cursor;
+use crate::error::SqlError;
+use crate::stream::{EventTime, PayloadFormat, StreamDef, TimeEncoding, column_type};
+
+pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
+    let (name, pos) = c.ident("a stream name")?;
+    c.expect_token(&Token::LParen, "`(` and the stream's columns")?;
+    let mut fields: Vec<Field> = Vec::new();
+    loop {
+        let (col, col_pos) = c.ident("a column name")?;
+        if fields.iter().any(|f| f.name().eq_ignore_ascii_case(&col)) {
+            return Err(c.error_at(col_pos, format!("column `{col}` is declared twice")));
+        }
+        let type_pos = c.pos();
+        let (ty, _) = c.ident("a column type")?;
+        let dt = column_type(&ty).ok_or_else(|| {
+            c.error_at(
+                type_pos,
+                format!(
+                    "unknown type `{ty}` for column `{col}` \
+                     (use STRING, BIGINT, DOUBLE, BOOLEAN or TIMESTAMP)"
+                ),
+            )
+        })?;
+        fields.push(Field::new(col, dt, true));
+        if c.eat_token(&Token::Comma) {
+            continue;
+        }
+        c.expect_token(&Token::RParen, "`,` or `)`")?;
+        break;
+    }
+    let mut topic = None;
+    let mut format = PayloadFormat::Json;
+    let mut ts_col = None;
+    let mut ts_format = None;
+    let mut lateness = Duration::ZERO;
+    c.expect_keyword("WITH")?;
+    c.expect_token(&Token::LParen, "`(` and the stream's options")?;
+    loop {
+        let key_pos = c.pos();
+        let (key, _) = c.ident("an option name")?;
+        c.expect_token(&Token::Eq, "`=`")?;
+        let (value, value_pos) = c.string_value(&format!("the value of {key}"))?;
+        match key.to_ascii_uppercase().as_str() {
+            "DATASOURCE" | "TOPIC" => {
+                validate_filter(&value).map_err(|m| c.error_at(value_pos, m))?;
+                topic = Some(value);
+            }
+            "FORMAT" => {
+                if !value.eq_ignore_ascii_case("json") {
+                    return Err(c.error_at(
+                        value_pos,
+                        format!("unsupported FORMAT `{value}` (supported: json)"),
+                    ));
+                }
+                format = PayloadFormat::Json;
+            }
+            "TIMESTAMP" => ts_col = Some((value, value_pos)),
+            "TIMESTAMP_FORMAT" => {
+                let enc = TimeEncoding::parse(&value).ok_or_else(|| {
+                    c.error_at(
+                        value_pos,
+                        format!(
+                            "unknown TIMESTAMP_FORMAT `{value}` (use epoch_ms, epoch_s or rfc3339)"
+                        ),
+                    )
+                })?;
+                ts_format = Some((enc, value_pos));
+            }
+            "LATENESS" => {
+                lateness = humantime::parse_duration(&value).map_err(|e| {
+                    c.error_at(
+                        value_pos,
+                        format!("LATENESS `{value}` is not a duration: {e}"),
+                    )
+                })?;
+            }
+            _ => {
+                return Err(c.error_at(
+                    key_pos,
+                    format!(
+                        "unknown stream option `{key}` \
+                         (known: DATASOURCE, FORMAT, TIMESTAMP, TIMESTAMP_FORMAT, LATENESS)"
+                    ),
+                ));
+            }
+        }
+        if c.eat_token(&Token::Comma) {
+            continue;
+        }
+        c.expect_token(&Token::RParen, "`,` or `)`")?;
+        break;
+    }
+    if !c.at_end() {
+        return Err(c.error_here("expected `;` after the stream declaration"));
+    }
+    let topic = topic.ok_or_else(|| {
+        c.error_at(
+            pos,
+            format!("stream `{name}` needs DATASOURCE = 'topic/filter'"),
+        )
+    })?;
+    let event_time = match ts_col {
+        None => {
+            if let Some((_, p)) = ts_format {
+                return Err(c.error_at(p, "TIMESTAMP_FORMAT needs TIMESTAMP = 'column'"));
+            }
+            None
+        }
+        Some((col, col_pos)) => {
+            let index = fields
+                .iter()
+                .position(|f| f.name() == &col)
+                .ok_or_else(|| {
+                    c.error_at(col_pos, format!("TIMESTAMP column `{col}` is not declared"))
+                })?;
+            let dt = fields[index].data_type().clone();
+            let (encoding, enc_pos) = match ts_format {
+                Some(f) => f,
+                None if TimeEncoding::Rfc3339.fits(&dt) => (TimeEncoding::Rfc3339, col_pos),
+                None => (TimeEncoding::EpochMillis, col_pos),
+            };
+            if !encoding.fits(&dt) {
+                return Err(c.error_at(
+                    enc_pos,
+                    format!(
+                        "event-time column `{col}` has type {dt}, which cannot hold {encoding:?} \
+                         (epoch_ms needs BIGINT, epoch_s BIGINT or DOUBLE, rfc3339 TIMESTAMP)"
+                    ),
+                ));
+            }
+            Some(EventTime {
+                column: col,
+                index,
+                encoding,
+                lateness,
+            })
+        }
+    };
+    Ok(StreamDef {
+        name,
+        schema: Arc::new(Schema::new(fields)),
+        topic,
+        format,
+        event_time,
+        file: c.file().to_path_buf(),
+        pos,
+    })
+}
+
+/// Checks an MQTT topic filter: non-empty, `#` only as the last level, `+` alone in a level.
+fn validate_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("DATASOURCE topic filter is empty".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return Err(format!(
+                "`#` must be a whole last level in topic filter `{filter}`"
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!(
+                "`+` must be a whole level in topic filter `{filter}`"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs fieldgate's whole test suite on a fresh machine: installs what the tests need
+# when it is missing (mosquitto from Debian; paho-mqtt and pytest from PyPI), builds the
+# gateway once in the debug profile, then runs the Rust tests and the Python client tests
+# against that binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+if ! python3 -c 'import paho.mqtt.client, pytest' >/dev/null 2>&1; then
+  echo "installing paho-mqtt and pytest"
+  python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3' 'pytest>=8'
+fi
+
+# The end-to-end tests run this binary; build it once, in the debug profile.
+cargo build -p fieldgate
+cargo test --workspace
+python3 -m pytest -q tests/python

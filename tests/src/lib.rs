@@ -1,0 +1,405 @@
+//! Harness for fieldgate's end-to-end tests: the built `fieldgate` binary, a real
+//! mosquitto as the cloud broker, and MQTT clients, all on loopback ports picked free
+//! at run time. Every wait is bounded and fails the test with a message when it runs out.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{signal} {} failed", child.id());
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real mosquitto broker playing the cloud, with persistence so that persistent
+/// sessions (and the messages queued for them) survive a restart.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    fn binary() -> PathBuf {
+        for p in [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ] {
+            if Path::new(p).exists() {
+                return PathBuf::from(p);
+            }
+        }
+        panic!(
+            "mosquitto is not installed: run scripts/test.sh, which installs it (apt-get install mosquitto)"
+        );
+    }
+
+    /// Starts mosquitto on `port`, keeping its files in `dir`.
+    pub fn start(port: u16, dir: &Path) -> Mosquitto {
+        let mut m = Mosquitto {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    /// Starts the (stopped) broker again on the same port with the same persistence.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "mosquitto is already running");
+        std::fs::create_dir_all(&self.dir).expect("mosquitto dir");
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\n",
+                self.port,
+                self.dir.display()
+            ),
+        )
+        .expect("mosquitto config");
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).expect("mosquitto log");
+        let child = Command::new(Self::binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        wait_listening(self.port, "mosquitto");
+    }
+
+    /// Stops the broker (SIGTERM, so it saves its sessions) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            send_signal(&c, "TERM");
+            if wait_exit(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The fieldgate binary built by `cargo build -p fieldgate` (or `FIELDGATE_BIN`).
+pub fn fieldgate_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("FIELDGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/fieldgate");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first with `cargo build -p fieldgate` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Ports and files of one gateway under test.
+pub struct GatewaySetup {
+    pub dir: PathBuf,
+    pub mqtt_port: u16,
+    pub mqtt5_port: u16,
+    pub admin_port: u16,
+}
+
+impl GatewaySetup {
+    /// Writes a config whose sinks are `sinks_toml` and rules are `rules_sql`.
+    pub fn new(dir: &Path, sinks_toml: &str, rules_sql: &str) -> GatewaySetup {
+        let s = GatewaySetup {
+            dir: dir.to_path_buf(),
+            mqtt_port: free_port(),
+            mqtt5_port: free_port(),
+            admin_port: free_port(),
+        };
+        std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
+        std::fs::write(dir.join("rules/rules.sql"), rules_sql).expect("rules file");
+        std::fs::write(
+            dir.join("fieldgate.toml"),
+            format!(
+                "gateway_id = \"gw-test\"\ndata_dir = \"data\"\nrules_dir = \"rules\"\n\
+                 [broker]\nlisten = \"127.0.0.1:{}\"\nlisten_v5 = \"127.0.0.1:{}\"\n\
+                 [admin]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nbatch_delay = \"5ms\"\n\
+                 [queue]\ndrain_timeout = \"1s\"\n{sinks_toml}",
+                s.mqtt_port, s.mqtt5_port, s.admin_port
+            ),
+        )
+        .expect("config file");
+        s
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("fieldgate.toml")
+    }
+}
+
+/// A running fieldgate process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway and waits until `/readyz` answers 200.
+    pub fn start(setup: &GatewaySetup) -> Gateway {
+        let n = std::fs::read_dir(&setup.dir)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log = setup.dir.join(format!("fieldgate-{n}.log"));
+        let child = Command::new(fieldgate_binary())
+            .arg("run")
+            .arg("--config")
+            .arg(setup.config())
+            .env("RUST_LOG", "info,rumqttd=warn,rumqttd::router::routing=off")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("fieldgate starts");
+        let g = Gateway {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_status(setup.admin_port, "/readyz") != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "fieldgate not ready within 30 s; log:\n{}",
+                g.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        wait_listening(setup.mqtt_port, "fieldgate's MQTT listener");
+        g
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and returns the exit status, failing if it takes over `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("gateway running");
+        send_signal(&c, "TERM");
+        match wait_exit(&mut c, timeout) {
+            Some(s) => s,
+            None => {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "fieldgate did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Status code of a plain HTTP GET on loopback, or `None` if nothing answered.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Publishes with QoS 1 over TCP and returns once every publish was acknowledged.
+pub async fn publish_all(port: u16, client_id: &str, msgs: &[(String, Vec<u8>)]) {
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 200);
+    let total = msgs.len();
+    let pump = tokio::spawn(async move {
+        let mut acked = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while acked < total {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher connection failed after {acked} acks: {e}"),
+                Err(_) => panic!("only {acked} of {total} publishes acknowledged within 120 s"),
+            }
+        }
+    });
+    for (topic, payload) in msgs {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("publish queued");
+    }
+    pump.await.expect("publisher");
+    let _ = client.disconnect().await;
+}
+
+/// Messages received by a [`Subscriber`], by topic.
+pub type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A cloud-side subscriber with a persistent session: it reconnects on its own, and
+/// the broker keeps its QoS 1 messages while it is away.
+pub struct Subscriber {
+    pub received: Received,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects to `port`, subscribes to `filter` and waits for the SUBACK.
+    pub async fn start(port: u16, client_id: &str, filter: &str) -> Subscriber {
+        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false);
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+        let received: Received = Arc::default();
+        let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
+        let sink = received.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            let mut subacked_tx = Some(subacked_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subacked_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock()
+                            .expect("lock")
+                            .push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subacked)
+            .await
+            .expect("SUBACK within 10 s")
+            .expect("subscriber running");
+        Subscriber { received, task }
+    }
+
+    /// The received payloads parsed as JSON objects.
+    pub fn json(&self) -> Vec<(String, serde_json::Value)> {
+        self.received
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(t, p)| {
+                let v = serde_json::from_slice(p).unwrap_or_else(|e| {
+                    panic!(
+                        "cloud got a payload that is not JSON ({e}): {}",
+                        String::from_utf8_lossy(p)
+                    )
+                });
+                (t.clone(), v)
+            })
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("lock").len()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Counts values by key; for assertions on exact multisets.
+pub fn counts<K: std::hash::Hash + Eq>(items: impl IntoIterator<Item = K>) -> HashMap<K, usize> {
+    let mut m = HashMap::new();
+    for i in items {
+        *m.entry(i).or_insert(0) += 1;
+    }
+    m
+}
