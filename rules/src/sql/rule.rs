@@ -40,11 +40,25 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
     let query_pos = c.pos();
     let file = c.file().to_path_buf();
     let tokens = c.rest();
+    // Where the statement ends: errors about a missing part point there.
+    let end_pos = tokens
+        .iter()
+        .rev()
+        .find(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map_or(query_pos, |t| Pos {
+            line: t.span.end.line,
+            column: t.span.end.column,
+        });
     let dialect = GenericDialect {};
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
-    let mut query = parser
-        .parse_query()
-        .map_err(|e| parser_error(&file, query_pos, e))?;
+    let mut query = parser.parse_query().map_err(|e| {
+        let fallback = if e.to_string().ends_with("found: EOF") {
+            end_pos
+        } else {
+            query_pos
+        };
+        parser_error(&file, fallback, e)
+    })?;
     let next = parser.peek_token();
     if next.token != Token::EOF {
         let p = Pos {

@@ -1,0 +1,257 @@
+//! The rule engine driven through its public API: rule files in, result rows out.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fieldgate_rules::arrow::array::{
+    Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use fieldgate_rules::arrow::datatypes::{Float64Type, Int64Type};
+use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+const STREAM: &str = "CREATE STREAM t (device STRING, ts BIGINT, temp DOUBLE)
+  WITH (DATASOURCE = 'sensors/+/t', FORMAT = 'json', TIMESTAMP = 'ts', LATENESS = '3s');\n";
+
+async fn pipeline(rules: &str) -> StreamPipeline {
+    let text = format!("{STREAM}{rules}");
+    let (set, errors) = RuleSet::parse(Path::new("test.sql"), &text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (mut pipelines, errors) = set.build(|s| s == "out").await;
+    assert!(errors.is_empty(), "{errors:?}");
+    pipelines.remove(0)
+}
+
+fn batch(p: &StreamPipeline, rows: &[(&str, i64, f64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        p.stream.schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// Result rows as (device, window_start, count, avg, max).
+fn window_rows(outs: &[RuleOutput]) -> Vec<(String, i64, i64, f64, f64)> {
+    let mut rows = Vec::new();
+    for o in outs {
+        for b in &o.batches {
+            let s = b.schema();
+            let col = |n: &str| b.column(s.index_of(n).unwrap()).clone();
+            let dev = col("device");
+            let dev = dev.as_string::<i32>();
+            let ws = col("window_start");
+            let n = col("n");
+            let avg = col("avg_temp");
+            let max = col("max_temp");
+            for i in 0..b.num_rows() {
+                rows.push((
+                    dev.value(i).to_string(),
+                    ws.as_primitive::<Int64Type>().value(i),
+                    n.as_primitive::<Int64Type>().value(i),
+                    avg.as_primitive::<Float64Type>().value(i),
+                    max.as_primitive::<Float64Type>().value(i),
+                ));
+            }
+        }
+    }
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    rows
+}
+
+#[tokio::test]
+async fn a_stateless_rule_filters_and_projects_every_batch() {
+    let mut p = pipeline(
+        "CREATE RULE hot INTO out AS SELECT device, temp * 2 AS twice FROM t WHERE temp > 30;",
+    )
+    .await;
+    let (outs, errs) = p
+        .push(&batch(
+            &p,
+            &[("a", 1, 31.0), ("b", 2, 20.0), ("c", 3, 40.5)],
+        ))
+        .await;
+    assert!(errs.is_empty());
+    assert_eq!(outs.len(), 1);
+    assert_eq!(&*outs[0].rule, "hot");
+    assert_eq!(&outs[0].sinks[..], ["out".to_string()]);
+    let b = &outs[0].batches[0];
+    assert_eq!(
+        b.column(0)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    assert_eq!(
+        b.column(1).as_primitive::<Float64Type>().values(),
+        &[62.0, 81.0]
+    );
+    // The same plan serves the next batch.
+    let (outs, _) = p.push(&batch(&p, &[("d", 4, 35.0)])).await;
+    assert_eq!(outs[0].batches[0].num_rows(), 1);
+    assert_eq!(p.rules[0].counters.records_in.load(Ordering::Relaxed), 4);
+    assert_eq!(p.rules[0].counters.records_out.load(Ordering::Relaxed), 3);
+}
+
+const WINDOW_RULE: &str = "CREATE RULE w INTO out AS
+  SELECT device, window_start, window_end, count(*) AS n, avg(temp) AS avg_temp, max(temp) AS max_temp
+  FROM t GROUP BY device, TUMBLINGWINDOW(ss, 10);";
+
+#[tokio::test]
+async fn a_window_is_emitted_once_the_watermark_passes_its_end() {
+    let mut p = pipeline(WINDOW_RULE).await;
+    let (outs, _) = p
+        .push(&batch(
+            &p,
+            &[("a", 1_000, 1.0), ("a", 9_999, 3.0), ("b", 5_000, 7.0)],
+        ))
+        .await;
+    assert!(outs.is_empty());
+    // Watermark 12_999 - 3_000 < 10_000: still open.
+    let (outs, _) = p.push(&batch(&p, &[("a", 12_999, 5.0)])).await;
+    assert!(outs.is_empty());
+    assert_eq!(p.watermark(), Some(9_999));
+    // Within the lateness: still counted in [0, 10s).
+    let (outs, _) = p.push(&batch(&p, &[("a", 8_000, 8.0)])).await;
+    assert!(outs.is_empty());
+    let (outs, _) = p
+        .push(&batch(&p, &[("c", 13_000, 0.0), ("c", 12_000, 0.5)]))
+        .await;
+    assert_eq!(
+        window_rows(&outs),
+        [("a".into(), 0, 3, 4.0, 8.0), ("b".into(), 0, 1, 7.0, 7.0)],
+        "closed at watermark 10_000"
+    );
+    // The window is closed: a row for it is late and counted, never emitted.
+    let (outs, _) = p.push(&batch(&p, &[("a", 500, 100.0)])).await;
+    assert!(outs.is_empty());
+    assert_eq!(p.rules[0].counters.late.load(Ordering::Relaxed), 1);
+    let (outs, _) = p.finish().await;
+    assert_eq!(
+        window_rows(&outs),
+        [
+            ("a".into(), 10_000, 1, 5.0, 5.0),
+            ("c".into(), 10_000, 2, 0.25, 0.5)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn random_out_of_order_streams_match_a_brute_force_reference() {
+    for seed in 0..5u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut p = pipeline(WINDOW_RULE).await;
+        let lateness = 3_000;
+        let mut events: Vec<(String, i64, f64)> = (0..3_000)
+            .map(|i| {
+                let ts = i * 37 + rng.random_range(0..37);
+                (
+                    format!("d{}", rng.random_range(0..13)),
+                    ts,
+                    f64::from(rng.random_range(-500..500)) / 10.0,
+                )
+            })
+            .collect();
+        // Shuffle within blocks spanning less than the lateness, and add some late rows.
+        for block in events.chunks_mut(60) {
+            block.shuffle(&mut rng);
+        }
+        for k in 0..40 {
+            let at = rng.random_range(500..events.len());
+            let ts = events[at].1 - 20_000 - k;
+            events.insert(at, ("late".into(), ts, 0.0));
+        }
+        // Reference: replay the same arrival order with the watermark rule.
+        let mut expected: BTreeMap<(String, i64), (i64, f64, f64)> = BTreeMap::new();
+        let mut max_seen = i64::MIN;
+        let mut late = 0;
+        let sizes: Vec<usize> = (0..events.len())
+            .map(|_| rng.random_range(1..200))
+            .collect();
+        let mut batches = Vec::new();
+        let mut rest = &events[..];
+        for s in sizes {
+            if rest.is_empty() {
+                break;
+            }
+            let (b, r) = rest.split_at(s.min(rest.len()));
+            batches.push(b);
+            rest = r;
+        }
+        for b in &batches {
+            let watermark = max_seen.saturating_sub(lateness);
+            for (d, ts, t) in b.iter() {
+                let start = ts.div_euclid(10_000) * 10_000;
+                if max_seen != i64::MIN && start + 10_000 <= watermark {
+                    late += 1;
+                    continue;
+                }
+                let e = expected
+                    .entry((d.clone(), start))
+                    .or_insert((0, 0.0, f64::MIN));
+                e.0 += 1;
+                e.1 += t;
+                e.2 = e.2.max(*t);
+            }
+            max_seen = max_seen.max(b.iter().map(|e| e.1).max().unwrap());
+        }
+        let mut outs = Vec::new();
+        for b in &batches {
+            let rows: Vec<(&str, i64, f64)> =
+                b.iter().map(|(d, ts, t)| (d.as_str(), *ts, *t)).collect();
+            let (o, errs) = p.push(&batch(&p, &rows)).await;
+            assert!(errs.is_empty(), "{errs:?}");
+            outs.extend(o);
+        }
+        outs.extend(p.finish().await.0);
+        let got = window_rows(&outs);
+        assert_eq!(got.len(), expected.len(), "seed {seed}");
+        for ((d, ws, n, avg, max), ((ed, ews), (en, esum, emax))) in got.iter().zip(&expected) {
+            assert_eq!((d, ws, n, max), (ed, ews, en, emax), "seed {seed}");
+            let eavg = esum / *en as f64;
+            assert!(
+                (avg - eavg).abs() < 1e-9,
+                "seed {seed}: avg {avg} vs {eavg}"
+            );
+        }
+        assert_eq!(
+            p.rules[0].counters.late.load(Ordering::Relaxed),
+            late,
+            "seed {seed}"
+        );
+        assert!(late > 0, "the test must exercise late rows");
+    }
+}
+
+#[tokio::test]
+async fn rows_without_event_time_are_counted_not_windowed() {
+    let mut p = pipeline(WINDOW_RULE).await;
+    let b = RecordBatch::try_new(
+        p.stream.schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["a", "a"])),
+            Arc::new(Int64Array::from(vec![Some(1_000), None])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+        ],
+    )
+    .unwrap();
+    assert_eq!(b.column(1).null_count(), 1);
+    p.push(&b).await;
+    let (outs, _) = p.finish().await;
+    assert_eq!(window_rows(&outs), [("a".into(), 0, 1, 1.0, 1.0)]);
+    assert_eq!(p.rules[0].counters.errors.load(Ordering::Relaxed), 1);
+}

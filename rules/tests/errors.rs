@@ -1,0 +1,161 @@
+//! Bad stream and rule declarations give errors with file, line and column.
+
+use std::path::Path;
+
+use fieldgate_rules::RuleSet;
+
+/// Parses and builds `text`; returns every error as `file:line:col: message`.
+async fn errors_of(text: &str) -> Vec<String> {
+    let (set, mut errors) = RuleSet::parse(Path::new("rules/bad.sql"), text);
+    let (_, build_errors) = set.build(|s| s == "cloud").await;
+    errors.extend(build_errors);
+    errors.iter().map(|e| e.to_string()).collect()
+}
+
+const GOOD_STREAM: &str = "CREATE STREAM t (device STRING, ts BIGINT, temp DOUBLE)\nWITH (DATASOURCE = 'a/+', TIMESTAMP = 'ts');\n";
+
+async fn assert_error(text: &str, at: &str, words: &[&str]) {
+    let errs = errors_of(text).await;
+    assert_eq!(
+        errs.len(),
+        1,
+        "expected one error for:\n{text}\ngot {errs:?}"
+    );
+    let e = &errs[0];
+    assert!(
+        e.starts_with(&format!("rules/bad.sql:{at}: ")),
+        "position of {e:?}, expected {at}"
+    );
+    for w in words {
+        assert!(e.contains(w), "{e:?} should mention {w:?}");
+    }
+}
+
+#[tokio::test]
+async fn stream_declaration_errors() {
+    assert_error(
+        "CREATE STREAM t (a STRNG) WITH (DATASOURCE = 'x');",
+        "1:20",
+        &["unknown type", "STRNG"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT)\n  WITH (DATASOURCE = 'x', COLOUR = 'red');",
+        "2:27",
+        &["COLOUR"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (DATASOURCE = 'a/#/b');",
+        "1:47",
+        &["#"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (FORMAT = 'json');",
+        "1:15",
+        &["DATASOURCE"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (DATASOURCE = 'x', TIMESTAMP = 'b');",
+        "1:64",
+        &["TIMESTAMP column `b`"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a STRING) WITH (DATASOURCE = 'x', TIMESTAMP = 'a');",
+        "1:64",
+        &["cannot hold"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (DATASOURCE = 'x', LATENESS = 'soon');",
+        "1:63",
+        &["LATENESS"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT, a STRING) WITH (DATASOURCE = 'x');",
+        "1:28",
+        &["twice"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rule_errors() {
+    let at = |line: u32, col: u32| format!("{}:{col}", line + 2);
+    let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS\nSELECT device FROM t WHERE;"),
+        &at(2, 27),
+        &["Expected", "found: EOF"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r cloud AS SELECT 1 FROM t;"),
+        &at(1, 15),
+        &["expected INTO"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO nowhere AS SELECT device FROM t;"),
+        &at(1, 13),
+        &["unknown sink `nowhere`"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT device FROM u;"),
+        &at(1, 29),
+        &["unknown stream `u`"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS\nSELECT device, count(*) FROM t GROUP BY device;"),
+        &at(2, 1),
+        &["without a window"],
+    )
+    .await;
+    assert_error(
+        &rule(
+            "CREATE RULE r INTO cloud AS SELECT count(*) FROM t GROUP BY TUMBLINGWINDOW(weeks, 1);",
+        ),
+        &at(1, 76),
+        &["unknown time unit"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT count(*) FROM t GROUP BY TUMBLINGWINDOW(ss, 0);"),
+        &at(1, 80),
+        &["positive"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT pressure FROM t;"),
+        &at(1, 29),
+        &["pressure"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT device FROM t; extra"),
+        &at(1, 51),
+        &["expected CREATE", "extra"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn one_bad_rule_does_not_stop_the_others() {
+    let text = format!(
+        "{GOOD_STREAM}CREATE RULE good INTO cloud AS SELECT device FROM t;\n\
+         CREATE RULE bad INTO cloud AS SELECT nope FROM t;\n\
+         CREATE RULE good2 INTO cloud AS SELECT temp FROM t WHERE temp > 1;\n"
+    );
+    let (set, errors) = RuleSet::parse(Path::new("x.sql"), &text);
+    assert!(errors.is_empty());
+    let (pipelines, errors) = set.build(|_| true).await;
+    assert_eq!(errors.len(), 1);
+    let names: Vec<&str> = pipelines[0].rules.iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["good", "good2"]);
+}

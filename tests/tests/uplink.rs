@@ -1,0 +1,105 @@
+//! Store-and-forward with a real mosquitto as the cloud: results survive a cloud
+//! outage and a gateway restart.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fieldgate_e2e::*;
+
+const RULES: &str = r#"
+CREATE STREAM readings (device STRING, n BIGINT)
+WITH (DATASOURCE = 'plant/+/reading', FORMAT = 'json');
+
+CREATE RULE forward INTO cloud AS
+SELECT device, n FROM readings WHERE n >= 0;
+"#;
+
+fn sink(port: u16) -> String {
+    format!(
+        "[sinks.cloud]\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         reconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\n"
+    )
+}
+
+fn readings(range: std::ops::Range<i64>) -> Vec<(String, Vec<u8>)> {
+    range
+        .map(|n| {
+            let d = format!("m{}", n % 4);
+            (
+                format!("plant/{d}/reading"),
+                format!(r#"{{"device":"{d}","n":{n}}}"#).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn arrived(sub: &Subscriber) -> BTreeSet<i64> {
+    sub.json()
+        .into_iter()
+        .filter_map(|(_, v)| v["n"].as_i64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_result_arrives_across_a_cloud_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cloud = Mosquitto::start(free_port(), &tmp.path().join("cloud"));
+    let setup = GatewaySetup::new(&tmp.path().join("gw"), &sink(cloud.port), RULES);
+    let mut gw = Gateway::start(&setup);
+    let sub = Subscriber::start(cloud.port, "cloud-app", "fieldgate/gw-test/forward").await;
+
+    publish_all(setup.mqtt_port, "dev-a", &readings(0..1000)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || !arrived(&sub).is_empty()).await,
+        "nothing arrived before the outage; log:\n{}",
+        gw.log_text()
+    );
+    cloud.stop();
+    // Published while the cloud is down: accepted by the gateway, held in its queue.
+    publish_all(setup.mqtt_port, "dev-b", &readings(1000..2000)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cloud.restart();
+    publish_all(setup.mqtt_port, "dev-c", &readings(2000..3000)).await;
+
+    let all: BTreeSet<i64> = (0..3000).collect();
+    let ok = eventually(Duration::from_secs(60), || arrived(&sub) == all).await;
+    let got = arrived(&sub);
+    let missing: Vec<_> = all.difference(&got).take(20).collect();
+    assert!(
+        ok,
+        "{} of 3000 arrived, missing e.g. {missing:?}; log:\n{}",
+        got.len(),
+        gw.log_text()
+    );
+    assert!(gw.terminate(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_results_are_sent_after_a_gateway_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cloud = Mosquitto::start(free_port(), &tmp.path().join("cloud"));
+    // The cloud application's persistent session exists before the outage.
+    let sub = Subscriber::start(cloud.port, "cloud-app", "fieldgate/gw-test/forward").await;
+    cloud.stop();
+
+    let setup = GatewaySetup::new(&tmp.path().join("gw"), &sink(cloud.port), RULES);
+    let mut gw = Gateway::start(&setup);
+    publish_all(setup.mqtt_port, "dev-a", &readings(0..500)).await;
+    // SIGTERM with the cloud down: the gateway stops ingest, makes what it accepted
+    // durable and exits 0 within a few seconds, leaving the results queued.
+    let status = gw.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log_text());
+    assert!(arrived(&sub).is_empty());
+
+    let mut gw = Gateway::start(&setup);
+    cloud.restart();
+    let all: BTreeSet<i64> = (0..500).collect();
+    let ok = eventually(Duration::from_secs(60), || arrived(&sub) == all).await;
+    assert!(
+        ok,
+        "{} of 500 arrived after the restart; log:\n{}",
+        arrived(&sub).len(),
+        gw.log_text()
+    );
+    assert!(gw.terminate(Duration::from_secs(10)).success());
+}
