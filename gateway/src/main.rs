@@ -13,6 +13,7 @@ mod config;
 mod ingest;
 mod pipeline;
 mod queue;
+mod rules_cli;
 mod uplink;
 
 use std::path::PathBuf;
@@ -48,16 +49,52 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check or test SQL rule files offline.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Parse and plan every stream and rule; report errors as file:line:col.
+    Check {
+        /// Rule files or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Also check that the sinks the rules name exist in this config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the rules over recorded events; print the results or compare them.
+    Test {
+        /// Rule files or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Events, one JSON object per line: a payload, or {"topic": ..., "payload": ...}.
+        #[arg(long)]
+        input: PathBuf,
+        /// Only this rule's results.
+        #[arg(long)]
+        rule: Option<String>,
+        /// The stream that bare payload lines belong to (when there are several).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Expected results (JSON lines as printed); exit 1 with a diff when they differ.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run { config } => run(config).map(|()| true),
+        Command::Rules(cmd) => rules(cmd),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("fieldgate: {e:#}");
@@ -84,6 +121,36 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
 /// Resolves once the stop flag is set (or its sender is gone).
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cmd {
+        RulesCommand::Check { paths, config } => {
+            let sinks = match config {
+                Some(c) => Some(config::Config::load(&c)?.sinks),
+                None => None,
+            };
+            runtime.block_on(rules_cli::check(&paths, |s| {
+                sinks.as_ref().is_none_or(|k| k.contains_key(s))
+            }))
+        }
+        RulesCommand::Test {
+            paths,
+            input,
+            rule,
+            stream,
+            expect,
+        } => runtime.block_on(rules_cli::test(&rules_cli::TestOptions {
+            paths,
+            input,
+            rule,
+            stream,
+            expect,
+        })),
+    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::queue::Queue;
 
+/// How often windows are checked against the clock.
+const TICK: Duration = Duration::from_millis(250);
+
 /// Per-stream counters.
 #[derive(Debug, Default)]
 pub struct StreamCounters {
@@ -74,7 +77,22 @@ pub async fn run_stream(
     };
     let mut bad_payload_log = RateLimited::new(Duration::from_secs(5));
     let mut rule_error_log = RateLimited::new(Duration::from_secs(5));
-    while let Some(payloads) = rx.recv().await {
+    let mut clock = tokio::time::interval(TICK);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let payloads = tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+            _ = clock.tick() => {
+                // Processing-time windows and idle streams close by the clock.
+                let (outputs, errors) = pipeline.tick(fieldgate_rules::now_millis()).await;
+                log_rule_errors(&stream, errors, &mut rule_error_log);
+                deliver(&stream, outputs, &queues, &counters).await;
+                continue;
+            }
+        };
         let decoded = decoder.decode(&payloads);
         if !decoded.rejected.is_empty() {
             let n = decoded.rejected.len() as u64;
@@ -96,16 +114,20 @@ pub async fn run_stream(
             .rows
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         let (outputs, errors) = pipeline.push(&batch).await;
-        for e in errors {
-            if let Some(held) = rule_error_log.allow(1) {
-                tracing::warn!(%stream, error = %e, not_logged_before = held, "rule failed on a batch");
-            }
-        }
+        log_rule_errors(&stream, errors, &mut rule_error_log);
         deliver(&stream, outputs, &queues, &counters).await;
     }
     let open: usize = pipeline.rules.iter().map(|r| r.open_windows()).sum();
     if open > 0 {
         tracing::info!(%stream, open_windows = open, "stream stopped with windows still open; they are not emitted");
+    }
+}
+
+fn log_rule_errors(stream: &str, errors: Vec<fieldgate_rules::ExecError>, log: &mut RateLimited) {
+    for e in errors {
+        if let Some(held) = log.allow(1) {
+            tracing::warn!(%stream, error = %e, not_logged_before = held, "rule failed on a batch");
+        }
     }
 }
 

@@ -1,26 +1,30 @@
-//! Running rules over a stream's micro-batches: stateless rules run their plan on each
-//! batch; windowed rules keep each open window's rows and run their plan when the
-//! watermark closes the window.
+//! Running rules over a stream's micro-batches. A stateless rule runs its plan on each
+//! batch; a windowed rule filters (and keys) rows, hands them to its window state, and
+//! runs its aggregate plan over every window the watermark (or the row count) completes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
 use crate::error::{ExecError, SqlError};
 use crate::plan::CompiledQuery;
 use crate::rule::RuleDef;
-use crate::stream::StreamDef;
+use crate::stream::{EventTime, StreamDef};
 use crate::watermark::Watermark;
-use crate::window::WindowSpec;
+use crate::window::{Input, WindowState};
 
 /// Column names a windowed rule can select.
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
+/// Column added to rows sent to a rule's `LATE INTO` sink.
+pub const LATE_REASON: &str = "late_reason";
 
 /// Per-rule counters, shared with whoever reports them.
 #[derive(Debug, Default)]
@@ -29,16 +33,18 @@ pub struct RuleCounters {
     pub records_in: AtomicU64,
     /// Result rows the rule produced.
     pub records_out: AtomicU64,
-    /// Rows that arrived after their window was closed by the watermark.
+    /// Rows that arrived after their window was complete.
     pub late: AtomicU64,
-    /// Rows dropped for lack of an event time, and failed executions.
+    /// Rows without an event time, and failed executions.
     pub errors: AtomicU64,
+    /// Batches processed.
+    pub batches: AtomicU64,
+    /// Time spent processing, in nanoseconds.
+    pub busy_ns: AtomicU64,
 }
 
-impl RuleCounters {
-    fn add(c: &AtomicU64, n: usize) {
-        c.fetch_add(n as u64, Ordering::Relaxed);
-    }
+fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 /// Result rows of one rule, to be sent to its sinks.
@@ -49,6 +55,55 @@ pub struct RuleOutput {
     pub batches: Vec<RecordBatch>,
 }
 
+/// The current time in epoch milliseconds.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn df_err(counters: &RuleCounters, rule: &str, e: datafusion::error::DataFusionError) -> ExecError {
+    counters.errors.fetch_add(1, Ordering::Relaxed);
+    ExecError::DataFusion {
+        rule: rule.to_string(),
+        source: e,
+    }
+}
+
+fn arrow_err(
+    counters: &RuleCounters,
+    rule: &str,
+    e: datafusion::arrow::error::ArrowError,
+) -> ExecError {
+    counters.errors.fetch_add(1, Ordering::Relaxed);
+    ExecError::Arrow {
+        rule: rule.to_string(),
+        source: e,
+    }
+}
+
+/// Where in the rule a planning error is about: the word an unknown column or function
+/// names, else the start of the query.
+fn blame(def: &RuleDef, msg: &str) -> crate::error::Pos {
+    let named = ["No field named ", "Invalid function '", "function '"]
+        .iter()
+        .find_map(|p| msg.split_once(p).map(|(_, rest)| rest));
+    let Some(rest) = named else {
+        return def.query_pos;
+    };
+    let name: String = rest
+        .trim_start_matches(['"', '\''])
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '.'))
+        .collect();
+    let name = name.trim_end_matches('.');
+    let name = name.rsplit('.').next().unwrap_or(name);
+    def.words
+        .iter()
+        .find(|(w, _)| w.eq_ignore_ascii_case(name))
+        .map_or(def.query_pos, |(_, p)| *p)
+}
+
 /// A planned rule with its window state.
 pub struct Rule {
     pub def: Arc<RuleDef>,
@@ -56,30 +111,62 @@ pub struct Rule {
     name: Arc<str>,
     sinks: Arc<[String]>,
     query: CompiledQuery,
-    window: Option<OpenWindows>,
+    windowed: Option<Windowed>,
 }
 
-/// The rows of every open window of a windowed rule, keyed by window start.
-struct OpenWindows {
-    spec: WindowSpec,
-    /// Stream schema plus `window_start` and `window_end`.
-    schema: SchemaRef,
-    open: BTreeMap<i64, Vec<RecordBatch>>,
+/// What a windowed rule keeps besides its aggregate plan.
+struct Windowed {
+    state: WindowState,
+    prefilter: Option<CompiledQuery>,
+    /// Columns of the stream (the prefilter may append key columns after them).
+    stream_cols: usize,
+    event_time: Option<EventTime>,
+    keys: Option<KeyIds>,
+    late_sinks: Option<Arc<[String]>>,
+    late_schema: SchemaRef,
+}
+
+/// Gives each distinct group key a small number, for per-key windows.
+struct KeyIds {
+    converter: RowConverter,
+    ids: HashMap<OwnedRow, u64>,
+}
+
+impl KeyIds {
+    fn ids(&mut self, cols: &[ArrayRef]) -> Result<Vec<u64>, datafusion::arrow::error::ArrowError> {
+        let rows = self.converter.convert_columns(cols)?;
+        let mut out = Vec::with_capacity(rows.num_rows());
+        for r in rows.iter() {
+            let next = self.ids.len() as u64;
+            let id = match self.ids.get(&r.owned()) {
+                Some(id) => *id,
+                None => {
+                    self.ids.insert(r.owned(), next);
+                    next
+                }
+            };
+            out.push(id);
+        }
+        Ok(out)
+    }
 }
 
 impl Rule {
     /// Plans a rule over its stream. Errors point at the rule in its file.
     pub async fn compile(def: RuleDef, stream: &StreamDef) -> Result<Rule, SqlError> {
         let err = |msg: String| SqlError::new(&def.file, def.query_pos, msg);
-        let window = match def.window {
+        let plan_err = |e: datafusion::error::DataFusionError| {
+            let msg = e.strip_backtrace();
+            SqlError::new(
+                &def.file,
+                blame(&def, &msg),
+                format!("rule `{}`: {msg}", def.name),
+            )
+        };
+        let mut input = stream.schema.clone();
+        let windowed = match def.window {
             None => None,
             Some(spec) => {
-                if stream.event_time.is_none() {
-                    return Err(err(format!(
-                        "rule `{}` uses a window but stream `{}` declares no TIMESTAMP column",
-                        def.name, stream.name
-                    )));
-                }
                 let mut fields: Vec<Field> = stream
                     .schema
                     .fields()
@@ -95,20 +182,55 @@ impl Rule {
                     }
                     fields.push(Field::new(name, DataType::Int64, false));
                 }
-                Some(OpenWindows {
-                    spec,
-                    schema: Arc::new(Schema::new(fields)),
-                    open: BTreeMap::new(),
+                let tagged = Arc::new(Schema::new(fields));
+                input = tagged.clone();
+                let prefilter = match &def.prefilter {
+                    Some(q) => Some(
+                        CompiledQuery::compile(&stream.name, stream.schema.clone(), q)
+                            .await
+                            .map_err(plan_err)?,
+                    ),
+                    None => None,
+                };
+                let stream_cols = stream.schema.fields().len();
+                let keys = match (&prefilter, def.keys) {
+                    (Some(p), n) if spec.per_key() && n > 0 => {
+                        let out = p.schema();
+                        let sort_fields = out.fields()[stream_cols..stream_cols + n]
+                            .iter()
+                            .map(|f| SortField::new(f.data_type().clone()))
+                            .collect();
+                        let converter =
+                            RowConverter::new(sort_fields).map_err(|e| err(e.to_string()))?;
+                        Some(KeyIds {
+                            converter,
+                            ids: HashMap::new(),
+                        })
+                    }
+                    _ => None,
+                };
+                let mut late_fields: Vec<Field> = stream
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                late_fields.push(Field::new(LATE_REASON, DataType::Utf8, false));
+                Some(Windowed {
+                    state: WindowState::new(spec, tagged),
+                    prefilter,
+                    stream_cols,
+                    event_time: stream.event_time.clone(),
+                    keys,
+                    late_sinks: def.late_sink.clone().map(|s| Arc::from(vec![s])),
+                    late_schema: Arc::new(Schema::new(late_fields)),
                 })
             }
         };
-        let input = window
-            .as_ref()
-            .map_or_else(|| stream.schema.clone(), |w| w.schema.clone());
         let query = CompiledQuery::compile(&stream.name, input, &def.query)
             .await
-            .map_err(|e| err(format!("rule `{}`: {}", def.name, e.strip_backtrace())))?;
-        if query.aggregates && window.is_none() {
+            .map_err(plan_err)?;
+        if query.aggregates && windowed.is_none() {
             return Err(err(format!(
                 "rule `{}` aggregates without a window; add one to GROUP BY, \
                  e.g. GROUP BY TUMBLINGWINDOW(ss, 10)",
@@ -121,7 +243,7 @@ impl Rule {
             def: Arc::new(def),
             counters: Arc::default(),
             query,
-            window,
+            windowed,
         })
     }
 
@@ -130,8 +252,10 @@ impl Rule {
     }
 
     fn output(&self, batches: Vec<RecordBatch>) -> RuleOutput {
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        RuleCounters::add(&self.counters.records_out, rows);
+        add(
+            &self.counters.records_out,
+            batches.iter().map(|b| b.num_rows()).sum(),
+        );
         RuleOutput {
             rule: self.name.clone(),
             sinks: self.sinks.clone(),
@@ -139,118 +263,122 @@ impl Rule {
         }
     }
 
-    fn exec_err(&self, e: datafusion::error::DataFusionError) -> ExecError {
-        self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        ExecError::DataFusion {
-            rule: self.name.to_string(),
-            source: e,
-        }
+    fn df_err(&self, e: datafusion::error::DataFusionError) -> ExecError {
+        df_err(&self.counters, &self.name, e)
     }
 
-    /// Offers a batch to the rule. `times` are the rows' event times (ms) and
-    /// `watermark` the stream's watermark before this batch.
+    /// Offers a batch of the stream to the rule; `watermark` is the stream's watermark
+    /// before this batch and `now` the arrival time (processing-time streams).
     async fn push(
         &mut self,
         batch: &RecordBatch,
-        times: Option<&Int64Array>,
         watermark: &Watermark,
-    ) -> Result<Option<RuleOutput>, ExecError> {
-        RuleCounters::add(&self.counters.records_in, batch.num_rows());
-        let Some(w) = self.window.as_mut() else {
+        now: i64,
+    ) -> Result<Vec<RuleOutput>, ExecError> {
+        add(&self.counters.records_in, batch.num_rows());
+        let Some(w) = self.windowed.as_mut() else {
             let out = self
                 .query
                 .run(vec![batch.clone()])
                 .await
-                .map_err(|e| self.exec_err(e))?;
-            return Ok(Some(self.output(out)));
+                .map_err(|e| self.df_err(e))?;
+            return Ok(vec![self.output(out)]);
         };
-        let Some(times) = times else {
-            return Ok(None);
-        };
-        let mut by_window: HashMap<i64, Vec<u32>> = HashMap::new();
-        let (mut late, mut missing) = (0, 0);
-        for (i, ts) in times.iter().enumerate() {
-            let Some(ts) = ts else {
-                missing += 1;
-                continue;
-            };
-            let start = w.spec.window_start(ts);
-            if watermark.closes(w.spec.window_end(start)) {
-                late += 1;
-                continue;
+        let (counters, name) = (self.counters.clone(), self.name.clone());
+        let aerr = |e| arrow_err(&counters, &name, e);
+        // Filter (and key) the rows first.
+        let rows = match &w.prefilter {
+            None => batch.clone(),
+            Some(p) => {
+                let out = p
+                    .run(vec![batch.clone()])
+                    .await
+                    .map_err(|e| df_err(&counters, &name, e))?;
+                concat_batches(&p.schema(), &out).map_err(aerr)?
             }
-            by_window.entry(start).or_default().push(i as u32);
+        };
+        let times = match &w.event_time {
+            Some(et) => et.millis(rows.column(et.index)),
+            None => Int64Array::from_value(now, rows.num_rows()),
+        };
+        let missing = times.null_count();
+        let keys = match &mut w.keys {
+            Some(k) => {
+                let cols = rows.columns()[w.stream_cols..].to_vec();
+                Some(k.ids(&cols).map_err(aerr)?)
+            }
+            None => None,
+        };
+        let pushed = w.state.push(
+            Input {
+                rows: &rows,
+                times: &times,
+                keys: keys.as_deref(),
+            },
+            watermark,
+        );
+        let (late, done) = pushed.map_err(aerr)?;
+        add(&self.counters.errors, missing);
+        add(&self.counters.late, late.len());
+        let mut outputs = Vec::new();
+        if let (Some(sinks), false) = (&w.late_sinks, late.is_empty()) {
+            let reason = format!(
+                "arrived after its window was complete (watermark {})",
+                watermark.current().unwrap_or(i64::MIN)
+            );
+            let taken = take_record_batch(&rows, &UInt32Array::from(late.clone())).map_err(aerr)?;
+            let mut cols: Vec<ArrayRef> = taken.columns()[..w.stream_cols].to_vec();
+            cols.push(Arc::new(StringArray::from(vec![
+                reason.as_str();
+                late.len()
+            ])));
+            let b = RecordBatch::try_new(w.late_schema.clone(), cols).map_err(aerr)?;
+            outputs.push(RuleOutput {
+                rule: self.name.clone(),
+                sinks: sinks.clone(),
+                batches: vec![b],
+            });
         }
-        RuleCounters::add(&self.counters.late, late);
-        RuleCounters::add(&self.counters.errors, missing);
-        for (start, rows) in by_window {
-            let rows = take_record_batch(batch, &UInt32Array::from(rows)).map_err(|source| {
-                ExecError::Arrow {
-                    rule: self.name.to_string(),
-                    source,
-                }
-            })?;
-            let n = rows.num_rows();
-            let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
-            columns.push(Arc::new(Int64Array::from_value(start, n)));
-            columns.push(Arc::new(Int64Array::from_value(
-                w.spec.window_end(start),
-                n,
-            )));
-            let rows = RecordBatch::try_new(w.schema.clone(), columns).map_err(|source| {
-                ExecError::Arrow {
-                    rule: self.name.to_string(),
-                    source,
-                }
-            })?;
-            w.open.entry(start).or_default().push(rows);
+        // Count windows complete on arrival. Each runs alone: two of them may share
+        // their time bounds, and the plan groups by those.
+        let mut results = Vec::new();
+        for window in done {
+            results.extend(
+                self.query
+                    .run(vec![window])
+                    .await
+                    .map_err(|e| self.df_err(e))?,
+            );
         }
-        Ok(None)
+        if !results.is_empty() {
+            outputs.push(self.output(results));
+        }
+        Ok(outputs)
     }
 
-    /// Emits every window the watermark has closed; with `None`, every open window
+    /// Emits every window the watermark completed; with `None`, every open window
     /// (the end of a finite input).
     async fn close(
         &mut self,
         watermark: Option<&Watermark>,
     ) -> Result<Option<RuleOutput>, ExecError> {
-        let Some(w) = self.window.as_mut() else {
+        let Some(w) = self.windowed.as_mut() else {
             return Ok(None);
         };
-        let closing = match watermark {
-            None => std::mem::take(&mut w.open),
-            Some(wm) => {
-                let Some(first_open) = w
-                    .open
-                    .keys()
-                    .copied()
-                    .find(|s| !wm.closes(w.spec.window_end(*s)))
-                else {
-                    let all = std::mem::take(&mut w.open);
-                    return self.run_windows(all).await;
-                };
-                let rest = w.open.split_off(&first_open);
-                std::mem::replace(&mut w.open, rest)
-            }
-        };
-        self.run_windows(closing).await
-    }
-
-    async fn run_windows(
-        &mut self,
-        closing: BTreeMap<i64, Vec<RecordBatch>>,
-    ) -> Result<Option<RuleOutput>, ExecError> {
+        let closing = w
+            .state
+            .close(watermark)
+            .map_err(|e| arrow_err(&self.counters, &self.name, e))?;
         if closing.is_empty() {
             return Ok(None);
         }
-        let input: Vec<RecordBatch> = closing.into_values().flatten().collect();
-        let out = self.query.run(input).await.map_err(|e| self.exec_err(e))?;
+        let out = self.query.run(closing).await.map_err(|e| self.df_err(e))?;
         Ok(Some(self.output(out)))
     }
 
-    /// Number of windows holding rows.
+    /// Number of windows (sessions; rows for count windows) held open.
     pub fn open_windows(&self) -> usize {
-        self.window.as_ref().map_or(0, |w| w.open.len())
+        self.windowed.as_ref().map_or(0, |w| w.state.open())
     }
 }
 
@@ -260,6 +388,8 @@ pub struct StreamPipeline {
     pub stream: Arc<StreamDef>,
     pub rules: Vec<Rule>,
     watermark: Watermark,
+    /// Wall-clock time (ms) of the last batch, and the largest event time seen then.
+    last_arrival: Option<(i64, i64)>,
 }
 
 impl StreamPipeline {
@@ -271,6 +401,7 @@ impl StreamPipeline {
             stream,
             rules,
             watermark: Watermark::new(lateness),
+            last_arrival: None,
         }
     }
 
@@ -279,34 +410,78 @@ impl StreamPipeline {
         self.watermark.current()
     }
 
-    /// Runs every rule over a batch of the stream's rows; returns the results that are
-    /// ready and the errors of rules that failed (the other rules are not affected).
+    /// Runs every rule over a batch of the stream's rows, arriving now.
     pub async fn push(&mut self, batch: &RecordBatch) -> (Vec<RuleOutput>, Vec<ExecError>) {
-        let times = self
-            .stream
-            .event_time
-            .as_ref()
-            .map(|et| et.millis(batch.column(et.index)));
+        self.push_at(batch, now_millis()).await
+    }
+
+    /// Runs every rule over a batch that arrived at `now` (epoch ms); returns the results
+    /// that are ready and the errors of rules that failed (the others are not affected).
+    pub async fn push_at(
+        &mut self,
+        batch: &RecordBatch,
+        now: i64,
+    ) -> (Vec<RuleOutput>, Vec<ExecError>) {
+        let max_event = match &self.stream.event_time {
+            Some(et) => datafusion::arrow::compute::max(&et.millis(batch.column(et.index))),
+            None => Some(now),
+        };
         let mut outputs = Vec::new();
         let mut errors = Vec::new();
         for rule in &mut self.rules {
-            match rule.push(batch, times.as_ref(), &self.watermark).await {
+            let started = Instant::now();
+            match rule.push(batch, &self.watermark, now).await {
+                Ok(o) => outputs.extend(o),
+                Err(e) => errors.push(e),
+            }
+            rule.counters.batches.fetch_add(1, Ordering::Relaxed);
+            add(
+                &rule.counters.busy_ns,
+                started.elapsed().as_nanos() as usize,
+            );
+        }
+        if let Some(max) = max_event {
+            self.watermark.observe(max);
+            let seen = self.last_arrival.map_or(max, |(_, m)| m.max(max));
+            self.last_arrival = Some((now, seen));
+            self.close(&mut outputs, &mut errors).await;
+        }
+        (outputs, errors)
+    }
+
+    /// Lets time pass without rows: a processing-time stream's watermark follows the
+    /// clock; an event-time stream idle for longer than its `IDLE_TIMEOUT` has its
+    /// watermark advanced by the time it has been idle.
+    pub async fn tick(&mut self, now: i64) -> (Vec<RuleOutput>, Vec<ExecError>) {
+        let mut outputs = Vec::new();
+        let mut errors = Vec::new();
+        let advance_to = match (
+            &self.stream.event_time,
+            self.stream.idle_timeout,
+            self.last_arrival,
+        ) {
+            (None, _, _) => Some(now),
+            (Some(_), Some(idle), Some((at, seen))) => {
+                let idle_ms = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+                (now - at >= idle_ms).then(|| seen.saturating_add(now - at))
+            }
+            _ => None,
+        };
+        if let Some(t) = advance_to {
+            self.watermark.observe(t);
+            self.close(&mut outputs, &mut errors).await;
+        }
+        (outputs, errors)
+    }
+
+    async fn close(&mut self, outputs: &mut Vec<RuleOutput>, errors: &mut Vec<ExecError>) {
+        for rule in &mut self.rules {
+            match rule.close(Some(&self.watermark)).await {
                 Ok(Some(o)) => outputs.push(o),
                 Ok(None) => {}
                 Err(e) => errors.push(e),
             }
         }
-        if let Some(max) = times.as_ref().and_then(datafusion::arrow::compute::max) {
-            self.watermark.observe(max);
-            for rule in &mut self.rules {
-                match rule.close(Some(&self.watermark)).await {
-                    Ok(Some(o)) => outputs.push(o),
-                    Ok(None) => {}
-                    Err(e) => errors.push(e),
-                }
-            }
-        }
-        (outputs, errors)
     }
 
     /// Closes every open window, as at the end of a finite input.

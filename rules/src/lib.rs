@@ -30,7 +30,10 @@ mod stream;
 mod watermark;
 mod window;
 
-pub use engine::{Rule, RuleCounters, RuleOutput, StreamPipeline, WINDOW_END, WINDOW_START};
+pub use engine::{
+    LATE_REASON, Rule, RuleCounters, RuleOutput, StreamPipeline, WINDOW_END, WINDOW_START,
+    now_millis,
+};
 pub use error::{ExecError, Pos, SqlError};
 pub use rule::RuleDef;
 pub use ruleset::{RuleSet, rule_files};

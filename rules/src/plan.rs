@@ -69,6 +69,11 @@ impl CompiledQuery {
         })
     }
 
+    /// The schema of the plan's output.
+    pub fn schema(&self) -> SchemaRef {
+        self.plan.schema()
+    }
+
     /// Runs the plan over `input` and returns its output batches.
     pub async fn run(&self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         *self.slot.lock().map_err(poisoned)? = input;

@@ -20,8 +20,19 @@ pub struct RuleDef {
     pub query: Box<Query>,
     /// The window in GROUP BY, if any.
     pub window: Option<WindowSpec>,
+    /// For windowed rules: `SELECT *, <group keys> FROM stream WHERE ...`, run before
+    /// rows enter windows (the WHERE is then taken out of `query`). `None` when the rule
+    /// has neither a WHERE nor a per-key window.
+    pub prefilter: Option<Box<Query>>,
+    /// Number of group-key columns `prefilter` appends.
+    pub keys: usize,
+    /// Optional sink for rows that arrived too late for their window.
+    pub late_sink: Option<String>,
     pub file: PathBuf,
     pub pos: Pos,
     /// Where the SELECT starts, for errors found while planning.
     pub query_pos: Pos,
+    /// Every word of the query with its position, to point planning errors (an unknown
+    /// column, say) at the word they are about.
+    pub words: Vec<(String, Pos)>,
 }

@@ -130,7 +130,12 @@ impl RuleSet {
                 ));
                 continue;
             };
-            if let Some(missing) = def.sinks.iter().find(|s| !sink_exists(s)) {
+            if let Some(missing) = def
+                .sinks
+                .iter()
+                .chain(&def.late_sink)
+                .find(|s| !sink_exists(s))
+            {
                 errors.push(SqlError::new(
                     &def.file,
                     def.pos,

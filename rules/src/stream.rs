@@ -20,8 +20,12 @@ pub struct StreamDef {
     /// MQTT topic filter the stream reads, e.g. `sensors/+/telemetry`.
     pub topic: String,
     pub format: PayloadFormat,
-    /// Event time, when the stream declares one.
+    /// Event time, when the stream declares one; without it, windows run on the time
+    /// rows arrive (processing time).
     pub event_time: Option<EventTime>,
+    /// With event time: after this long without rows, the watermark follows the clock
+    /// so that open windows still close.
+    pub idle_timeout: Option<std::time::Duration>,
     pub file: PathBuf,
     pub pos: Pos,
 }

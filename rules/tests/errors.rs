@@ -133,7 +133,7 @@ async fn rule_errors() {
     .await;
     assert_error(
         &rule("CREATE RULE r INTO cloud AS SELECT pressure FROM t;"),
-        &at(1, 29),
+        &at(1, 36),
         &["pressure"],
     )
     .await;
@@ -143,6 +143,68 @@ async fn rule_errors() {
         &["expected CREATE", "extra"],
     )
     .await;
+}
+
+#[tokio::test]
+async fn window_errors() {
+    let at = |line: u32, col: u32| format!("{}:{col}", line + 2);
+    let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");
+    assert_error(
+        &rule(
+            "CREATE RULE r INTO cloud AS SELECT count(*) FROM t GROUP BY HOPPINGWINDOW(ss, 5, 10);",
+        ),
+        &at(1, 61),
+        &["hop", "must not exceed"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT count(*) FROM t GROUP BY COUNTWINDOW(0);"),
+        &at(1, 73),
+        &["positive"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT count(*) FROM t GROUP BY SESSIONWINDOW(ss, 10);"),
+        &at(1, 61),
+        &["max duration, gap"],
+    )
+    .await;
+    assert_error(
+        &rule(
+            "CREATE RULE r INTO cloud AS SELECT count(*) FROM t GROUP BY TUMBLE(INTERVAL 'soon');",
+        ),
+        &at(1, 77),
+        &["not an interval"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT count(*) FROM t\nGROUP BY TUMBLINGWINDOW(ss, 1), COUNTWINDOW(2);"),
+        &at(2, 33),
+        &["only one window"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud LATE INTO cloud AS SELECT device FROM t;"),
+        &at(1, 13),
+        &["LATE INTO needs a time window"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud LATE INTO dlq AS SELECT count(*) FROM t GROUP BY TUMBLINGWINDOW(ss, 1);"),
+        &at(1, 13),
+        &["unknown sink `dlq`"],
+    )
+    .await;
+    // Windows on event time need a TIMESTAMP column... unless they run on arrival time.
+    let errs = errors_of(
+        "CREATE STREAM p (a BIGINT) WITH (DATASOURCE = 'x');\n\
+         CREATE RULE r INTO cloud AS SELECT count(*) AS n FROM p GROUP BY TUMBLINGWINDOW(ss, 1);",
+    )
+    .await;
+    assert!(
+        errs.is_empty(),
+        "processing-time windows are allowed: {errs:?}"
+    );
 }
 
 #[tokio::test]

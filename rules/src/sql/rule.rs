@@ -1,8 +1,9 @@
 //! `CREATE RULE name INTO sink[, sink...] AS <query>`.
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectNamePart,
-    Query, SetExpr, Spanned, TableFactor, Value,
+    DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
+    ObjectNamePart, Query, SelectItem, SetExpr, Spanned, TableFactor, Value,
+    WildcardAdditionalOptions,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -14,12 +15,15 @@ use crate::rule::RuleDef;
 use crate::window::{WindowSpec, unit_millis};
 
 /// Window functions accepted in GROUP BY, by eKuiper's spelling.
-const WINDOW_FUNCTIONS: [&str; 5] = [
+const WINDOW_FUNCTIONS: [&str; 8] = [
     "TUMBLINGWINDOW",
     "HOPPINGWINDOW",
     "SLIDINGWINDOW",
     "SESSIONWINDOW",
     "COUNTWINDOW",
+    "TUMBLE",
+    "HOP",
+    "SESSION",
 ];
 
 pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
@@ -36,6 +40,13 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
             break;
         }
     }
+    let mut late_sink = None;
+    if c.peek_word_upper().as_deref() == Some("LATE") {
+        c.next();
+        c.expect_keyword("INTO")?;
+        let (sink, _) = c.ident("a sink name for late rows")?;
+        late_sink = Some(sink);
+    }
     c.expect_keyword("AS")?;
     let query_pos = c.pos();
     let file = c.file().to_path_buf();
@@ -49,6 +60,19 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
             line: t.span.end.line,
             column: t.span.end.column,
         });
+    let words = tokens
+        .iter()
+        .filter_map(|t| match &t.token {
+            Token::Word(w) => Some((
+                w.value.clone(),
+                Pos {
+                    line: t.span.start.line,
+                    column: t.span.start.column,
+                },
+            )),
+            _ => None,
+        })
+        .collect();
     let dialect = GenericDialect {};
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut query = parser.parse_query().map_err(|e| {
@@ -71,17 +95,28 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
             format!("unexpected `{}` after the rule's query", next.token),
         ));
     }
-    let (stream, window) = inspect_select(&mut query)
+    let (stream, window, prefilter, keys) = inspect_select(&mut query)
         .map_err(|(p, m)| SqlError::new(&file, p.unwrap_or(query_pos), m))?;
+    if late_sink.is_some() && !window.is_some_and(|w| w.uses_time()) {
+        return Err(SqlError::new(
+            &file,
+            pos,
+            "LATE INTO needs a time window in GROUP BY: only windowed rules have late rows",
+        ));
+    }
     Ok(RuleDef {
         name,
         sinks,
         stream,
         query,
         window,
+        prefilter,
+        keys,
+        late_sink,
         file,
         pos,
         query_pos,
+        words,
     })
 }
 
@@ -95,8 +130,13 @@ fn span_pos(e: &impl Spanned) -> Option<Pos> {
     })
 }
 
-/// Finds the stream in FROM and takes the window function out of GROUP BY.
-fn inspect_select(query: &mut Query) -> Result<(String, Option<WindowSpec>), Located> {
+/// What [`inspect_select`] finds: the stream, the window, the pre-window filter query
+/// and the number of key columns it appends.
+type Inspected = (String, Option<WindowSpec>, Option<Box<Query>>, usize);
+
+/// Finds the stream in FROM, takes the window function out of GROUP BY and, for
+/// windowed rules, splits off the part that runs before windowing.
+fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Err((
             span_pos(&*query.body),
@@ -123,6 +163,7 @@ fn inspect_select(query: &mut Query) -> Result<(String, Option<WindowSpec>), Loc
         other => return Err((span_pos(other), "FROM must name a stream".into())),
     };
     let mut window = None;
+    let mut keys = Vec::new();
     if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
         let mut kept = Vec::with_capacity(exprs.len() + 2);
         for e in exprs.drain(..) {
@@ -140,15 +181,111 @@ fn inspect_select(query: &mut Query) -> Result<(String, Option<WindowSpec>), Loc
             }
         }
         if window.is_some() {
+            keys = kept.clone();
             kept.push(Expr::Identifier(Ident::new("window_start")));
             kept.push(Expr::Identifier(Ident::new("window_end")));
         }
         *exprs = kept;
     }
-    Ok((stream, window))
+    let Some(spec) = window else {
+        return Ok((stream, None, None, 0));
+    };
+    // Rows are filtered (and keyed) before they enter windows, as eKuiper does: the
+    // WHERE decides which rows count for sessions, count windows and sliding triggers.
+    if select.selection.is_none() && !spec.per_key() {
+        return Ok((stream, window, None, 0));
+    }
+    let selection = select.selection.take();
+    let mut pre = query.clone();
+    if let SetExpr::Select(pre_select) = pre.body.as_mut() {
+        pre_select.projection = vec![SelectItem::Wildcard(WildcardAdditionalOptions::default())];
+        if spec.per_key() {
+            for (i, k) in keys.iter().enumerate() {
+                pre_select.projection.push(SelectItem::ExprWithAlias {
+                    expr: k.clone(),
+                    alias: Ident::new(format!("__fg_key{i}")),
+                });
+            }
+        }
+        pre_select.selection = selection;
+        pre_select.group_by = GroupByExpr::Expressions(vec![], vec![]);
+        pre_select.having = None;
+    }
+    pre.order_by = None;
+    pre.limit_clause = None;
+    let n_keys = if spec.per_key() { keys.len() } else { 0 };
+    Ok((stream, window, Some(Box::new(pre)), n_keys))
 }
 
-/// Recognises `TUMBLINGWINDOW(unit, size)`; other window kinds are reported as unsupported.
+/// The numeric arguments of a window call, after the function name.
+fn args_of(f: &datafusion::sql::sqlparser::ast::Function) -> Vec<&Expr> {
+    match &f.args {
+        FunctionArguments::List(list) => list
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    }
+}
+
+fn positive_int(e: &Expr) -> Result<i64, Located> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+    .filter(|n: &i64| *n > 0)
+    .ok_or_else(|| (span_pos(e), format!("`{e}` must be a positive integer")))
+}
+
+/// `INTERVAL '10' SECOND` or `INTERVAL '10 seconds'`, in milliseconds.
+fn interval_millis(e: &Expr) -> Result<i64, Located> {
+    let bad = || {
+        (
+            span_pos(e),
+            format!("`{e}` is not an interval such as INTERVAL '10' SECOND"),
+        )
+    };
+    let Expr::Interval(iv) = e else {
+        return Err(bad());
+    };
+    let text = match iv.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => s.clone(),
+            Value::Number(n, _) => n.clone(),
+            _ => return Err(bad()),
+        },
+        _ => return Err(bad()),
+    };
+    let ms = match &iv.leading_field {
+        Some(field) => {
+            let unit = match field {
+                DateTimeField::Second | DateTimeField::Seconds => 1_000,
+                DateTimeField::Minute | DateTimeField::Minutes => 60_000,
+                DateTimeField::Hour | DateTimeField::Hours => 3_600_000,
+                DateTimeField::Day | DateTimeField::Days => 86_400_000,
+                _ => return Err(bad()),
+            };
+            text.trim()
+                .parse::<i64>()
+                .map_err(|_| bad())?
+                .checked_mul(unit)
+        }
+        None => humantime::parse_duration(text.trim())
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok()),
+    };
+    ms.filter(|m| *m > 0).ok_or_else(bad)
+}
+
+/// Recognises the window functions of GROUP BY: eKuiper's spellings and the SQL-style
+/// `TUMBLE`, `HOP` and `SESSION` with intervals.
 fn window_call(e: &Expr) -> Result<Option<WindowSpec>, Located> {
     let Expr::Function(f) = e else {
         return Ok(None);
@@ -158,60 +295,117 @@ fn window_call(e: &Expr) -> Result<Option<WindowSpec>, Located> {
         return Ok(None);
     }
     let pos = span_pos(e);
-    if fname != "TUMBLINGWINDOW" {
-        return Err((
-            pos,
-            format!("{fname} is not supported yet; use TUMBLINGWINDOW(unit, size)"),
-        ));
-    }
-    let FunctionArguments::List(list) = &f.args else {
-        return Err((
-            pos,
-            "TUMBLINGWINDOW takes (unit, size), e.g. TUMBLINGWINDOW(ss, 10)".into(),
-        ));
-    };
-    let args: Vec<&Expr> = list
-        .args
-        .iter()
-        .filter_map(|a| match a {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+    let args = args_of(f);
+    let usage = |u: &str| (pos, format!("{fname} takes {u}"));
+    // eKuiper time windows: (unit, n[, m]).
+    let timed = |n: usize, u: &str| -> Result<Vec<i64>, Located> {
+        if args.len() != n + 1 {
+            return Err(usage(u));
+        }
+        let unit = match args[0] {
+            Expr::Identifier(id) => unit_millis(&id.value),
             _ => None,
-        })
-        .collect();
-    let [unit, size] = args.as_slice() else {
-        return Err((
-            pos,
-            "TUMBLINGWINDOW takes (unit, size), e.g. TUMBLINGWINDOW(ss, 10)".into(),
-        ));
+        }
+        .ok_or_else(|| {
+            (
+                span_pos(args[0]),
+                format!("unknown time unit `{}` (use ms, ss, mi, hh or dd)", args[0]),
+            )
+        })?;
+        args[1..]
+            .iter()
+            .map(|a| {
+                positive_int(a)?
+                    .checked_mul(unit)
+                    .ok_or_else(|| (span_pos(*a), "window length is too large".to_string()))
+            })
+            .collect()
     };
-    let unit_ms = match unit {
-        Expr::Identifier(id) => unit_millis(&id.value),
-        _ => None,
-    }
-    .ok_or_else(|| {
-        (
-            span_pos(*unit),
-            format!("unknown time unit `{unit}` (use ms, ss, mi, hh or dd)"),
-        )
-    })?;
-    let size: i64 = match size {
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => n.parse().ok(),
-            _ => None,
+    let spec = match fname.as_str() {
+        "TUMBLINGWINDOW" => {
+            let v = timed(1, "(unit, size), e.g. TUMBLINGWINDOW(ss, 10)")?;
+            WindowSpec::Tumbling { size_ms: v[0] }
+        }
+        "HOPPINGWINDOW" => {
+            let v = timed(2, "(unit, size, hop), e.g. HOPPINGWINDOW(ss, 10, 5)")?;
+            WindowSpec::Hopping {
+                size_ms: v[0],
+                slide_ms: v[1],
+            }
+        }
+        "SLIDINGWINDOW" => {
+            let v = timed(1, "(unit, size), e.g. SLIDINGWINDOW(ss, 10)")?;
+            WindowSpec::Sliding { size_ms: v[0] }
+        }
+        "SESSIONWINDOW" => {
+            let v = timed(
+                2,
+                "(unit, max duration, gap), e.g. SESSIONWINDOW(ss, 60, 10)",
+            )?;
+            WindowSpec::Session {
+                max_ms: v[0],
+                gap_ms: v[1],
+            }
+        }
+        "COUNTWINDOW" => {
+            let n: Vec<i64> = match args.len() {
+                1 | 2 => args
+                    .iter()
+                    .map(|a| positive_int(a))
+                    .collect::<Result<_, _>>()?,
+                _ => return Err(usage("(size) or (size, slide), e.g. COUNTWINDOW(5, 2)")),
+            };
+            let size = n[0] as u64;
+            WindowSpec::Count {
+                size,
+                slide: n.get(1).map_or(size, |s| *s as u64),
+            }
+        }
+        "TUMBLE" => match args.as_slice() {
+            [size] => WindowSpec::Tumbling {
+                size_ms: interval_millis(size)?,
+            },
+            _ => return Err(usage("(INTERVAL size), e.g. TUMBLE(INTERVAL '10' SECOND)")),
         },
-        _ => None,
+        "HOP" => match args.as_slice() {
+            [size, slide] => WindowSpec::Hopping {
+                size_ms: interval_millis(size)?,
+                slide_ms: interval_millis(slide)?,
+            },
+            _ => {
+                return Err(usage(
+                    "(INTERVAL size, INTERVAL hop), e.g. HOP(INTERVAL '10' SECOND, INTERVAL '5' SECOND)",
+                ));
+            }
+        },
+        "SESSION" => match args.as_slice() {
+            [gap, max] => WindowSpec::Session {
+                gap_ms: interval_millis(gap)?,
+                max_ms: interval_millis(max)?,
+            },
+            _ => {
+                return Err(usage(
+                    "(INTERVAL gap, INTERVAL max), e.g. SESSION(INTERVAL '10' SECOND, INTERVAL '1' MINUTE)",
+                ));
+            }
+        },
+        _ => return Ok(None),
+    };
+    match spec {
+        WindowSpec::Hopping { size_ms, slide_ms } if slide_ms > size_ms => Err((
+            pos,
+            "the hop of a hopping window must not exceed its size".into(),
+        )),
+        WindowSpec::Count { size, slide } if slide > size => Err((
+            pos,
+            "the slide of a count window must not exceed its size".into(),
+        )),
+        WindowSpec::Session { max_ms, gap_ms } if gap_ms > max_ms => Err((
+            pos,
+            "a session's gap must not exceed its maximum duration".into(),
+        )),
+        s => Ok(Some(s)),
     }
-    .filter(|n| *n > 0)
-    .ok_or_else(|| {
-        (
-            span_pos(*size),
-            format!("window size `{size}` must be a positive integer"),
-        )
-    })?;
-    let size_ms = size
-        .checked_mul(unit_ms)
-        .ok_or_else(|| (pos, "window size is too large".to_string()))?;
-    Ok(Some(WindowSpec::Tumbling { size_ms }))
 }
 
 /// The SQL parser reports positions inside its message; keep the message and use the

@@ -42,6 +42,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
     let mut ts_col = None;
     let mut ts_format = None;
     let mut lateness = Duration::ZERO;
+    let mut idle_timeout = None;
     c.expect_keyword("WITH")?;
     c.expect_token(&Token::LParen, "`(` and the stream's options")?;
     loop {
@@ -83,12 +84,21 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
                     )
                 })?;
             }
+            "IDLE_TIMEOUT" => {
+                let d = humantime::parse_duration(&value).map_err(|e| {
+                    c.error_at(
+                        value_pos,
+                        format!("IDLE_TIMEOUT `{value}` is not a duration: {e}"),
+                    )
+                })?;
+                idle_timeout = Some(d);
+            }
             _ => {
                 return Err(c.error_at(
                     key_pos,
                     format!(
-                        "unknown stream option `{key}` \
-                         (known: DATASOURCE, FORMAT, TIMESTAMP, TIMESTAMP_FORMAT, LATENESS)"
+                        "unknown stream option `{key}` (known: DATASOURCE, FORMAT, TIMESTAMP, \
+                         TIMESTAMP_FORMAT, LATENESS, IDLE_TIMEOUT)"
                     ),
                 ));
             }
@@ -151,6 +161,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
         topic,
         format,
         event_time,
+        idle_timeout,
         file: c.file().to_path_buf(),
         pos,
     })

@@ -1,0 +1,254 @@
+//! `fieldgate rules check` and `fieldgate rules test`: the rule author's tools. They
+//! parse, plan and run rule files offline, with no broker, queue or network.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use fieldgate_connectors::sink::encode::json_rows;
+use fieldgate_connectors::source::mqtt::{JsonDecoder, topic_matches};
+use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline, now_millis};
+use serde_json::Value;
+
+/// Parses and plans every stream and rule under `paths`; prints each error as
+/// `file:line:col: message`. Returns whether all of them are valid.
+pub async fn check(paths: &[PathBuf], sink_exists: impl Fn(&str) -> bool) -> anyhow::Result<bool> {
+    let (set, mut errors) = RuleSet::load(paths);
+    let (pipelines, build_errors) = set.build(sink_exists).await;
+    errors.extend(build_errors);
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    let rules: usize = pipelines.iter().map(|p| p.rules.len()).sum();
+    if errors.is_empty() {
+        println!("ok: {} streams, {rules} rules", pipelines.len());
+    } else {
+        eprintln!("{} error(s)", errors.len());
+    }
+    Ok(errors.is_empty())
+}
+
+/// Options of `rules test`.
+pub struct TestOptions {
+    pub paths: Vec<PathBuf>,
+    pub input: PathBuf,
+    pub rule: Option<String>,
+    pub stream: Option<String>,
+    pub expect: Option<PathBuf>,
+}
+
+/// Runs the rules over recorded events and prints or checks the results. Returns
+/// whether the results matched the expectation (always true without one).
+pub async fn test(opts: &TestOptions) -> anyhow::Result<bool> {
+    let (set, mut errors) = RuleSet::load(&opts.paths);
+    let (mut pipelines, build_errors) = set.build(|_| true).await;
+    errors.extend(build_errors);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        bail!("the rule files have {} error(s)", errors.len());
+    }
+    if let Some(r) = &opts.rule
+        && !pipelines
+            .iter()
+            .any(|p| p.rules.iter().any(|x| x.name() == r))
+    {
+        bail!("no rule named `{r}`");
+    }
+    let mut decoders = pipelines
+        .iter()
+        .map(|p| JsonDecoder::new(p.stream.schema.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let default_stream = match (&opts.stream, pipelines.len()) {
+        (Some(name), _) => Some(
+            pipelines
+                .iter()
+                .position(|p| &p.stream.name == name)
+                .with_context(|| format!("no stream named `{name}`"))?,
+        ),
+        (None, 1) => Some(0),
+        _ => None,
+    };
+    let file = std::fs::File::open(&opts.input)
+        .with_context(|| format!("cannot read {}", opts.input.display()))?;
+    let mut results: Vec<Value> = Vec::new();
+    let mut bad_lines = 0;
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", opts.input.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (targets, payload) = match route(&line, &pipelines, default_stream) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}:{}: {e}", opts.input.display(), n + 1);
+                bad_lines += 1;
+                continue;
+            }
+        };
+        for i in targets {
+            let decoded = decoders[i].decode(&[payload.as_bytes()]);
+            for r in &decoded.rejected {
+                eprintln!(
+                    "{}:{}: stream `{}`: {}",
+                    opts.input.display(),
+                    n + 1,
+                    pipelines[i].stream.name,
+                    r.reason
+                );
+                bad_lines += 1;
+            }
+            if let Some(batch) = decoded.batch {
+                let (outs, errs) = pipelines[i].push_at(&batch, now_millis()).await;
+                for e in errs {
+                    eprintln!("{}:{}: {e}", opts.input.display(), n + 1);
+                }
+                collect(outs, opts.rule.as_deref(), &mut results)?;
+            }
+        }
+    }
+    // The end of the input closes every window.
+    for p in &mut pipelines {
+        let (outs, errs) = p.finish().await;
+        for e in errs {
+            eprintln!("{e}");
+        }
+        collect(outs, opts.rule.as_deref(), &mut results)?;
+    }
+    if bad_lines > 0 {
+        eprintln!("{bad_lines} input line(s) could not be used");
+    }
+    match &opts.expect {
+        None => {
+            let mut out = std::io::stdout().lock();
+            for r in &results {
+                writeln!(out, "{r}")?;
+            }
+            Ok(true)
+        }
+        Some(path) => compare(path, results),
+    }
+}
+
+/// Which streams an input line feeds, and its payload. A line is either
+/// `{"topic": "...", "payload": {...}}` (routed as the broker would) or, with a single
+/// stream or `--stream`, the payload itself.
+fn route(
+    line: &str,
+    pipelines: &[StreamPipeline],
+    default: Option<usize>,
+) -> anyhow::Result<(Vec<usize>, String)> {
+    let v: Value = serde_json::from_str(line).context("not a JSON object")?;
+    let Value::Object(map) = &v else {
+        bail!("not a JSON object")
+    };
+    if let (Some(Value::String(topic)), Some(payload)) = (map.get("topic"), map.get("payload"))
+        && map.len() == 2
+    {
+        let payload = match payload {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let targets: Vec<usize> = pipelines
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| topic_matches(&p.stream.topic, topic))
+            .map(|(i, _)| i)
+            .collect();
+        if targets.is_empty() {
+            bail!("topic `{topic}` matches no stream");
+        }
+        return Ok((targets, payload));
+    }
+    match default {
+        Some(i) => Ok((vec![i], line.to_string())),
+        None => {
+            bail!("several streams: give each line a \"topic\" and \"payload\", or pass --stream")
+        }
+    }
+}
+
+fn collect(
+    outs: Vec<RuleOutput>,
+    only: Option<&str>,
+    results: &mut Vec<Value>,
+) -> anyhow::Result<()> {
+    for o in outs {
+        if only.is_some_and(|r| r != &*o.rule) {
+            continue;
+        }
+        for row in json_rows(&o.batches)? {
+            let row: Value = serde_json::from_slice(&row)?;
+            results.push(serde_json::json!({ "rule": &*o.rule, "row": row }));
+        }
+    }
+    Ok(())
+}
+
+/// Compares results with the expected lines, in any order; numbers match within a
+/// relative 1e-9. Prints a diff and returns false on a mismatch.
+fn compare(path: &Path, mut got: Vec<Value>) -> anyhow::Result<bool> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut missing = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let want: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+        match got.iter().position(|g| same(g, &want)) {
+            Some(i) => {
+                got.swap_remove(i);
+            }
+            None => missing.push((n + 1, want)),
+        }
+    }
+    if missing.is_empty() && got.is_empty() {
+        println!("ok: results match {}", path.display());
+        return Ok(true);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "results differ from {}:", path.display())?;
+    for (line, v) in &missing {
+        writeln!(out, "- {v}    (expected, line {line})")?;
+    }
+    for v in &got {
+        writeln!(out, "+ {v}    (produced, not expected)")?;
+    }
+    Ok(false)
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+            _ => x == y,
+        },
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w))
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+    use serde_json::json;
+
+    #[test]
+    fn numbers_match_within_a_relative_tolerance_and_nothing_else_does() {
+        assert!(same(
+            &json!({"a": 0.1 + 0.2, "b": [1, "x"]}),
+            &json!({"b": [1, "x"], "a": 0.3})
+        ));
+        assert!(!same(&json!({"a": 0.31}), &json!({"a": 0.3})));
+        assert!(!same(&json!({"a": 1}), &json!({"a": 1, "b": null})));
+        assert!(!same(&json!({"a": "1"}), &json!({"a": 1})));
+    }
+}
