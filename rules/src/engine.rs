@@ -18,7 +18,7 @@ use crate::plan::CompiledQuery;
 use crate::rule::RuleDef;
 use crate::stream::{EventTime, StreamDef};
 use crate::watermark::Watermark;
-use crate::window::{Input, WindowState};
+use crate::window::{IncrementalWindows, Input, WindowSpec, WindowState};
 
 /// Column names a windowed rule can select.
 pub const WINDOW_START: &str = "window_start";
@@ -114,9 +114,17 @@ pub struct Rule {
     windowed: Option<Windowed>,
 }
 
+/// How a windowed rule holds its open windows.
+enum Windows {
+    /// Partial aggregate state per pane and key (tumbling and hopping windows).
+    Incremental(IncrementalWindows),
+    /// The rows of every open window, aggregated by the rule's plan when it closes.
+    Buffered(WindowState),
+}
+
 /// What a windowed rule keeps besides its aggregate plan.
 struct Windowed {
-    state: WindowState,
+    state: Windows,
     prefilter: Option<CompiledQuery>,
     /// Columns of the stream (the prefilter may append key columns after them).
     stream_cols: usize,
@@ -217,7 +225,7 @@ impl Rule {
                     .collect();
                 late_fields.push(Field::new(LATE_REASON, DataType::Utf8, false));
                 Some(Windowed {
-                    state: WindowState::new(spec, tagged),
+                    state: Windows::Buffered(WindowState::new(spec, tagged)),
                     prefilter,
                     stream_cols,
                     event_time: stream.event_time.clone(),
@@ -227,9 +235,24 @@ impl Rule {
                 })
             }
         };
-        let query = CompiledQuery::compile(&stream.name, input, &def.query)
+        let query = CompiledQuery::compile(&stream.name, input.clone(), &def.query)
             .await
             .map_err(plan_err)?;
+        let mut windowed = windowed;
+        if let Some(w) = windowed.as_mut() {
+            let (size, slide) = match def.window {
+                Some(WindowSpec::Tumbling { size_ms }) => (size_ms, size_ms),
+                Some(WindowSpec::Hopping { size_ms, slide_ms }) => (size_ms, slide_ms),
+                _ => (0, 0),
+            };
+            if size > 0
+                && let Some(split) = query.split()
+                && let Some(panes) =
+                    IncrementalWindows::new(size, slide, split, input).map_err(plan_err)?
+            {
+                w.state = Windows::Incremental(panes);
+            }
+        }
         if query.aggregates && windowed.is_none() {
             return Err(err(format!(
                 "rule `{}` aggregates without a window; add one to GROUP BY, \
@@ -309,15 +332,25 @@ impl Rule {
             }
             None => None,
         };
-        let pushed = w.state.push(
-            Input {
-                rows: &rows,
-                times: &times,
-                keys: keys.as_deref(),
-            },
-            watermark,
-        );
-        let (late, done) = pushed.map_err(aerr)?;
+        let (late, done) = match &mut w.state {
+            Windows::Buffered(state) => state
+                .push(
+                    Input {
+                        rows: &rows,
+                        times: &times,
+                        keys: keys.as_deref(),
+                    },
+                    watermark,
+                )
+                .map_err(aerr)?,
+            Windows::Incremental(panes) => {
+                let late = panes
+                    .push(&rows, &times, watermark)
+                    .await
+                    .map_err(|e| df_err(&counters, &name, e))?;
+                (late, Vec::new())
+            }
+        };
         add(&self.counters.errors, missing);
         add(&self.counters.late, late.len());
         let mut outputs = Vec::new();
@@ -365,20 +398,53 @@ impl Rule {
         let Some(w) = self.windowed.as_mut() else {
             return Ok(None);
         };
-        let closing = w
-            .state
-            .close(watermark)
-            .map_err(|e| arrow_err(&self.counters, &self.name, e))?;
-        if closing.is_empty() {
-            return Ok(None);
-        }
-        let out = self.query.run(closing).await.map_err(|e| self.df_err(e))?;
+        let out = match &mut w.state {
+            Windows::Buffered(state) => {
+                let closing = state
+                    .close(watermark)
+                    .map_err(|e| arrow_err(&self.counters, &self.name, e))?;
+                if closing.is_empty() {
+                    return Ok(None);
+                }
+                self.query.run(closing).await
+            }
+            Windows::Incremental(panes) => {
+                let aggregated = panes
+                    .close(watermark)
+                    .map_err(|e| df_err(&self.counters, &self.name, e))?;
+                if aggregated.is_empty() {
+                    return Ok(None);
+                }
+                panes.results(aggregated).await
+            }
+        };
+        let out = out.map_err(|e| self.df_err(e))?;
         Ok(Some(self.output(out)))
+    }
+
+    /// Bytes of partial aggregate state held by an incrementally aggregated rule's open
+    /// windows (0 for other rules).
+    pub fn state_bytes(&self) -> usize {
+        match self.windowed.as_ref().map(|w| &w.state) {
+            Some(Windows::Incremental(panes)) => panes.state_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Whether the rule keeps partial aggregate state rather than rows.
+    pub fn is_incremental(&self) -> bool {
+        matches!(
+            self.windowed.as_ref().map(|w| &w.state),
+            Some(Windows::Incremental(_))
+        )
     }
 
     /// Number of windows (sessions; rows for count windows) held open.
     pub fn open_windows(&self) -> usize {
-        self.windowed.as_ref().map_or(0, |w| w.state.open())
+        self.windowed.as_ref().map_or(0, |w| match &w.state {
+            Windows::Buffered(state) => state.open(),
+            Windows::Incremental(panes) => panes.open(),
+        })
     }
 }
 

@@ -3,6 +3,11 @@
 //! A rule's query is planned against a [`SlotTable`]: a table whose scan reads whatever
 //! batches were put into its slot just before the plan is executed. The physical plan is
 //! built once; each micro-batch only fills the slot and executes the same plan again.
+//!
+//! A windowed rule's plan can also be cut at its aggregate ([`CompiledQuery::split`]):
+//! the part below it runs per micro-batch and feeds incremental aggregate state, the
+//! part above it (HAVING, the SELECT list, ORDER BY) runs over the finished aggregates
+//! of the windows that close.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -11,12 +16,14 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -76,12 +83,120 @@ impl CompiledQuery {
 
     /// Runs the plan over `input` and returns its output batches.
     pub async fn run(&self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        *self.slot.lock().map_err(poisoned)? = input;
-        let out = collect(self.plan.clone(), self.task_ctx.clone()).await;
-        // Never let a failed run leave its input for the next one.
-        self.slot.lock().map_err(poisoned)?.clear();
-        out
+        run_plan(&self.plan, &self.slot, &self.task_ctx, input).await
     }
+
+    /// Cuts the plan at its aggregate, when it has exactly one plain GROUP BY aggregate
+    /// (no grouping sets, no second aggregation level such as a rewritten DISTINCT).
+    pub fn split(&self) -> Option<SplitQuery> {
+        let mut aggs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        self.plan
+            .apply(|node| {
+                if node.is::<AggregateExec>() {
+                    aggs.push(node.clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .ok()?;
+        let top = aggs.first()?.clone();
+        let top_exec = top.downcast_ref::<AggregateExec>()?;
+        // The aggregate that reads raw rows: the top one in single mode, or the partial
+        // one under a final one.
+        let raw = match top_exec.mode() {
+            AggregateMode::Single | AggregateMode::SinglePartitioned if aggs.len() == 1 => {
+                top_exec
+            }
+            AggregateMode::Final | AggregateMode::FinalPartitioned if aggs.len() == 2 => {
+                let lower = aggs[1].downcast_ref::<AggregateExec>()?;
+                (*lower.mode() == AggregateMode::Partial).then_some(lower)?
+            }
+            _ => return None,
+        };
+        let group_by = raw.group_expr();
+        if group_by.has_grouping_set() || !group_by.null_expr().is_empty() {
+            return None;
+        }
+        let output_schema = top.schema();
+        let output_slot: Slot = Arc::default();
+        let reader: Arc<dyn ExecutionPlan> = Arc::new(SlotExec::new(
+            output_slot.clone(),
+            output_schema.clone(),
+            None,
+        ));
+        let post = self
+            .plan
+            .clone()
+            .transform_down(|node| {
+                Ok(if Arc::ptr_eq(&node, &top) {
+                    Transformed::yes(reader.clone())
+                } else {
+                    Transformed::no(node)
+                })
+            })
+            .ok()?
+            .data;
+        Some(SplitQuery {
+            input: raw.input().clone(),
+            input_slot: self.slot.clone(),
+            group_by: group_by.clone(),
+            aggregates: raw.aggr_expr().to_vec(),
+            filters: raw.filter_expr().to_vec(),
+            output_schema,
+            post,
+            output_slot,
+            task_ctx: self.task_ctx.clone(),
+        })
+    }
+}
+
+/// A windowed rule's plan cut at its aggregate.
+pub(crate) struct SplitQuery {
+    /// The plan below the aggregate: reads the rule's input slot, yields the rows the
+    /// aggregate consumes.
+    input: Arc<dyn ExecutionPlan>,
+    input_slot: Slot,
+    /// GROUP BY expressions over `input`'s schema.
+    pub group_by: PhysicalGroupBy,
+    /// The aggregate functions, their arguments evaluated over `input`'s schema.
+    pub aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    /// `FILTER (WHERE ...)` of each aggregate.
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// What the aggregate yields: the group columns, then one column per aggregate.
+    pub output_schema: SchemaRef,
+    /// The plan above the aggregate, reading finished aggregates from `output_slot`.
+    post: Arc<dyn ExecutionPlan>,
+    output_slot: Slot,
+    task_ctx: Arc<TaskContext>,
+}
+
+impl SplitQuery {
+    /// The schema of the rows the aggregate consumes.
+    pub fn input_schema(&self) -> SchemaRef {
+        self.input.schema()
+    }
+
+    /// Runs the part below the aggregate over the rule's (window-tagged) rows.
+    pub async fn run_input(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        run_plan(&self.input, &self.input_slot, &self.task_ctx, rows).await
+    }
+
+    /// Runs the part above the aggregate over finished aggregate rows.
+    pub async fn run_output(&self, aggregated: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        run_plan(&self.post, &self.output_slot, &self.task_ctx, aggregated).await
+    }
+}
+
+async fn run_plan(
+    plan: &Arc<dyn ExecutionPlan>,
+    slot: &Slot,
+    task_ctx: &Arc<TaskContext>,
+    input: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>> {
+    *slot.lock().map_err(poisoned)? = input;
+    let out = collect(plan.clone(), task_ctx.clone()).await;
+    // Never let a failed run leave its input for the next one.
+    slot.lock().map_err(poisoned)?.clear();
+    out
 }
 
 fn poisoned<T>(_: std::sync::PoisonError<T>) -> DataFusionError {
@@ -116,18 +231,11 @@ impl TableProvider for SlotTable {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
-        Ok(Arc::new(SlotExec {
-            slot: self.slot.clone(),
-            projection: projection.cloned(),
+        Ok(Arc::new(SlotExec::new(
+            self.slot.clone(),
             schema,
-            properties,
-        }))
+            projection.cloned(),
+        )))
     }
 }
 
@@ -137,6 +245,24 @@ struct SlotExec {
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+}
+
+impl SlotExec {
+    /// A scan of `slot`, whose batches have `schema` after `projection`.
+    fn new(slot: Slot, schema: SchemaRef, projection: Option<Vec<usize>>) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            slot,
+            projection,
+            schema,
+            properties,
+        }
+    }
 }
 
 impl fmt::Debug for SlotExec {

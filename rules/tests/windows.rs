@@ -158,6 +158,12 @@ fn replay(
 
 async fn check(window: &str, batches: &[Vec<Event>], expected: Vec<Row>, late: u64) {
     let mut p = pipeline(window).await;
+    let panes = ["TUMBL", "HOP"].iter().any(|k| window.starts_with(k));
+    assert_eq!(
+        p.rules[0].is_incremental(),
+        panes,
+        "{window}: tumbling and hopping windows keep partial state, others rows"
+    );
     let got = run(&mut p, batches).await;
     let mut expected = expected;
     expected.sort();

@@ -2,11 +2,18 @@
 //! complete.
 //!
 //! Time windows (tumbling, hopping, sliding, session) run on the stream's event time and
-//! are closed by its watermark; count windows run in arrival order. Each window state
-//! turns rows into batches tagged with `window_start` and `window_end`, which the rule's
-//! aggregate plan groups by.
+//! are closed by its watermark; count windows run in arrival order.
+//!
+//! Tumbling and hopping windows are aggregated incrementally ([`IncrementalWindows`]):
+//! rows are folded into partial aggregate state per pane and key as they arrive. The
+//! other kinds, and aggregations that cannot be split (grouping sets, a DISTINCT
+//! rewritten into two aggregation levels), keep their rows until the window closes
+//! ([`WindowState`]): each turns rows into batches tagged with `window_start` and
+//! `window_end`, which the rule's aggregate plan groups by.
 
 mod count;
+mod groups;
+mod incremental;
 mod session;
 mod time;
 
@@ -18,6 +25,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 
 pub(crate) use count::CountWindows;
+pub(crate) use incremental::IncrementalWindows;
 pub(crate) use session::SessionWindows;
 pub(crate) use time::{PaneWindows, SlidingWindows};
 

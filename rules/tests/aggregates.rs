@@ -1,0 +1,296 @@
+//! Windowed aggregates beyond count/sum/max: FILTER (WHERE ...), HAVING, CASE over
+//! aggregates, min/avg/stddev/median, DISTINCT, windows without keys. Random streams go
+//! through tumbling and hopping windows (kept as partial state per pane) and the results
+//! are compared with a reference computed here in plain Rust over the input rows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use fieldgate_rules::arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch};
+use fieldgate_rules::arrow::array::{StringArray, UInt64Array};
+use fieldgate_rules::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use fieldgate_rules::{RuleSet, StreamPipeline};
+use rand::{Rng, SeedableRng};
+
+const LATENESS: i64 = 1_500;
+
+/// (device, event time, value)
+type Event = (String, i64, i64);
+
+async fn pipeline(rule: &str) -> StreamPipeline {
+    let text = format!(
+        "CREATE STREAM t (device STRING, ts BIGINT, v DOUBLE)
+           WITH (DATASOURCE = 'x/+', TIMESTAMP = 'ts', LATENESS = '{LATENESS}ms');
+         CREATE RULE r INTO out AS {rule};"
+    );
+    let (set, errors) = RuleSet::parse(Path::new("a.sql"), &text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (mut p, errors) = set.build(|_| true).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    p.remove(0)
+}
+
+/// Mostly increasing times with jitter inside the lateness and a few far-behind rows,
+/// cut into random batches.
+fn events(seed: u64) -> Vec<Vec<Event>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut ev: Vec<Event> = (0..1_200i64)
+        .map(|i| {
+            let jitter = rng.random_range(-1_200..1_200);
+            (
+                format!("d{}", rng.random_range(0..4)),
+                (i * 25 + jitter).max(0),
+                rng.random_range(-60..100),
+            )
+        })
+        .collect();
+    for _ in 0..25 {
+        let at = rng.random_range(100..ev.len());
+        let ts = (ev[at].1 - rng.random_range(3_000..10_000)).max(0);
+        ev.insert(at, (format!("d{}", rng.random_range(0..4)), ts, 7));
+    }
+    let mut batches = Vec::new();
+    let mut rest = &ev[..];
+    while !rest.is_empty() {
+        let n = rng.random_range(1..60).min(rest.len());
+        batches.push(rest[..n].to_vec());
+        rest = &rest[n..];
+    }
+    batches
+}
+
+/// Rows of every window `[k·slide, k·slide + size)` that was still open (watermark
+/// before the row's batch below its end) when the row arrived.
+fn reference_windows(
+    batches: &[Vec<Event>],
+    size: i64,
+    slide: i64,
+) -> BTreeMap<i64, Vec<Event>> {
+    let mut windows: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+    let mut max_seen: Option<i64> = None;
+    for b in batches {
+        let wm = max_seen.map(|m| m - LATENESS);
+        for e in b {
+            let mut start = e.1.div_euclid(slide) * slide;
+            while start > e.1 - size {
+                if wm.is_none_or(|w| w < start + size) {
+                    windows.entry(start).or_default().push(e.clone());
+                }
+                start -= slide;
+            }
+        }
+        let m = b.iter().map(|e| e.1).max().expect("batches are not empty");
+        max_seen = Some(max_seen.map_or(m, |x| x.max(m)));
+    }
+    windows
+}
+
+fn batch(p: &StreamPipeline, b: &[Event]) -> RecordBatch {
+    RecordBatch::try_new(
+        p.stream.schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                b.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(b.iter().map(|e| e.1).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(
+                b.iter().map(|e| e.2 as f64).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// Every result row as column name → value rendered as text (floats to 6 decimals).
+async fn run(p: &mut StreamPipeline, batches: &[Vec<Event>]) -> Vec<BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let (o, errs) = p.push_at(&batch(p, b), 0).await;
+        assert!(errs.is_empty(), "{errs:?}");
+        out.extend(o);
+    }
+    let (o, errs) = p.finish().await;
+    assert!(errs.is_empty(), "{errs:?}");
+    out.extend(o);
+    let mut rows = Vec::new();
+    for o in out {
+        for b in o.batches {
+            for i in 0..b.num_rows() {
+                let mut row = BTreeMap::new();
+                for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+                    let v = if c.is_null(i) {
+                        "null".to_string()
+                    } else {
+                        match c.data_type() {
+                            DataType::Int64 => c.as_primitive::<Int64Type>().value(i).to_string(),
+                            DataType::UInt64 => c
+                                .as_any()
+                                .downcast_ref::<UInt64Array>()
+                                .unwrap()
+                                .value(i)
+                                .to_string(),
+                            DataType::Float64 => {
+                                format!("{:.6}", c.as_primitive::<Float64Type>().value(i))
+                            }
+                            DataType::Utf8 => c.as_string::<i32>().value(i).to_string(),
+                            other => panic!("unexpected result type {other}"),
+                        }
+                    };
+                    row.insert(f.name().clone(), v);
+                }
+                rows.push(row);
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+fn row(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn f(x: f64) -> String {
+    format!("{x:.6}")
+}
+
+fn assert_rows(what: &str, got: Vec<BTreeMap<String, String>>, mut want: Vec<BTreeMap<String, String>>) {
+    want.sort();
+    if got != want {
+        let g: BTreeSet<_> = got.iter().collect();
+        let w: BTreeSet<_> = want.iter().collect();
+        panic!(
+            "{what}: {} rows, expected {}\nunexpected: {:?}\nmissing: {:?}",
+            got.len(),
+            want.len(),
+            g.difference(&w).take(3).collect::<Vec<_>>(),
+            w.difference(&g).take(3).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn filter_having_case_and_statistics_per_key_match_the_reference() {
+    let rule = "SELECT device, window_start, window_end,
+                  count(*) AS n,
+                  count(*) FILTER (WHERE v > 0) AS pos,
+                  min(v) AS mn,
+                  avg(v) AS a,
+                  stddev_pop(v) AS sd,
+                  median(v) AS med,
+                  CASE WHEN max(v) >= 90 THEN 'hot' ELSE 'ok' END AS level
+                FROM t
+                WHERE v <> 13
+                GROUP BY device, HOPPINGWINDOW(ms, 2000, 500)
+                HAVING count(*) >= 3";
+    for seed in 0..3 {
+        let batches = events(seed);
+        let mut p = pipeline(rule).await;
+        assert!(p.rules[0].is_incremental());
+        let got = run(&mut p, &batches).await;
+        let mut want = Vec::new();
+        let kept: Vec<Vec<Event>> = batches
+            .iter()
+            .map(|b| b.iter().filter(|e| e.2 != 13).cloned().collect())
+            .collect();
+        // WHERE drops rows before windows; the watermark still sees every row's time.
+        let windows = {
+            let mut w: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+            let all = reference_windows(&batches, 2_000, 500);
+            let keep: BTreeSet<&Event> = kept.iter().flatten().collect();
+            for (s, rows) in all {
+                w.insert(s, rows.into_iter().filter(|e| keep.contains(e)).collect());
+            }
+            w
+        };
+        for (start, rows) in &windows {
+            let mut by_dev: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+            for e in rows {
+                by_dev.entry(&e.0).or_default().push(e.2 as f64);
+            }
+            for (dev, mut vs) in by_dev {
+                if vs.len() < 3 {
+                    continue;
+                }
+                let n = vs.len() as f64;
+                let mean = vs.iter().sum::<f64>() / n;
+                let sd = (vs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+                vs.sort_by(f64::total_cmp);
+                let med = if vs.len() % 2 == 1 {
+                    vs[vs.len() / 2]
+                } else {
+                    (vs[vs.len() / 2 - 1] + vs[vs.len() / 2]) / 2.0
+                };
+                let max = vs[vs.len() - 1];
+                want.push(row(&[
+                    ("device", dev.to_string()),
+                    ("window_start", start.to_string()),
+                    ("window_end", (start + 2_000).to_string()),
+                    ("n", vs.len().to_string()),
+                    ("pos", vs.iter().filter(|x| **x > 0.0).count().to_string()),
+                    ("mn", f(vs[0])),
+                    ("a", f(mean)),
+                    ("sd", f(sd)),
+                    ("med", f(med)),
+                    ("level", if max >= 90.0 { "hot" } else { "ok" }.to_string()),
+                ]));
+            }
+        }
+        assert!(want.len() > 50, "the reference has too few windows to mean much");
+        assert_rows(&format!("seed {seed}"), got, want);
+    }
+}
+
+#[tokio::test]
+async fn a_window_without_keys_aggregates_every_row() {
+    let rule = "SELECT window_start, window_end, count(*) AS n, sum(v) AS s,
+                       count(DISTINCT device) AS devices
+                FROM t GROUP BY TUMBLINGWINDOW(ms, 700)";
+    for seed in 10..13 {
+        let batches = events(seed);
+        let mut p = pipeline(rule).await;
+        let got = run(&mut p, &batches).await;
+        let mut want = Vec::new();
+        for (start, rows) in reference_windows(&batches, 700, 700) {
+            let devices: BTreeSet<&str> = rows.iter().map(|e| e.0.as_str()).collect();
+            want.push(row(&[
+                ("window_start", start.to_string()),
+                ("window_end", (start + 700).to_string()),
+                ("n", rows.len().to_string()),
+                ("s", f(rows.iter().map(|e| e.2 as f64).sum())),
+                ("devices", devices.len().to_string()),
+            ]));
+        }
+        assert_rows(&format!("seed {seed}"), got, want);
+    }
+}
+
+#[tokio::test]
+async fn open_window_state_grows_with_keys_not_rows() {
+    let rule = "SELECT device, window_start, avg(v) AS a FROM t
+                GROUP BY device, TUMBLINGWINDOW(ss, 60)";
+    let mut p = pipeline(rule).await;
+    let b = |rows: i64| -> Vec<Event> {
+        (0..rows)
+            .map(|i| (format!("d{}", i % 10), 1_000 + i % 500, i % 7))
+            .collect()
+    };
+    let (_, errs) = p.push_at(&batch(&p, &b(1_000)), 0).await;
+    assert!(errs.is_empty());
+    let after_1k = p.rules[0].state_bytes();
+    for _ in 0..50 {
+        let (_, errs) = p.push_at(&batch(&p, &b(1_000)), 0).await;
+        assert!(errs.is_empty());
+    }
+    let after_51k = p.rules[0].state_bytes();
+    assert!(after_1k > 0);
+    assert!(
+        after_51k <= after_1k * 2,
+        "state grew from {after_1k} to {after_51k} bytes for the same 10 keys"
+    );
+    assert_eq!(p.rules[0].open_windows(), 1);
+}
