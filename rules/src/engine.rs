@@ -3,6 +3,7 @@
 //! runs its aggregate plan over every window the watermark (or the row count) completes.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use futures::FutureExt;
 
 use crate::error::{ExecError, SqlError};
 use crate::plan::CompiledQuery;
@@ -112,6 +114,8 @@ pub struct Rule {
     sinks: Arc<[String]>,
     query: CompiledQuery,
     windowed: Option<Windowed>,
+    /// Set when a panic stopped the rule.
+    stopped: Option<String>,
 }
 
 /// How a windowed rule holds its open windows.
@@ -267,6 +271,7 @@ impl Rule {
             counters: Arc::default(),
             query,
             windowed,
+            stopped: None,
         })
     }
 
@@ -439,12 +444,51 @@ impl Rule {
         )
     }
 
+    /// Stops the rule after a panic in its execution (a bug in the engine or in a
+    /// function it calls): it takes no more rows, the stream's other rules run on.
+    fn stop(&mut self, panic: Box<dyn std::any::Any + Send>) -> ExecError {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.stopped = Some(message.clone());
+        ExecError::Stopped {
+            rule: self.name.to_string(),
+            message,
+        }
+    }
+
+    /// Why the rule stopped, if a panic stopped it.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
     /// Number of windows (sessions; rows for count windows) held open.
     pub fn open_windows(&self) -> usize {
         self.windowed.as_ref().map_or(0, |w| match &w.state {
             Windows::Buffered(state) => state.open(),
             Windows::Incremental(panes) => panes.open(),
         })
+    }
+}
+
+/// Closes a rule's complete windows; a panic stops the rule (see [`Rule::stop`]).
+async fn close_guarded(
+    rule: &mut Rule,
+    watermark: Option<&Watermark>,
+    outputs: &mut Vec<RuleOutput>,
+    errors: &mut Vec<ExecError>,
+) {
+    if rule.stopped.is_some() {
+        return;
+    }
+    match AssertUnwindSafe(rule.close(watermark)).catch_unwind().await {
+        Ok(Ok(Some(o))) => outputs.push(o),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => errors.push(e),
+        Err(panic) => errors.push(rule.stop(panic)),
     }
 }
 
@@ -496,9 +540,16 @@ impl StreamPipeline {
         let mut errors = Vec::new();
         for rule in &mut self.rules {
             let started = Instant::now();
-            match rule.push(batch, &self.watermark, now).await {
-                Ok(o) => outputs.extend(o),
-                Err(e) => errors.push(e),
+            if rule.stopped.is_some() {
+                continue;
+            }
+            match AssertUnwindSafe(rule.push(batch, &self.watermark, now))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(o)) => outputs.extend(o),
+                Ok(Err(e)) => errors.push(e),
+                Err(panic) => errors.push(rule.stop(panic)),
             }
             rule.counters.batches.fetch_add(1, Ordering::Relaxed);
             add(
@@ -542,11 +593,7 @@ impl StreamPipeline {
 
     async fn close(&mut self, outputs: &mut Vec<RuleOutput>, errors: &mut Vec<ExecError>) {
         for rule in &mut self.rules {
-            match rule.close(Some(&self.watermark)).await {
-                Ok(Some(o)) => outputs.push(o),
-                Ok(None) => {}
-                Err(e) => errors.push(e),
-            }
+            close_guarded(rule, Some(&self.watermark), outputs, errors).await;
         }
     }
 
@@ -555,11 +602,7 @@ impl StreamPipeline {
         let mut outputs = Vec::new();
         let mut errors = Vec::new();
         for rule in &mut self.rules {
-            match rule.close(None).await {
-                Ok(Some(o)) => outputs.push(o),
-                Ok(None) => {}
-                Err(e) => errors.push(e),
-            }
+            close_guarded(rule, None, &mut outputs, &mut errors).await;
         }
         (outputs, errors)
     }

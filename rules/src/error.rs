@@ -50,4 +50,6 @@ pub enum ExecError {
         #[source]
         source: datafusion::arrow::error::ArrowError,
     },
+    #[error("rule `{rule}` stopped after a panic: {message}")]
+    Stopped { rule: String, message: String },
 }

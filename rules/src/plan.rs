@@ -20,11 +20,13 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream, collect,
@@ -50,7 +52,21 @@ impl CompiledQuery {
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_batch_size(8192)
+            // Dynamic filters carry state from one execution to the next; a plan that
+            // is executed once per micro-batch must not have any.
             .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false)
+            .set_bool(
+                "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
+                false,
+            )
+            .set_bool(
+                "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
+                false,
+            )
+            .set_bool(
+                "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+                false,
+            )
             .set_bool("datafusion.execution.collect_statistics", false);
         let ctx = SessionContext::new_with_config(config);
         let slot: Slot = Arc::default();
@@ -103,9 +119,7 @@ impl CompiledQuery {
         // The aggregate that reads raw rows: the top one in single mode, or the partial
         // one under a final one.
         let raw = match top_exec.mode() {
-            AggregateMode::Single | AggregateMode::SinglePartitioned if aggs.len() == 1 => {
-                top_exec
-            }
+            AggregateMode::Single | AggregateMode::SinglePartitioned if aggs.len() == 1 => top_exec,
             AggregateMode::Final | AggregateMode::FinalPartitioned if aggs.len() == 2 => {
                 let lower = aggs[1].downcast_ref::<AggregateExec>()?;
                 (*lower.mode() == AggregateMode::Partial).then_some(lower)?
@@ -186,14 +200,30 @@ impl SplitQuery {
     }
 }
 
+/// Whether executing `plan` changes state inside it (a top-k sort's shared threshold),
+/// so that it must be reset before it runs again.
+fn is_stateful(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut stateful = false;
+    let _ = plan.apply(|node| {
+        stateful |= node.is::<SortExec>();
+        Ok(TreeNodeRecursion::Continue)
+    });
+    stateful
+}
+
 async fn run_plan(
     plan: &Arc<dyn ExecutionPlan>,
     slot: &Slot,
     task_ctx: &Arc<TaskContext>,
     input: Vec<RecordBatch>,
 ) -> Result<Vec<RecordBatch>> {
+    let plan = if is_stateful(plan) {
+        reset_plan_states(plan.clone())?
+    } else {
+        plan.clone()
+    };
     *slot.lock().map_err(poisoned)? = input;
-    let out = collect(plan.clone(), task_ctx.clone()).await;
+    let out = collect(plan, task_ctx.clone()).await;
     // Never let a failed run leave its input for the next one.
     slot.lock().map_err(poisoned)?.clear();
     out

@@ -62,11 +62,7 @@ fn events(seed: u64) -> Vec<Vec<Event>> {
 
 /// Rows of every window `[k·slide, k·slide + size)` that was still open (watermark
 /// before the row's batch below its end) when the row arrived.
-fn reference_windows(
-    batches: &[Vec<Event>],
-    size: i64,
-    slide: i64,
-) -> BTreeMap<i64, Vec<Event>> {
+fn reference_windows(batches: &[Vec<Event>], size: i64, slide: i64) -> BTreeMap<i64, Vec<Event>> {
     let mut windows: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
     let mut max_seen: Option<i64> = None;
     for b in batches {
@@ -158,7 +154,11 @@ fn f(x: f64) -> String {
     format!("{x:.6}")
 }
 
-fn assert_rows(what: &str, got: Vec<BTreeMap<String, String>>, mut want: Vec<BTreeMap<String, String>>) {
+fn assert_rows(
+    what: &str,
+    got: Vec<BTreeMap<String, String>>,
+    mut want: Vec<BTreeMap<String, String>>,
+) {
     want.sort();
     if got != want {
         let g: BTreeSet<_> = got.iter().collect();
@@ -240,7 +240,10 @@ async fn filter_having_case_and_statistics_per_key_match_the_reference() {
                 ]));
             }
         }
-        assert!(want.len() > 50, "the reference has too few windows to mean much");
+        assert!(
+            want.len() > 50,
+            "the reference has too few windows to mean much"
+        );
         assert_rows(&format!("seed {seed}"), got, want);
     }
 }

@@ -255,3 +255,107 @@ async fn rows_without_event_time_are_counted_not_windowed() {
     assert_eq!(window_rows(&outs), [("a".into(), 0, 1, 1.0, 1.0)]);
     assert_eq!(p.rules[0].counters.errors.load(Ordering::Relaxed), 1);
 }
+
+fn strings(outs: &[RuleOutput], column: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for o in outs {
+        for b in &o.batches {
+            let c = b.column(b.schema().index_of(column).unwrap()).clone();
+            let c = fieldgate_rules::arrow::compute::cast(
+                &c,
+                &fieldgate_rules::arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            for i in 0..b.num_rows() {
+                v.push(c.as_string::<i32>().value(i).to_string());
+            }
+        }
+    }
+    v
+}
+
+#[tokio::test]
+async fn order_by_with_limit_runs_on_every_batch() {
+    let mut p =
+        pipeline("CREATE RULE top2 INTO out AS SELECT device FROM t ORDER BY temp DESC LIMIT 2;")
+            .await;
+    for (round, rows) in [
+        [("a", 1, 5.0), ("b", 2, 9.0), ("c", 3, 7.0)],
+        [("d", 4, 1.0), ("e", 5, 2.0), ("f", 6, 3.0)],
+        [("g", 7, 8.0), ("h", 8, 9.5), ("i", 9, 0.0)],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (outs, errs) = p.push_at(&batch(&p, rows), 0).await;
+        assert!(errs.is_empty(), "round {round}: {errs:?}");
+        let mut sorted = rows.to_vec();
+        sorted.sort_by(|x, y| y.2.total_cmp(&x.2));
+        let want: Vec<String> = sorted[..2].iter().map(|r| r.0.to_string()).collect();
+        assert_eq!(strings(&outs, "device"), want, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn an_ekuiper_window_filter_selects_the_rows_that_enter_the_window() {
+    let mut p = pipeline(
+        "CREATE RULE warm INTO out AS
+         SELECT device, window_start, count(*) AS n, avg(temp) AS avg_temp, max(temp) AS max_temp
+         FROM t GROUP BY device, TUMBLINGWINDOW(ss, 10) FILTER (WHERE temp > 25);",
+    )
+    .await;
+    let rows = [
+        ("a", 1_000, 20.0),
+        ("a", 2_000, 30.0),
+        ("a", 3_000, 40.0),
+        ("b", 4_000, 26.0),
+        ("b", 5_000, 10.0),
+    ];
+    let (outs, errs) = p.push_at(&batch(&p, &rows), 0).await;
+    assert!(errs.is_empty() && outs.is_empty(), "{errs:?}");
+    let (outs, errs) = p.finish().await;
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(
+        window_rows(&outs),
+        vec![
+            ("a".to_string(), 0, 2, 35.0, 40.0),
+            ("b".to_string(), 0, 1, 26.0, 26.0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn hashing_functions_are_available() {
+    let mut p = pipeline("CREATE RULE h INTO out AS SELECT md5(device) AS d FROM t;").await;
+    let (outs, errs) = p.push_at(&batch(&p, &[("abc", 1, 1.0)]), 0).await;
+    assert!(errs.is_empty(), "{errs:?}");
+    // RFC 1321's test vector for "abc".
+    assert_eq!(strings(&outs, "d"), ["900150983cd24fb0d6963f7d28e17f72"]);
+}
+
+#[tokio::test]
+async fn an_idle_stream_closes_its_windows_by_the_clock() {
+    let text = "CREATE STREAM t (device STRING, ts BIGINT, temp DOUBLE)
+      WITH (DATASOURCE = 'sensors/+/t', TIMESTAMP = 'ts', LATENESS = '3s', IDLE_TIMEOUT = '5s');
+      CREATE RULE w INTO out AS
+      SELECT device, window_start, count(*) AS n, avg(temp) AS avg_temp, max(temp) AS max_temp
+      FROM t GROUP BY device, TUMBLINGWINDOW(ss, 10);";
+    let (set, errors) = RuleSet::parse(Path::new("idle.sql"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (mut ps, errors) = set.build(|_| true).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut p = ps.remove(0);
+    // Arrives at wall-clock 1_000_000 with event time 8 s: watermark 5 s, window open.
+    let wall = 1_000_000;
+    let (outs, _) = p.push_at(&batch(&p, &[("a", 8_000, 1.0)]), wall).await;
+    assert!(outs.is_empty());
+    // Not idle long enough yet: nothing moves.
+    let (outs, _) = p.tick(wall + 4_999).await;
+    assert!(outs.is_empty());
+    assert_eq!(p.watermark(), Some(5_000));
+    // Idle 5 s: the watermark follows the clock from the last event time (8 s + 5 s
+    // − 3 s lateness = 10 s), which completes the window [0, 10 s).
+    let (outs, errs) = p.tick(wall + 5_000).await;
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(window_rows(&outs), vec![("a".to_string(), 0, 1, 1.0, 1.0)]);
+}

@@ -1,8 +1,8 @@
 //! `CREATE RULE name INTO sink[, sink...] AS <query>`.
 
 use datafusion::sql::sqlparser::ast::{
-    DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
-    ObjectNamePart, Query, SelectItem, SetExpr, Spanned, TableFactor, Value,
+    BinaryOperator, DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    GroupByExpr, Ident, ObjectNamePart, Query, SelectItem, SetExpr, Spanned, TableFactor, Value,
     WildcardAdditionalOptions,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -164,6 +164,9 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
     };
     let mut window = None;
     let mut keys = Vec::new();
+    // eKuiper's `GROUP BY ..., TUMBLINGWINDOW(ss, 10) FILTER (WHERE cond)`: the rows
+    // that enter the window, as WHERE does here.
+    let mut window_filter = None;
     if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
         let mut kept = Vec::with_capacity(exprs.len() + 2);
         for e in exprs.drain(..) {
@@ -176,6 +179,9 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
                         ));
                     }
                     window = Some(spec);
+                    if let Expr::Function(f) = &e {
+                        window_filter = f.filter.as_deref().cloned();
+                    }
                 }
                 None => kept.push(e),
             }
@@ -190,6 +196,16 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
     let Some(spec) = window else {
         return Ok((stream, None, None, 0));
     };
+    if let Some(filter) = window_filter {
+        select.selection = Some(match select.selection.take() {
+            None => filter,
+            Some(w) => Expr::BinaryOp {
+                left: Box::new(Expr::Nested(Box::new(w))),
+                op: BinaryOperator::And,
+                right: Box::new(Expr::Nested(Box::new(filter))),
+            },
+        });
+    }
     // Rows are filtered (and keyed) before they enter windows, as eKuiper does: the
     // WHERE decides which rows count for sessions, count windows and sliding triggers.
     if select.selection.is_none() && !spec.per_key() {

@@ -68,14 +68,18 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 fn is_column(e: &Arc<dyn PhysicalExpr>, name: &str) -> bool {
-    e.downcast_ref::<Column>()
-        .is_some_and(|c| c.name() == name)
+    e.downcast_ref::<Column>().is_some_and(|c| c.name() == name)
 }
 
 impl IncrementalWindows {
     /// Builds the state for windows of `size` every `slide` (ms); `None` when the
     /// query's GROUP BY uses the window bounds in a way panes cannot serve.
-    pub fn new(size: i64, slide: i64, query: SplitQuery, tagged: SchemaRef) -> Result<Option<Self>> {
+    pub fn new(
+        size: i64,
+        slide: i64,
+        query: SplitQuery,
+        tagged: SchemaRef,
+    ) -> Result<Option<Self>> {
         if size <= 0 || slide <= 0 {
             return Ok(None);
         }
@@ -109,9 +113,13 @@ impl IncrementalWindows {
         }
         let key_fields = keys
             .iter()
-            .zip(query.group_by.expr().iter().filter(|(e, _)| {
-                !is_column(e, WINDOW_START) && !is_column(e, WINDOW_END)
-            }))
+            .zip(
+                query
+                    .group_by
+                    .expr()
+                    .iter()
+                    .filter(|(e, _)| !is_column(e, WINDOW_START) && !is_column(e, WINDOW_END)),
+            )
             .map(|(k, (_, name))| {
                 Ok(datafusion::arrow::datatypes::Field::new(
                     name,
@@ -313,7 +321,7 @@ impl IncrementalWindows {
 
     /// Runs the rule's query above its aggregate (HAVING, SELECT list, ORDER BY) over
     /// finished window aggregates.
-    pub async fn results(&self, aggregated: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    pub async fn results(&mut self, aggregated: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         self.query.run_output(aggregated).await
     }
 
