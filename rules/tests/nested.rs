@@ -104,7 +104,7 @@ fn rows(n: i64) -> Vec<Row> {
             ts: i * 137,
             reading: (i % 13 != 0).then(|| Reading {
                 site: (i % 7 != 0).then(|| sites[(i % 3) as usize].to_string()),
-                temp: (i % 11 != 0).then(|| (i % 17) as f64 * 2.5 - 5.0),
+                temp: (i % 11 != 0).then_some((i % 17) as f64 * 2.5 - 5.0),
                 probe: (i % 2 == 0).then_some(i * 10),
             }),
             tags: (i % 9 != 0).then(|| {
