@@ -238,8 +238,55 @@ fn same(a: &Value, b: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::{TestOptions, same, test};
     use serde_json::json;
+
+    const NESTED_RULES: &str = "\
+CREATE STREAM env (device STRING, ts BIGINT,
+                   reading STRUCT(site STRING, temp DOUBLE), tags ARRAY<STRING>)
+WITH (DATASOURCE = 'env/+', TIMESTAMP = 'ts');
+CREATE RULE alarms INTO cloud AS
+SELECT device, reading['site'] AS site, tags[1] AS first_tag, reading
+FROM env WHERE array_has(tags, 'alarm');
+CREATE RULE site_avg INTO cloud AS
+SELECT reading.site AS site, window_start, avg(reading['temp']) AS avg_temp
+FROM env GROUP BY reading.site, TUMBLINGWINDOW(ss, 10);
+";
+
+    const NESTED_INPUT: &str = r#"{"device":"a","ts":1000,"reading":{"site":"n","temp":20},"tags":["alarm"]}
+{"device":"b","ts":2000,"reading":{"site":"n","temp":23,"unit":"C"},"tags":["ok","alarm"]}
+{"device":"c","ts":3000,"reading":{"site":"s"},"tags":[]}
+{"device":"d","ts":4000,"reading":{"site":"s","temp":"hot"}}
+{"device":"e","ts":12000,"reading":{"site":"s","temp":5.5}}
+"#;
+
+    const NESTED_EXPECTED: &str = r#"{"rule":"alarms","row":{"device":"a","site":"n","first_tag":"alarm","reading":{"site":"n","temp":20.0}}}
+{"rule":"alarms","row":{"device":"b","site":"n","first_tag":"ok","reading":{"site":"n","temp":23.0}}}
+{"rule":"site_avg","row":{"site":"n","window_start":0,"avg_temp":21.5}}
+{"rule":"site_avg","row":{"site":"s","window_start":0,"avg_temp":null}}
+{"rule":"site_avg","row":{"site":"s","window_start":10000,"avg_temp":5.5}}
+"#;
+
+    #[tokio::test]
+    async fn rules_test_runs_rules_over_nested_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let opts = |expected: &str| TestOptions {
+            paths: vec![write("env.sql", NESTED_RULES)],
+            input: write("events.jsonl", NESTED_INPUT),
+            rule: None,
+            stream: None,
+            expect: Some(write("expected.jsonl", expected)),
+        };
+        assert!(test(&opts(NESTED_EXPECTED)).await.unwrap());
+        // A wrong expectation is caught.
+        let wrong = NESTED_EXPECTED.replace("21.5", "21.0");
+        assert!(!test(&opts(&wrong)).await.unwrap());
+    }
 
     #[test]
     fn numbers_match_within_a_relative_tolerance_and_nothing_else_does() {

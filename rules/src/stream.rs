@@ -102,7 +102,8 @@ impl EventTime {
     }
 }
 
-/// Maps a declared column type name (SQL or eKuiper spelling) to an Arrow type.
+/// Maps a scalar column type name (SQL or eKuiper spelling) to an Arrow type; STRUCT and
+/// ARRAY are parsed in `sql/types.rs`.
 pub fn column_type(name: &str) -> Option<DataType> {
     Some(match name.to_ascii_uppercase().as_str() {
         "STRING" | "VARCHAR" | "TEXT" => DataType::Utf8,

@@ -84,6 +84,58 @@ async fn stream_declaration_errors() {
 }
 
 #[tokio::test]
+async fn nested_type_errors() {
+    assert_error(
+        "CREATE STREAM t (a BIGINT,\n  r STRUCT(site STRING, temp DUBLE)) WITH (DATASOURCE = 'x');",
+        "2:30",
+        &["unknown type `DUBLE`", "field `r.temp`"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (r STRUCT<site STRING, temp DOUBLE) WITH (DATASOURCE = 'x');",
+        "1:51",
+        &["`,` or `>`", "STRUCT< opened at 1:26"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (tags ARRAY(STRING, n BIGINT) WITH (DATASOURCE = 'x');",
+        "1:35",
+        &["`)` to close the ARRAY( opened at 1:28"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (r STRUCT(a BIGINT, b STRING, \"a\" DOUBLE)) WITH (DATASOURCE = 'x');",
+        "1:47",
+        &["field `a` is declared twice in `r`"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (r STRUCT()) WITH (DATASOURCE = 'x');",
+        "1:27",
+        &["at least one field"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (m ARRAY<ARRAY<STRUCT<x BIGINT>>) WITH (DATASOURCE = 'x');",
+        "1:49",
+        &["`>` to close the ARRAY< opened at 1:25", "found `)`"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (r STRUCT(ts BIGINT)) WITH (DATASOURCE = 'x', TIMESTAMP = 'r.ts');",
+        "1:75",
+        &["inside the nested column `r`", "top-level"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (r STRUCT(ts BIGINT)) WITH (DATASOURCE = 'x', TIMESTAMP = 'r');",
+        "1:75",
+        &["is a STRUCT", "top-level"],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn rule_errors() {
     let at = |line: u32, col: u32| format!("{}:{col}", line + 2);
     let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");

@@ -33,8 +33,11 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Bytes>, ArrowError> {
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{Float64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::array::{
+        Array, Float64Array, Int64Builder, ListBuilder, StringArray, StructArray,
+    };
+    use datafusion::arrow::buffer::NullBuffer;
+    use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
 
     use super::*;
 
@@ -58,5 +61,44 @@ mod tests {
         assert_eq!(v, serde_json::json!({"device": "b\n\"x\"", "avg": null}));
         let v: serde_json::Value = serde_json::from_slice(&rows[2]).unwrap();
         assert_eq!(v, serde_json::json!({"device": "a", "avg": 1.5}));
+    }
+
+    #[test]
+    fn struct_and_list_values_become_nested_json() {
+        let reading = Fields::from(vec![
+            Field::new("site", DataType::Utf8, true),
+            Field::new("temp", DataType::Float64, true),
+        ]);
+        let structs = StructArray::new(
+            reading.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("n"), None, None])),
+                Arc::new(Float64Array::from(vec![Some(1.5), Some(-2.0), None])),
+            ],
+            Some(NullBuffer::from(vec![true, true, false])),
+        );
+        let mut tags = ListBuilder::new(Int64Builder::new());
+        tags.append_value([Some(1), Some(2)]);
+        tags.append_value([None, Some(3)]);
+        tags.append_null();
+        let tags = tags.finish();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("reading", DataType::Struct(reading), true),
+            Field::new("tags", tags.data_type().clone(), true),
+        ]));
+        let b = RecordBatch::try_new(schema, vec![Arc::new(structs), Arc::new(tags)]).unwrap();
+        let rows: Vec<serde_json::Value> = json_rows(&[b])
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                serde_json::json!({"reading": {"site": "n", "temp": 1.5}, "tags": [1, 2]}),
+                serde_json::json!({"reading": {"site": null, "temp": -2.0}, "tags": [null, 3]}),
+                serde_json::json!({"reading": null, "tags": null}),
+            ]
+        );
     }
 }

@@ -120,6 +120,27 @@ impl Cursor {
         }
     }
 
+    /// Consumes one `>`. A `>>` (two closing angle brackets, as in `ARRAY<ARRAY<INT>>`,
+    /// which the tokenizer reads as a shift) gives up its first half and stays.
+    pub fn eat_close_angle(&mut self) -> bool {
+        self.skip_ws();
+        let Some(t) = self.tokens.get_mut(self.idx) else {
+            return false;
+        };
+        match t.token {
+            Token::Gt => {
+                self.idx += 1;
+                true
+            }
+            Token::ShiftRight => {
+                t.token = Token::Gt;
+                t.span.start.column += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// An identifier: a plain or quoted word. Returns its text and position.
     pub fn ident(&mut self, what: &str) -> Result<(String, Pos), SqlError> {
         let pos = self.pos();

@@ -7,6 +7,7 @@
 mod cursor;
 mod rule;
 mod stream;
+mod types;
 
 use std::path::Path;
 

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use super::Cursor;
+use super::{Cursor, types};
 use crate::error::SqlError;
-use crate::stream::{EventTime, PayloadFormat, StreamDef, TimeEncoding, column_type};
+use crate::stream::{EventTime, PayloadFormat, StreamDef, TimeEncoding};
 
 pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
     let (name, pos) = c.ident("a stream name")?;
@@ -19,17 +19,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
         if fields.iter().any(|f| f.name().eq_ignore_ascii_case(&col)) {
             return Err(c.error_at(col_pos, format!("column `{col}` is declared twice")));
         }
-        let type_pos = c.pos();
-        let (ty, _) = c.ident("a column type")?;
-        let dt = column_type(&ty).ok_or_else(|| {
-            c.error_at(
-                type_pos,
-                format!(
-                    "unknown type `{ty}` for column `{col}` \
-                     (use STRING, BIGINT, DOUBLE, BOOLEAN or TIMESTAMP)"
-                ),
-            )
-        })?;
+        let dt = types::column(c, &col)?;
         fields.push(Field::new(col, dt, true));
         if c.eat_token(&Token::Comma) {
             continue;
@@ -129,10 +119,22 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
             let index = fields
                 .iter()
                 .position(|f| f.name() == &col)
-                .ok_or_else(|| {
-                    c.error_at(col_pos, format!("TIMESTAMP column `{col}` is not declared"))
-                })?;
+                .ok_or_else(|| c.error_at(col_pos, undeclared_time_column(&fields, &col)))?;
             let dt = fields[index].data_type().clone();
+            if dt.is_nested() {
+                return Err(c.error_at(
+                    col_pos,
+                    format!(
+                        "event-time column `{col}` is a {}; event time must be a top-level \
+                         BIGINT, DOUBLE or TIMESTAMP column, not a struct or list",
+                        if matches!(dt, DataType::Struct(_)) {
+                            "STRUCT"
+                        } else {
+                            "ARRAY"
+                        }
+                    ),
+                ));
+            }
             let (encoding, enc_pos) = match ts_format {
                 Some(f) => f,
                 None if TimeEncoding::Rfc3339.fits(&dt) => (TimeEncoding::Rfc3339, col_pos),
@@ -165,6 +167,28 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
         file: c.file().to_path_buf(),
         pos,
     })
+}
+
+/// Why `TIMESTAMP = 'col'` names no column: a path into a nested column gets its own
+/// explanation, since event time must be a top-level column.
+fn undeclared_time_column(fields: &[Field], col: &str) -> String {
+    let head = col
+        .split(['.', '['])
+        .next()
+        .unwrap_or(col)
+        .trim_matches(['"', '`']);
+    let nested = head.len() < col.len()
+        && fields
+            .iter()
+            .any(|f| f.name() == head && f.data_type().is_nested());
+    if nested {
+        format!(
+            "TIMESTAMP `{col}` points inside the nested column `{head}`; event time must be \
+             a top-level column: declare the time as its own column of the stream"
+        )
+    } else {
+        format!("TIMESTAMP column `{col}` is not declared")
+    }
 }
 
 /// Checks an MQTT topic filter: non-empty, `#` only as the last level, `+` alone in a level.

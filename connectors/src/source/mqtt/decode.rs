@@ -166,8 +166,8 @@ impl JsonDecoder {
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{AsArray, Float64Array, Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+    use datafusion::arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type, Schema};
 
     use super::*;
 
@@ -239,6 +239,92 @@ mod tests {
         assert_eq!(out.rejected.len(), 1);
         assert_eq!(out.rejected[0].index, 0);
         assert_eq!(out.batch.unwrap().num_rows(), 1);
+    }
+
+    /// `device STRING, reading STRUCT(site STRING, temp DOUBLE), tags ARRAY(BIGINT)`.
+    fn nested_schema() -> SchemaRef {
+        let reading = DataType::Struct(Fields::from(vec![
+            Field::new("site", DataType::Utf8, true),
+            Field::new("temp", DataType::Float64, true),
+        ]));
+        let tags = DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true)));
+        Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Utf8, true),
+            Field::new("reading", reading, true),
+            Field::new("tags", tags, true),
+        ]))
+    }
+
+    /// The struct's fields and the list's values of row `i`, read back from Arrow.
+    fn nested_row(b: &RecordBatch, i: usize) -> (Option<&str>, Option<f64>, Option<Vec<i64>>) {
+        let reading = b.column(1).as_struct();
+        let site = reading.column(0).as_string::<i32>();
+        let temp = reading.column(1).as_primitive::<Float64Type>();
+        let tags = b.column(2).as_list::<i32>();
+        (
+            (reading.is_valid(i) && site.is_valid(i)).then(|| site.value(i)),
+            (reading.is_valid(i) && temp.is_valid(i)).then(|| temp.value(i)),
+            tags.is_valid(i).then(|| {
+                tags.value(i)
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .flatten()
+                    .collect()
+            }),
+        )
+    }
+
+    #[test]
+    fn nested_objects_and_arrays_fill_struct_and_list_columns() {
+        let mut d = JsonDecoder::new(nested_schema()).unwrap();
+        let out = d.decode(&[
+            r#"{"device":"a","reading":{"site":"n","temp":20.5},"tags":[1,2,3]}"#,
+            // Unknown fields, at the top and inside the struct, are ignored.
+            r#"{"device":"b","reading":{"temp":-3,"extra":{"deep":[1]},"site":"s"},"tags":[],"x":1}"#,
+            // A missing nested field is null, so is a missing struct or list.
+            r#"{"device":"c","reading":{"site":"e"}}"#,
+            r#"{"device":"d","reading":null,"tags":[4,null]}"#,
+        ]);
+        assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+        let b = out.batch.unwrap();
+        assert_eq!(b.num_rows(), 4);
+        assert_eq!(
+            nested_row(&b, 0),
+            (Some("n"), Some(20.5), Some(vec![1, 2, 3]))
+        );
+        assert_eq!(nested_row(&b, 1), (Some("s"), Some(-3.0), Some(vec![])));
+        assert_eq!(nested_row(&b, 2), (Some("e"), None, None));
+        assert!(b.column(1).as_struct().is_valid(2));
+        assert_eq!(nested_row(&b, 3), (None, None, Some(vec![4])));
+        assert!(b.column(1).is_null(3));
+        let tags = b.column(2).as_list::<i32>();
+        assert_eq!(tags.value(3).len(), 2, "a null element stays an element");
+        assert!(tags.value(3).is_null(1));
+    }
+
+    #[test]
+    fn a_wrong_nested_type_rejects_only_its_payload() {
+        let mut d = JsonDecoder::new(nested_schema()).unwrap();
+        let out = d.decode(&[
+            r#"{"device":"a","reading":{"site":"n","temp":1.5},"tags":[1]}"#,
+            r#"{"device":"b","reading":{"site":"n","temp":"warm"}}"#,
+            r#"{"device":"c","reading":"n/1.5"}"#,
+            r#"{"device":"d","tags":{"0":1}}"#,
+            r#"{"device":"e","tags":["x"]}"#,
+            r#"{"device":"f","reading":{"site":"s","temp":2.5},"tags":[7,8]}"#,
+        ]);
+        let idx: Vec<usize> = out.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(idx, [1, 2, 3, 4], "{:?}", out.rejected);
+        assert!(
+            out.rejected[0].reason.contains("warm"),
+            "{}",
+            out.rejected[0].reason
+        );
+        let b = out.batch.unwrap();
+        let dev: &StringArray = b.column(0).as_string();
+        assert_eq!(dev.iter().flatten().collect::<Vec<_>>(), ["a", "f"]);
+        assert_eq!(nested_row(&b, 0), (Some("n"), Some(1.5), Some(vec![1])));
+        assert_eq!(nested_row(&b, 1), (Some("s"), Some(2.5), Some(vec![7, 8])));
     }
 
     #[test]
