@@ -88,18 +88,24 @@ enum RulesCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let result = match cli.command {
-        Command::Run { config } => run(config).map(|()| true),
-        Command::Rules(cmd) => rules(cmd),
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("fieldgate: {e:#}");
-            ExitCode::FAILURE
-        }
+    match cli.command {
+        // The gateway reports through its log (text or JSON, as configured).
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        // The rule author's tools talk to a terminal or a CI log.
+        Command::Rules(cmd) => match rules(cmd) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("fieldgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -87,9 +87,14 @@ fn arrow_err(
 /// Where in the rule a planning error is about: the word an unknown column or function
 /// names, else the start of the query.
 fn blame(def: &RuleDef, msg: &str) -> crate::error::Pos {
-    let named = ["No field named ", "Invalid function '", "function '"]
-        .iter()
-        .find_map(|p| msg.split_once(p).map(|(_, rest)| rest));
+    let named = [
+        "No field named ",
+        "Invalid function '",
+        "function '",
+        "Field ",
+    ]
+    .iter()
+    .find_map(|p| msg.split_once(p).map(|(_, rest)| rest));
     let Some(rest) = named else {
         return def.query_pos;
     };
@@ -121,7 +126,7 @@ pub struct Rule {
 /// How a windowed rule holds its open windows.
 enum Windows {
     /// Partial aggregate state per pane and key (tumbling and hopping windows).
-    Incremental(IncrementalWindows),
+    Incremental(Box<IncrementalWindows>),
     /// The rows of every open window, aggregated by the rule's plan when it closes.
     Buffered(WindowState),
 }
@@ -254,7 +259,7 @@ impl Rule {
                 && let Some(panes) =
                     IncrementalWindows::new(size, slide, split, input).map_err(plan_err)?
             {
-                w.state = Windows::Incremental(panes);
+                w.state = Windows::Incremental(Box::new(panes));
             }
         }
         if query.aggregates && windowed.is_none() {

@@ -84,6 +84,17 @@ async fn stream_declaration_errors() {
 }
 
 #[tokio::test]
+async fn an_unknown_nested_field_is_pointed_at() {
+    assert_error(
+        "CREATE STREAM t (ts BIGINT, r STRUCT(site STRING)) WITH (DATASOURCE = 'x');\n\
+         CREATE RULE bad INTO cloud AS\nSELECT r['site'] AS site,\n       r['nope'] AS x FROM t;",
+        "4:10",
+        &["nope", "rule `bad`"],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn nested_type_errors() {
     assert_error(
         "CREATE STREAM t (a BIGINT,\n  r STRUCT(site STRING, temp DUBLE)) WITH (DATASOURCE = 'x');",

@@ -62,15 +62,20 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
         });
     let words = tokens
         .iter()
-        .filter_map(|t| match &t.token {
-            Token::Word(w) => Some((
-                w.value.clone(),
+        .filter_map(|t| {
+            let word = match &t.token {
+                Token::Word(w) => w.value.clone(),
+                // A struct field named in `col['field']`.
+                Token::SingleQuotedString(s) => s.clone(),
+                _ => return None,
+            };
+            Some((
+                word,
                 Pos {
                     line: t.span.start.line,
                     column: t.span.start.column,
                 },
-            )),
-            _ => None,
+            ))
         })
         .collect();
     let dialect = GenericDialect {};
