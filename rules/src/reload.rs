@@ -47,7 +47,7 @@ pub enum RuleSlot {
     /// replaces the rule's `def`.
     Keep(Arc<RuleDef>),
     /// A newly planned rule (new, or a changed version), starting with no windows.
-    New(Rule),
+    New(Box<Rule>),
 }
 
 impl RuleSlot {
@@ -199,7 +199,7 @@ pub async fn plan(
                 slots
                     .entry(def.stream.clone())
                     .or_default()
-                    .push(RuleSlot::New(rule));
+                    .push(RuleSlot::New(Box::new(rule)));
                 running_rules.push(def.clone());
             }
             Err(e) => {
@@ -254,7 +254,7 @@ pub async fn plan(
                 let rules = rules
                     .into_iter()
                     .filter_map(|slot| match slot {
-                        RuleSlot::New(rule) => Some(rule),
+                        RuleSlot::New(rule) => Some(*rule),
                         // Only unchanged streams keep rules; never reached.
                         RuleSlot::Keep(_) => None,
                     })
@@ -341,7 +341,7 @@ pub fn apply(pipeline: &mut StreamPipeline, rules: Vec<RuleSlot>) -> Applied {
                 }
                 None => applied.missing.push(def.name.clone()),
             },
-            RuleSlot::New(rule) => pipeline.rules.push(rule),
+            RuleSlot::New(rule) => pipeline.rules.push(*rule),
         }
     }
     let mut retired: Vec<(String, usize)> = old
