@@ -88,6 +88,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     )
     .await?;
     let routes = rules.routes();
+    let reload_counters = rules.counters.clone();
     let reload_task = tokio::spawn(triggers.run(rules, stop_rx.clone()));
 
     // The broker and the in-process subscriber feeding the streams.
@@ -130,6 +131,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!(
         messages = ingest_counters.messages.load(Ordering::Relaxed),
+        reloads = reload_counters.succeeded.load(Ordering::Relaxed),
+        failed_reloads = reload_counters.failed.load(Ordering::Relaxed),
         "fieldgate stopped"
     );
     Ok(())

@@ -137,7 +137,21 @@ impl LiveRules {
         if !s.kept_previous.is_empty() {
             tracing::warn!(kept = ?s.kept_previous, "new versions failed; previous versions keep running");
         }
-        if changed || errors > 0 {
+        if errors > 0 {
+            tracing::warn!(
+                %trigger,
+                reload = reloads,
+                errors,
+                rules_added = ?s.rules_added,
+                rules_changed = ?s.rules_changed,
+                rules_removed = ?s.rules_removed,
+                rules_unchanged = s.rules_unchanged.len(),
+                streams_added = ?s.streams_added,
+                streams_changed = ?s.streams_changed,
+                streams_removed = ?s.streams_removed,
+                "rules reloaded with errors; what was valid took effect"
+            );
+        } else if changed {
             tracing::info!(
                 %trigger,
                 reload = reloads,

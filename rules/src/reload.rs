@@ -51,6 +51,7 @@ pub enum RuleSlot {
 }
 
 impl RuleSlot {
+    /// The rule's name.
     pub fn name(&self) -> &str {
         match self {
             RuleSlot::Keep(def) => &def.name,
