@@ -1,6 +1,7 @@
 //! Wiring: starts the queues and uplinks, the rules, the broker and its ingest, and the
-//! admin endpoint; on SIGINT/SIGTERM stops them in data-flow order so that everything
-//! accepted is durable before the process exits.
+//! admin endpoint; reloads the rules on file changes and SIGHUP; on SIGINT/SIGTERM
+//! stops them in data-flow order so that everything accepted is durable before the
+//! process exits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,19 +11,15 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fieldgate_connectors::sink::file::FileSink;
 use fieldgate_connectors::sink::mqtt::MqttSink;
-use fieldgate_rules::RuleSet;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Readiness};
 use crate::config::{Config, SinkConfig};
-use crate::ingest::{self, IngestCounters, Route};
-use crate::pipeline::{self, StreamCounters};
+use crate::ingest::{self, IngestCounters};
 use crate::queue::{Queue, QueueOptions};
+use crate::reload::{LiveRules, Triggers};
 use crate::{broker, uplink};
-
-/// Micro-batches waiting per stream before ingest waits for the stream task.
-const STREAM_CHANNEL_BATCHES: usize = 64;
 
 /// Runs the gateway until a termination signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -41,20 +38,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
-    // Rules: a broken rule is reported and left out; the others run.
     if !cfg.rules_dir.is_dir() {
         bail!("rules directory {} does not exist", cfg.rules_dir.display());
     }
-    let (set, errors) = RuleSet::load(std::slice::from_ref(&cfg.rules_dir));
-    for e in &errors {
-        tracing::error!(error = %e, "rule file error");
-    }
-    let (pipelines, errors) = set.build(|s| cfg.sinks.contains_key(s)).await;
-    for e in &errors {
-        tracing::error!(error = %e, "rule not loaded");
-    }
-    let rules: usize = pipelines.iter().map(|p| p.rules.len()).sum();
-    tracing::info!(streams = pipelines.len(), rules, "rules loaded");
 
     // Queues and their uplinks.
     let queue_dir = cfg.data_dir.join("queue");
@@ -92,24 +78,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let queues = Arc::new(queues);
 
-    // One task per stream.
-    let mut routes = Vec::new();
-    let mut streams = Vec::new();
-    for p in pipelines {
-        let (tx, rx) = mpsc::channel(STREAM_CHANNEL_BATCHES);
-        routes.push(Route {
-            stream: p.stream.name.clone(),
-            filter: p.stream.topic.clone(),
-            tx,
-        });
-        let counters = Arc::new(StreamCounters::default());
-        streams.push(tokio::spawn(pipeline::run_stream(
-            p,
-            rx,
-            queues.clone(),
-            counters,
-        )));
-    }
+    // Rules, one task per stream: a broken rule is reported and left out; the others
+    // run. Watching for changes starts before loading, so none is missed.
+    let triggers = Triggers::start(&cfg.rules_dir)?;
+    let rules = LiveRules::start(
+        &cfg.rules_dir,
+        cfg.sinks.keys().cloned().collect(),
+        queues.clone(),
+    )
+    .await?;
+    let routes = rules.routes();
+    let reload_counters = rules.counters.clone();
+    let reload_task = tokio::spawn(triggers.run(rules, stop_rx.clone()));
 
     // The broker and the in-process subscriber feeding the streams.
     let (mut broker, link_tx, link_rx) = broker::start(&cfg.broker)?;
@@ -132,8 +112,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     broker.stop_listeners();
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
-    for s in streams {
-        let _ = s.await;
+    match reload_task.await {
+        Ok(rules) => rules.shutdown().await,
+        Err(e) => tracing::error!(error = %e, "rules reload task failed"),
     }
     tracing::info!("ingest stopped; delivering what is queued");
     for u in uplinks {
@@ -150,6 +131,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!(
         messages = ingest_counters.messages.load(Ordering::Relaxed),
+        reloads = reload_counters.succeeded.load(Ordering::Relaxed),
+        failed_reloads = reload_counters.failed.load(Ordering::Relaxed),
         "fieldgate stopped"
     );
     Ok(())

@@ -1,7 +1,8 @@
 //! Ingest: the in-process subscriber of the embedded broker. It routes every message
 //! to the streams whose topic filter matches and hands them over in micro-batches
 //! (up to `batch_rows` messages or `batch_delay` old), so the broker link is never
-//! held up by decoding or rule work.
+//! held up by decoding or rule work. The routes come from a watch channel: a rules
+//! reload replaces them without touching the broker link.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// Where one stream's messages go.
+#[derive(Clone)]
 pub struct Route {
     pub stream: String,
     pub filter: String,
@@ -31,11 +33,12 @@ pub struct IngestCounters {
 }
 
 /// Subscribes to every topic and feeds the routes until `stop` turns true; then hands
-/// over what it holds and returns, closing the routes' channels.
+/// over what it holds and returns, closing the routes' channels. When `routes`
+/// changes, what is pending goes to the old routes before the new ones take over.
 pub async fn run(
     mut link_tx: LinkTx,
     mut link_rx: LinkRx,
-    routes: Vec<Route>,
+    mut routes_rx: watch::Receiver<Vec<Route>>,
     batch_rows: usize,
     batch_delay: Duration,
     counters: Arc<IngestCounters>,
@@ -47,8 +50,10 @@ pub async fn run(
         tracing::error!(error = %e, "cannot subscribe to the embedded broker");
         return;
     }
+    let mut routes = routes_rx.borrow_and_update().clone();
     let mut pending: Vec<Vec<Bytes>> = routes.iter().map(|_| Vec::new()).collect();
     let mut deadline: Option<Instant> = None;
+    let mut routes_open = true;
     loop {
         tokio::select! {
             n = link_rx.next() => match n {
@@ -89,6 +94,19 @@ pub async fn run(
                     send(r, p).await;
                 }
                 deadline = None;
+            }
+            changed = routes_rx.changed(), if routes_open => {
+                if changed.is_err() {
+                    routes_open = false;
+                    continue;
+                }
+                for (r, p) in routes.iter().zip(pending.iter_mut()) {
+                    send(r, p).await;
+                }
+                deadline = None;
+                routes = routes_rx.borrow_and_update().clone();
+                pending = routes.iter().map(|_| Vec::new()).collect();
+                tracing::debug!(routes = routes.len(), "ingest routes replaced");
             }
             _ = crate::stopped(&mut stop) => break,
         }

@@ -3,8 +3,8 @@
 //! Data flows through the modules in this order: [`broker`] (the embedded MQTT broker)
 //! → [`ingest`] (routing messages to streams in micro-batches) → [`pipeline`] (decoding
 //! and the SQL rules) → [`queue`] (durable, per sink) → [`uplink`] (delivery to the
-//! sinks). [`app`] wires them; [`config`] reads the TOML configuration; [`admin`]
-//! serves the health probes.
+//! sinks). [`app`] wires them; [`reload`] keeps the rules live; [`config`] reads the
+//! TOML configuration; [`admin`] serves the health probes.
 
 mod admin;
 mod app;
@@ -13,6 +13,7 @@ mod config;
 mod ingest;
 mod pipeline;
 mod queue;
+mod reload;
 mod rules_cli;
 mod uplink;
 
@@ -163,8 +164,10 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttd::router::routing=off"));
+    // Colours only on a terminal: files and container logs get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -1,6 +1,7 @@
 //! The stream tasks: one per declared stream. Each decodes its micro-batches into
 //! Arrow, runs the stream's rules, encodes their results as JSON and appends them to
-//! the durable queue of every sink the rule names.
+//! the durable queue of every sink the rule names. A reload hands a running task its
+//! new list of rules through a control channel; the rules it keeps keep their windows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fieldgate_connectors::sink::encode::json_rows;
 use fieldgate_connectors::source::mqtt::JsonDecoder;
-use fieldgate_rules::{RuleOutput, StreamPipeline};
+use fieldgate_rules::{RuleOutput, RuleSlot, StreamPipeline};
 use tokio::sync::mpsc;
 
 use crate::queue::Queue;
@@ -27,6 +28,13 @@ pub struct StreamCounters {
     pub decode_errors: AtomicU64,
     /// Result rows that could not be queued.
     pub queue_errors: AtomicU64,
+}
+
+/// Instructions to a running stream task.
+pub enum Control {
+    /// Run these rules from now on: kept rules keep their state, new ones start empty,
+    /// the others stop.
+    SetRules(Vec<RuleSlot>),
 }
 
 /// Logs at most one message per interval, counting the ones it held back.
@@ -60,10 +68,12 @@ impl RateLimited {
     }
 }
 
-/// Runs one stream until its channel closes.
+/// Runs one stream until its data channel closes, having processed everything sent
+/// on it.
 pub async fn run_stream(
     mut pipeline: StreamPipeline,
     mut rx: mpsc::Receiver<Vec<Bytes>>,
+    mut control: mpsc::Receiver<Control>,
     queues: Arc<HashMap<String, Queue>>,
     counters: Arc<StreamCounters>,
 ) {
@@ -79,10 +89,24 @@ pub async fn run_stream(
     let mut rule_error_log = RateLimited::new(Duration::from_secs(5));
     let mut clock = tokio::time::interval(TICK);
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut control_open = true;
+    // New rules wait until the batches queued before they came have gone through the
+    // rules those batches were sent to: (rules, batches still to process first).
+    let mut next_rules: Option<(Vec<RuleSlot>, usize)> = None;
     loop {
+        if next_rules.as_ref().is_some_and(|(_, n)| *n == 0)
+            && let Some((rules, _)) = next_rules.take()
+        {
+            set_rules(&mut pipeline, rules);
+        }
         let payloads = tokio::select! {
             p = rx.recv() => match p {
-                Some(p) => p,
+                Some(p) => {
+                    if let Some((_, n)) = next_rules.as_mut() {
+                        *n = n.saturating_sub(1);
+                    }
+                    p
+                }
                 None => break,
             },
             _ = clock.tick() => {
@@ -90,6 +114,13 @@ pub async fn run_stream(
                 let (outputs, errors) = pipeline.tick(fieldgate_rules::now_millis()).await;
                 log_rule_errors(&stream, errors, &mut rule_error_log);
                 deliver(&stream, outputs, &queues, &counters).await;
+                continue;
+            }
+            c = control.recv(), if control_open && next_rules.is_none() => {
+                match c {
+                    Some(Control::SetRules(rules)) => next_rules = Some((rules, rx.len())),
+                    None => control_open = false,
+                }
                 continue;
             }
         };
@@ -121,6 +152,21 @@ pub async fn run_stream(
     if open > 0 {
         tracing::info!(%stream, open_windows = open, "stream stopped with windows still open; they are not emitted");
     }
+}
+
+fn set_rules(pipeline: &mut StreamPipeline, rules: Vec<RuleSlot>) {
+    let stream = pipeline.stream.name.clone();
+    let applied = fieldgate_rules::apply_rules(pipeline, rules);
+    for (rule, open) in applied.retired {
+        if open > 0 {
+            tracing::info!(%stream, %rule, open_windows = open, "rule stopped with windows still open; they are not emitted");
+        }
+    }
+    for rule in applied.missing {
+        tracing::error!(%stream, %rule, "rule to keep was not running in this stream");
+    }
+    let rules: Vec<&str> = pipeline.rules.iter().map(|r| r.name()).collect();
+    tracing::debug!(%stream, ?rules, "stream's rules replaced");
 }
 
 fn log_rule_errors(stream: &str, errors: Vec<fieldgate_rules::ExecError>, log: &mut RateLimited) {

@@ -23,6 +23,7 @@
 mod engine;
 mod error;
 mod plan;
+mod reload;
 mod rule;
 mod ruleset;
 mod sql;
@@ -35,6 +36,10 @@ pub use engine::{
     now_millis,
 };
 pub use error::{ExecError, Pos, SqlError};
+pub use reload::{
+    Applied, ReloadPlan, ReloadSummary, RuleSlot, StreamChange, apply as apply_rules,
+    plan as plan_reload, same_rule, same_stream,
+};
 pub use rule::RuleDef;
 pub use ruleset::{RuleSet, rule_files};
 pub use stream::{EventTime, PayloadFormat, StreamDef, TimeEncoding};

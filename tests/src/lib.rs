@@ -245,6 +245,31 @@ impl Gateway {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) to the running gateway.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.as_ref().expect("gateway running"), signal);
+    }
+
+    /// Waits until the log has a line holding every one of `parts`; returns that line.
+    pub async fn wait_log(&self, timeout: Duration, parts: &[&str]) -> String {
+        let mut found = None;
+        let held = eventually(timeout, || {
+            found = self
+                .log_text()
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_string);
+            found.is_some()
+        })
+        .await;
+        assert!(
+            held,
+            "no log line with {parts:?} within {timeout:?}; log:\n{}",
+            self.log_text()
+        );
+        found.unwrap_or_default()
+    }
+
     /// Sends SIGTERM and returns the exit status, failing if it takes over `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("gateway running");

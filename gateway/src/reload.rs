@@ -1,0 +1,384 @@
+//! Live rules: owns the running stream tasks and the ingest routes, loads the rule
+//! files at start, and reloads them when the rules directory changes (a debounced file
+//! watch on the directory itself, which also sees a Kubernetes ConfigMap swapping its
+//! `..data` symlink) or on SIGHUP.
+//!
+//! A reload plans the change first (`fieldgate_rules::plan_reload`) and then applies
+//! it: unchanged rules keep running in their stream task with their windows; changed
+//! and new rules are handed to the task; a changed stream gets a new task and route
+//! (the old task processes what it was sent, then stops); a removed stream's task stops.
+//! The broker, the queues and the uplinks are never touched.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use fieldgate_rules::{ReloadPlan, RuleSet, StreamChange, StreamPipeline, plan_reload, rule_files};
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::ingest::Route;
+use crate::pipeline::{self, Control, StreamCounters};
+use crate::queue::Queue;
+
+/// Micro-batches waiting per stream before ingest waits for the stream task.
+const STREAM_CHANNEL_BATCHES: usize = 64;
+/// Quiet time after a file event before reloading, so a burst of events (an editor
+/// saving, a ConfigMap update) causes one reload.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest a stream of file events can put a reload off.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(3);
+
+/// Reload counters, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    /// Reloads that found no error.
+    pub succeeded: AtomicU64,
+    /// Reloads that found at least one error (what was valid was still applied).
+    pub failed: AtomicU64,
+    /// Errors found in rule files and rules over all reloads.
+    pub errors: AtomicU64,
+}
+
+/// One running stream task.
+struct StreamTask {
+    tx: mpsc::Sender<Vec<Bytes>>,
+    control: mpsc::Sender<Control>,
+    task: JoinHandle<()>,
+}
+
+/// The running rules: the declarations, their stream tasks and the ingest routes.
+pub struct LiveRules {
+    dir: PathBuf,
+    sinks: HashSet<String>,
+    queues: Arc<HashMap<String, Queue>>,
+    running: RuleSet,
+    streams: HashMap<String, StreamTask>,
+    /// Tasks of replaced or removed streams, finishing what they were sent.
+    retired: Vec<JoinHandle<()>>,
+    routes: watch::Sender<Vec<Route>>,
+    pub counters: Arc<ReloadCounters>,
+}
+
+impl LiveRules {
+    /// Loads the rule files of `dir` and starts a task per stream. A broken rule is
+    /// reported and left out; the others run.
+    pub async fn start(
+        dir: &Path,
+        sinks: HashSet<String>,
+        queues: Arc<HashMap<String, Queue>>,
+    ) -> anyhow::Result<LiveRules> {
+        rule_files(&[dir.to_path_buf()]).context("cannot list the rules directory")?;
+        let (routes, _) = watch::channel(Vec::new());
+        let mut live = LiveRules {
+            dir: dir.to_path_buf(),
+            sinks,
+            queues,
+            running: RuleSet::default(),
+            streams: HashMap::new(),
+            retired: Vec::new(),
+            routes,
+            counters: Arc::default(),
+        };
+        let plan = live.plan().await;
+        for e in &plan.errors {
+            tracing::error!(error = %e, "rule not loaded");
+        }
+        live.apply(plan).await;
+        let rules = live.running.rules.len();
+        tracing::info!(streams = live.streams.len(), rules, "rules loaded");
+        Ok(live)
+    }
+
+    /// The ingest routes, current and future.
+    pub fn routes(&self) -> watch::Receiver<Vec<Route>> {
+        self.routes.subscribe()
+    }
+
+    async fn plan(&self) -> ReloadPlan {
+        let (loaded, errors) = RuleSet::load(std::slice::from_ref(&self.dir));
+        plan_reload(&self.running, loaded, errors, |s| self.sinks.contains(s)).await
+    }
+
+    /// Reads the rule files again and applies what changed.
+    pub async fn reload(&mut self, trigger: &str) {
+        // Without a listing nothing can be compared; everything keeps running.
+        if let Err(e) = rule_files(std::slice::from_ref(&self.dir)) {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%trigger, error = %e, "rules not reloaded; the running rules stay");
+            return;
+        }
+        let plan = self.plan().await;
+        for e in &plan.errors {
+            tracing::error!(error = %e, "rule file error");
+        }
+        let s = plan.summary.clone();
+        let errors = plan.errors.len();
+        let changed = s.changes_anything();
+        self.apply(plan).await;
+        if errors > 0 {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .errors
+                .fetch_add(errors as u64, Ordering::Relaxed);
+        } else {
+            self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+        }
+        let reloads = self.counters.succeeded.load(Ordering::Relaxed)
+            + self.counters.failed.load(Ordering::Relaxed);
+        if !s.kept_previous.is_empty() {
+            tracing::warn!(kept = ?s.kept_previous, "new versions failed; previous versions keep running");
+        }
+        if errors > 0 {
+            tracing::warn!(
+                %trigger,
+                reload = reloads,
+                errors,
+                rules_added = ?s.rules_added,
+                rules_changed = ?s.rules_changed,
+                rules_removed = ?s.rules_removed,
+                rules_unchanged = s.rules_unchanged.len(),
+                streams_added = ?s.streams_added,
+                streams_changed = ?s.streams_changed,
+                streams_removed = ?s.streams_removed,
+                "rules reloaded with errors; what was valid took effect"
+            );
+        } else if changed {
+            tracing::info!(
+                %trigger,
+                reload = reloads,
+                errors,
+                rules_added = ?s.rules_added,
+                rules_changed = ?s.rules_changed,
+                rules_removed = ?s.rules_removed,
+                rules_unchanged = s.rules_unchanged.len(),
+                streams_added = ?s.streams_added,
+                streams_changed = ?s.streams_changed,
+                streams_removed = ?s.streams_removed,
+                "rules reloaded"
+            );
+        } else {
+            tracing::info!(%trigger, reload = reloads, "rules reloaded; nothing changed");
+        }
+    }
+
+    async fn apply(&mut self, plan: ReloadPlan) {
+        self.retired.retain(|t| !t.is_finished());
+        for name in &plan.removed_streams {
+            if let Some(old) = self.streams.remove(name) {
+                tracing::info!(stream = %name, "stream removed; its task stops after what it was sent");
+                self.retired.push(old.task);
+            }
+        }
+        for change in plan.streams {
+            match change {
+                StreamChange::Update {
+                    stream,
+                    rules,
+                    changed,
+                } => {
+                    if !changed {
+                        continue;
+                    }
+                    let Some(task) = self.streams.get(&stream) else {
+                        tracing::error!(%stream, "stream to update is not running");
+                        continue;
+                    };
+                    if task.control.send(Control::SetRules(rules)).await.is_err() {
+                        tracing::error!(%stream, "stream task is gone; its rules were not updated");
+                    }
+                }
+                StreamChange::Start { pipeline, replaces } => {
+                    let name = pipeline.stream.name.clone();
+                    if let Some(old) = self.streams.remove(&name) {
+                        tracing::info!(stream = %name, "stream declaration changed; its rules restart with empty windows");
+                        self.retired.push(old.task);
+                    } else if replaces {
+                        tracing::warn!(stream = %name, "changed stream was not running");
+                    }
+                    let task = self.spawn(pipeline);
+                    self.streams.insert(name, task);
+                }
+            }
+        }
+        self.running = plan.running;
+        let routes = self
+            .running
+            .streams
+            .iter()
+            .filter_map(|s| {
+                self.streams.get(&s.name).map(|t| Route {
+                    stream: s.name.clone(),
+                    filter: s.topic.clone(),
+                    tx: t.tx.clone(),
+                })
+            })
+            .collect();
+        self.routes.send_replace(routes);
+    }
+
+    fn spawn(&self, p: StreamPipeline) -> StreamTask {
+        let (tx, rx) = mpsc::channel(STREAM_CHANNEL_BATCHES);
+        let (control, control_rx) = mpsc::channel(4);
+        let counters = Arc::new(StreamCounters::default());
+        let task = tokio::spawn(pipeline::run_stream(
+            p,
+            rx,
+            control_rx,
+            self.queues.clone(),
+            counters,
+        ));
+        StreamTask { tx, control, task }
+    }
+
+    /// Stops every stream task once ingest has stopped: each processes what it was sent
+    /// and ends; returns when all have.
+    pub async fn shutdown(self) {
+        let LiveRules {
+            streams,
+            retired,
+            routes,
+            ..
+        } = self;
+        drop(routes);
+        let mut tasks = retired;
+        for (_, s) in streams {
+            drop(s.tx);
+            drop(s.control);
+            tasks.push(s.task);
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// What makes the rules reload: file events in the rules directory and SIGHUP. Set up
+/// before the gateway reports ready, so no change or signal after that is missed.
+pub struct Triggers {
+    files: mpsc::Receiver<()>,
+    /// Kept alive for as long as events are wanted.
+    _watcher: Option<notify::RecommendedWatcher>,
+    hangup: Signal,
+}
+
+impl Triggers {
+    /// Watches `dir` (not recursively) and SIGHUP. A directory that cannot be watched
+    /// is logged; SIGHUP still reloads.
+    pub fn start(dir: &Path) -> anyhow::Result<Triggers> {
+        let hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let (tx, files) = mpsc::channel(1);
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            match res {
+                // Reading the files (as a reload does) must not trigger a reload.
+                Ok(ev) if matters(&ev.kind) => {
+                    // A full channel already holds a pending reload.
+                    let _ = tx.try_send(());
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "rules directory watch error"),
+            }
+        })
+        .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w));
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; reload with SIGHUP");
+                None
+            }
+        };
+        Ok(Triggers {
+            files,
+            _watcher: watcher,
+            hangup,
+        })
+    }
+
+    /// Reloads `rules` on every trigger until `stop` turns true; then hands them back.
+    pub async fn run(mut self, mut rules: LiveRules, mut stop: watch::Receiver<bool>) -> LiveRules {
+        loop {
+            tokio::select! {
+                Some(()) = self.files.recv() => {
+                    settle(&mut self.files).await;
+                    rules.reload("file change").await;
+                }
+                _ = self.hangup.recv() => rules.reload("SIGHUP").await,
+                _ = crate::stopped(&mut stop) => break,
+            }
+        }
+        rules
+    }
+}
+
+/// Whether a file event can change what the rule files say.
+fn matters(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Waits until file events pause for [`DEBOUNCE`] (at most [`MAX_DEBOUNCE`]).
+async fn settle(events: &mut mpsc::Receiver<()>) {
+    let give_up = Instant::now() + MAX_DEBOUNCE;
+    loop {
+        let quiet = (Instant::now() + DEBOUNCE).min(give_up);
+        match tokio::time::timeout_at(quiet, events.recv()).await {
+            Ok(Some(())) if Instant::now() < give_up => continue,
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+
+    #[test]
+    fn reading_the_files_does_not_trigger_a_reload() {
+        assert!(!matters(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!matters(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(matters(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(matters(&EventKind::Create(CreateKind::File)));
+        assert!(matters(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_events_settles_into_one_reload() {
+        let (tx, mut rx) = mpsc::channel(1);
+        // The watcher's sender lives on after the burst.
+        let _watcher = tx.clone();
+        let burst = tokio::spawn(async move {
+            for _ in 0..5 {
+                let _ = tx.try_send(());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let started = Instant::now();
+        settle(&mut rx).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(650), "settled after {took:?}");
+        assert!(took < MAX_DEBOUNCE, "settled after {took:?}");
+        burst.await.unwrap();
+        assert!(rx.try_recv().is_err(), "events left after settling");
+    }
+}
