@@ -9,7 +9,7 @@ import pytest
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-TIMEOUT = 10
+TIMEOUT = 30
 
 
 class Client:
