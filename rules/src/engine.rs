@@ -15,6 +15,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use futures::FutureExt;
 
+pub use crate::counters::RuleCounters;
 use crate::error::{ExecError, SqlError};
 use crate::plan::CompiledQuery;
 use crate::rule::RuleDef;
@@ -27,23 +28,6 @@ pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
 /// Column added to rows sent to a rule's `LATE INTO` sink.
 pub const LATE_REASON: &str = "late_reason";
-
-/// Per-rule counters, shared with whoever reports them.
-#[derive(Debug, Default)]
-pub struct RuleCounters {
-    /// Rows the rule was offered.
-    pub records_in: AtomicU64,
-    /// Result rows the rule produced.
-    pub records_out: AtomicU64,
-    /// Rows that arrived after their window was complete.
-    pub late: AtomicU64,
-    /// Rows without an event time, and failed executions.
-    pub errors: AtomicU64,
-    /// Batches processed.
-    pub batches: AtomicU64,
-    /// Time spent processing, in nanoseconds.
-    pub busy_ns: AtomicU64,
-}
 
 fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
@@ -557,10 +541,7 @@ impl StreamPipeline {
                 Err(panic) => errors.push(rule.stop(panic)),
             }
             rule.counters.batches.fetch_add(1, Ordering::Relaxed);
-            add(
-                &rule.counters.busy_ns,
-                started.elapsed().as_nanos() as usize,
-            );
+            rule.counters.latency.record(started.elapsed());
         }
         if let Some(max) = max_event {
             self.watermark.observe(max);

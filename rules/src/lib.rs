@@ -20,6 +20,7 @@
 //! The crate does no I/O beyond reading rule files, so it runs the same in the gateway,
 //! in tests and in benchmarks.
 
+mod counters;
 mod engine;
 mod error;
 mod plan;
@@ -31,6 +32,7 @@ mod stream;
 mod watermark;
 mod window;
 
+pub use counters::{LATENCY_BUCKETS_US, LatencyHistogram, LatencySnapshot};
 pub use engine::{
     LATE_REASON, Rule, RuleCounters, RuleOutput, StreamPipeline, WINDOW_END, WINDOW_START,
     now_millis,
