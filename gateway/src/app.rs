@@ -44,19 +44,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Queues and their uplinks.
     let queue_dir = cfg.data_dir.join("queue");
-    let opts = QueueOptions {
-        commit_delay: cfg.queue.commit_delay,
-        cache_bytes: cfg.queue.cache_bytes,
-    };
     let mut queues = HashMap::new();
     let mut uplinks: Vec<JoinHandle<()>> = Vec::new();
     for (name, sink_cfg) in &cfg.sinks {
+        let opts = QueueOptions {
+            commit_delay: cfg.queue.commit_delay,
+            cache_bytes: cfg.queue.cache_bytes,
+            limits: cfg.queue.limits(name),
+        };
         let path = queue_dir.join(format!("{name}.redb"));
         let q = Queue::open(name, &path, opts)
             .with_context(|| format!("cannot open queue {}", path.display()))?;
         let depth = q.depth().unwrap_or(0);
         if depth > 0 {
-            tracing::info!(sink = %name, queued = depth, "resuming delivery of queued results");
+            let oldest = q.oldest_age().ok().flatten().unwrap_or_default();
+            tracing::info!(
+                sink = %name,
+                queued = depth,
+                oldest_s = oldest.as_secs(),
+                "resuming delivery of queued results"
+            );
         }
         let stop = stop_rx.clone();
         let drain = cfg.queue.drain_timeout;
@@ -122,8 +129,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     match Arc::try_unwrap(queues) {
         Ok(qs) => {
-            for (_, q) in qs {
+            for (name, q) in qs {
+                let st = q.stats().clone();
+                let file_bytes = q.file_bytes();
                 q.close().await;
+                tracing::info!(
+                    sink = %name,
+                    queued = st.entries.load(Ordering::Relaxed),
+                    bytes = st.bytes.load(Ordering::Relaxed),
+                    file_bytes,
+                    dropped_oldest = st.dropped_oldest.load(Ordering::Relaxed),
+                    rejected = st.rejected.load(Ordering::Relaxed),
+                    expired = st.expired.load(Ordering::Relaxed),
+                    "queue closed"
+                );
             }
         }
         Err(_) => tracing::warn!("queues still in use at shutdown"),

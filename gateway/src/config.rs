@@ -11,6 +11,8 @@ use fieldgate_connectors::sink::file::FileSinkConfig;
 use fieldgate_connectors::sink::mqtt::MqttSinkConfig;
 use serde::Deserialize;
 
+use crate::queue::{OnFull, QueueLimits};
+
 /// The configuration `fieldgate run` uses without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
 
@@ -123,6 +125,15 @@ pub struct QueueConfig {
     /// Time the uplink gets on shutdown to deliver what is queued.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Largest size of each sink's queue in bytes (default 1 GiB).
+    pub max_bytes: Option<u64>,
+    /// What a full queue does: `drop_oldest` (default) or `reject_new`.
+    pub on_full: OnFull,
+    /// Results older than this are dropped from the queue (default: never).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Limits for one sink's queue, replacing the three above: `[queue.sinks.NAME]`.
+    pub sinks: BTreeMap<String, QueueLimits>,
 }
 
 impl Default for QueueConfig {
@@ -131,7 +142,22 @@ impl Default for QueueConfig {
             commit_delay: Duration::from_millis(5),
             cache_bytes: 4 * 1024 * 1024,
             drain_timeout: Duration::from_secs(2),
+            max_bytes: Some(1024 * 1024 * 1024),
+            on_full: OnFull::DropOldest,
+            ttl: None,
+            sinks: BTreeMap::new(),
         }
+    }
+}
+
+impl QueueConfig {
+    /// The limits of the named sink's queue.
+    pub fn limits(&self, sink: &str) -> QueueLimits {
+        self.sinks.get(sink).copied().unwrap_or(QueueLimits {
+            max_bytes: self.max_bytes,
+            on_full: self.on_full,
+            ttl: self.ttl,
+        })
     }
 }
 
@@ -210,6 +236,25 @@ impl Config {
                 SinkConfig::File(f) => f.validate(),
             };
             r.map_err(|e| anyhow::anyhow!("key `sinks.{name}`: {e}"))?;
+        }
+        for name in self.queue.sinks.keys() {
+            if !self.sinks.contains_key(name) {
+                bail!("key `queue.sinks.{name}`: there is no sink `{name}`");
+            }
+        }
+        let limits = std::iter::once(("queue".to_string(), self.queue.limits(""))).chain(
+            self.queue
+                .sinks
+                .iter()
+                .map(|(n, l)| (format!("queue.sinks.{n}"), *l)),
+        );
+        for (key, l) in limits {
+            if l.max_bytes.is_some_and(|m| m < 4096) {
+                bail!("key `{key}.max_bytes` must be at least 4096");
+            }
+            if l.ttl.is_some_and(|t| t.is_zero()) {
+                bail!("key `{key}.ttl` must be positive");
+            }
         }
         Ok(())
     }

@@ -199,11 +199,16 @@ async fn deliver(
             rows.into_iter().map(|r| (out.rule.clone(), r)).collect();
         for sink in out.sinks.iter() {
             let Some(q) = queues.get(sink) else { continue };
-            if let Err(e) = q.append(entries.clone()).await {
-                counters
-                    .queue_errors
-                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                tracing::error!(%stream, rule = %out.rule, %sink, error = %e, "results not queued");
+            match q.append(entries.clone()).await {
+                Ok(()) => {}
+                // Counted and logged (rate-limited) by the queue itself.
+                Err(crate::queue::StoreError::Full { .. }) => {}
+                Err(e) => {
+                    counters
+                        .queue_errors
+                        .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                    tracing::error!(%stream, rule = %out.rule, %sink, error = %e, "results not queued");
+                }
             }
         }
     }

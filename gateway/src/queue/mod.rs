@@ -8,6 +8,11 @@
 //! after the sink confirmed it, so a crash or an outage can repeat a delivery but never
 //! lose one.
 //!
+//! Each queue is bounded: a largest size in bytes with an on-full policy (drop the
+//! oldest entries, or refuse new ones) and an optional time to live. Every entry a limit
+//! removes or refuses is counted in [`QueueStats`] and logged. Once a backlog has
+//! drained, the store's file is compacted so the disk space goes back.
+//!
 //! The store behind the queue is redb ([`store`]); see `docs/architecture.md` for why.
 
 mod store;
@@ -15,20 +20,26 @@ mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fieldgate_connectors::sink::Message;
+use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use store::Store;
 pub use store::StoreError;
-use writer::{Request, run_writer};
+use writer::{Request, Writer};
+
+/// How often the writer expires old entries and considers compacting.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 
 /// A handle to one sink's durable queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
     store: Arc<Store>,
+    stats: Arc<QueueStats>,
     requests: mpsc::Sender<Request>,
     /// Highest committed sequence number (0 before the first entry).
     committed: watch::Receiver<u64>,
@@ -41,25 +52,93 @@ pub struct QueueOptions {
     pub commit_delay: Duration,
     /// Memory redb may use as cache, in bytes.
     pub cache_bytes: usize,
+    pub limits: QueueLimits,
+}
+
+/// What a full queue does with new results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Accept the new results and drop the oldest entries to make room.
+    #[default]
+    DropOldest,
+    /// Refuse the new results (the rule's output is counted and logged as refused).
+    RejectNew,
+}
+
+/// Bounds of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueLimits {
+    /// Largest size of the entries held, in bytes; `None`: unbounded.
+    pub max_bytes: Option<u64>,
+    pub on_full: OnFull,
+    /// Entries older than this are dropped; `None`: kept until delivered.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+}
+
+/// What a queue holds and has dropped, for the operations surface.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Entries waiting.
+    pub entries: AtomicU64,
+    /// Bytes they take in the store.
+    pub bytes: AtomicU64,
+    /// Entries dropped to make room (`on_full = "drop_oldest"`).
+    pub dropped_oldest: AtomicU64,
+    /// Results refused because the queue was full (`on_full = "reject_new"`).
+    pub rejected: AtomicU64,
+    /// Entries dropped after their time to live.
+    pub expired: AtomicU64,
+    /// Compactions of the store's file.
+    pub compactions: AtomicU64,
 }
 
 impl Queue {
     /// Opens (or creates) the queue file and starts its writer thread.
+    /// Must be called inside a Tokio runtime (a task asks the writer for periodic work).
     pub fn open(name: &str, path: &Path, opts: QueueOptions) -> Result<Queue, StoreError> {
         let store = Arc::new(Store::open(path, opts.cache_bytes)?);
         let last = store.last_seq()?;
+        let held = store.held()?;
+        let stats = Arc::new(QueueStats::default());
         let (tx, rx) = mpsc::channel(1024);
         let (committed_tx, committed) = watch::channel(last);
         let writer_store = store.clone();
-        let delay = opts.commit_delay;
+        let writer_stats = stats.clone();
         let thread_name = format!("queue-{name}");
         let log_name = name.to_string();
         std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || run_writer(&log_name, &writer_store, rx, committed_tx, last, delay))
+            .spawn(move || {
+                Writer::new(
+                    &log_name,
+                    &writer_store,
+                    committed_tx,
+                    last,
+                    opts,
+                    writer_stats,
+                    held,
+                )
+                .run(rx)
+            })
             .map_err(StoreError::Thread)?;
+        // A weak sender, so the ticker never keeps the writer alive.
+        let ticker = tx.downgrade();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(MAINTAIN_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                let Some(tx) = ticker.upgrade() else { break };
+                // Skip a beat rather than queue up behind a busy writer.
+                let _ = tx.try_send(Request::Maintain);
+            }
+        });
         Ok(Queue {
             store,
+            stats,
             requests: tx,
             committed,
         })
@@ -97,7 +176,28 @@ impl Queue {
 
     /// Number of entries waiting.
     pub fn depth(&self) -> Result<u64, StoreError> {
-        self.store.len()
+        Ok(self.store.held()?.entries)
+    }
+
+    /// Counters of what the queue holds and dropped.
+    pub fn stats(&self) -> &Arc<QueueStats> {
+        &self.stats
+    }
+
+    /// How long the oldest waiting entry has been queued.
+    pub fn oldest_age(&self) -> Result<Option<Duration>, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Ok(self
+            .store
+            .oldest_enqueued()?
+            .map(|t| Duration::from_millis(now.saturating_sub(t))))
+    }
+
+    /// Size of the store's file on disk, in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        self.store.file_bytes()
     }
 
     /// Watches the highest committed sequence number.
