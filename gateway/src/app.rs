@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use fieldgate_connectors::sink::encode::MessageIds;
 use fieldgate_connectors::sink::file::FileSink;
 use fieldgate_connectors::sink::mqtt::MqttSink;
 use tokio::sync::watch;
@@ -67,14 +68,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let stop = stop_rx.clone();
         let drain = cfg.queue.drain_timeout;
+        let ids = MessageIds::new(&cfg.gateway_id, name, q.epoch()?);
         let task = match sink_cfg {
             SinkConfig::Mqtt(m) => {
-                let sink = MqttSink::start(name, &cfg.gateway_id, m);
+                let sink = MqttSink::start(name, &cfg.gateway_id, m, ids);
                 tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
             }
             SinkConfig::File(f) => tokio::spawn(uplink::run(
                 name.clone(),
-                FileSink::new(f),
+                FileSink::new(f, ids),
                 q.clone(),
                 stop,
                 drain,

@@ -71,7 +71,38 @@ async fn every_result_arrives_across_a_cloud_outage() {
         got.len(),
         gw.log_text()
     );
+    assert_stable_ids(&sub);
     assert!(gw.terminate(Duration::from_secs(10)).success());
+}
+
+/// Every message carries `_msg_id` = `gw-test/cloud/<16 hex digits>-<sequence>`; a
+/// result sent twice (resent after the outage) carries the same id both times, and
+/// different results never share one, so the cloud can drop duplicates by id.
+fn assert_stable_ids(sub: &Subscriber) {
+    let mut id_of: std::collections::HashMap<i64, String> = Default::default();
+    let mut n_of: std::collections::HashMap<String, i64> = Default::default();
+    for (_, v) in sub.json() {
+        let n = v["n"].as_i64().expect("n");
+        let id = v["_msg_id"]
+            .as_str()
+            .expect("every message has _msg_id")
+            .to_string();
+        let rest = id
+            .strip_prefix("gw-test/cloud/")
+            .unwrap_or_else(|| panic!("id {id:?} names gateway and sink"));
+        let (epoch, seq) = rest.split_once('-').expect("epoch-sequence");
+        assert!(
+            epoch.len() == 16 && epoch.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(seq.parse::<u64>().is_ok(), "{id}");
+        if let Some(prev) = id_of.insert(n, id.clone()) {
+            assert_eq!(prev, id, "result {n} resent under another id");
+        }
+        if let Some(prev) = n_of.insert(id.clone(), n) {
+            assert_eq!(prev, n, "id {id} used for two results");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,5 +132,6 @@ async fn queued_results_are_sent_after_a_gateway_restart() {
         arrived(&sub).len(),
         gw.log_text()
     );
+    assert_stable_ids(&sub);
     assert!(gw.terminate(Duration::from_secs(10)).success());
 }

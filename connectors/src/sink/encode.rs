@@ -29,6 +29,52 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Bytes>, ArrowError> {
     Ok(rows)
 }
 
+/// Name of the field that carries a result's message id.
+pub const MESSAGE_ID_FIELD: &str = "_msg_id";
+
+/// A result's stable message id: `<prefix><sequence>`, where the prefix names the
+/// gateway, the sink and the queue's epoch (see [`MessageIds`]).
+#[derive(Debug, Clone)]
+pub struct MessageIds {
+    prefix: String,
+}
+
+impl MessageIds {
+    /// Ids `<gateway>/<sink>/<epoch as hex>-<sequence>`. The epoch is drawn when the
+    /// sink's queue is created, so ids stay unique if a queue file is ever recreated.
+    pub fn new(gateway: &str, sink: &str, epoch: u64) -> Self {
+        Self {
+            prefix: format!("{gateway}/{sink}/{epoch:016x}-"),
+        }
+    }
+
+    /// The id of the result with this queue sequence number.
+    pub fn id(&self, seq: u64) -> String {
+        format!("{}{seq}", self.prefix)
+    }
+
+    /// The payload (a JSON object) with `"_msg_id": "<id>"` as its first field; other
+    /// payloads are returned unchanged.
+    pub fn stamp(&self, payload: &Bytes, seq: u64) -> Bytes {
+        let Some(rest) = payload.strip_prefix(b"{") else {
+            return payload.clone();
+        };
+        let id = self.id(seq);
+        let mut out = Vec::with_capacity(payload.len() + id.len() + 16);
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(MESSAGE_ID_FIELD.as_bytes());
+        out.extend_from_slice(b"\":\"");
+        // Gateway ids and sink names are plain ASCII without quotes or backslashes.
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
+        if rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        Bytes::from(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -100,5 +146,29 @@ mod tests {
                 serde_json::json!({"reading": null, "tags": null}),
             ]
         );
+    }
+
+    #[test]
+    fn message_ids_lead_each_object_and_are_stable() {
+        let ids = MessageIds::new("gw-1", "cloud", 0xabc);
+        let stamped = ids.stamp(&Bytes::from_static(br#"{"a":1,"b":"x"}"#), 42);
+        let v: serde_json::Value = serde_json::from_slice(&stamped).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"_msg_id": "gw-1/cloud/0000000000000abc-42", "a": 1, "b": "x"})
+        );
+        assert!(stamped.starts_with(b"{\"_msg_id\""));
+        assert_eq!(
+            ids.stamp(&Bytes::from_static(br#"{"a":1,"b":"x"}"#), 42),
+            stamped
+        );
+        let empty = ids.stamp(&Bytes::from_static(b"{}"), 7);
+        let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"_msg_id": "gw-1/cloud/0000000000000abc-7"})
+        );
+        let not_object = Bytes::from_static(b"[1,2]");
+        assert_eq!(ids.stamp(&not_object, 1), not_object);
     }
 }

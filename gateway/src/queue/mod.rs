@@ -174,6 +174,11 @@ impl Queue {
         self.store.read_from(from, max)
     }
 
+    /// The random number drawn when the queue's file was created; part of message ids.
+    pub fn epoch(&self) -> Result<u64, StoreError> {
+        self.store.epoch()
+    }
+
     /// Number of entries waiting.
     pub fn depth(&self) -> Result<u64, StoreError> {
         Ok(self.store.held()?.entries)

@@ -17,6 +17,9 @@ const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Key in `meta`: bytes held by the entries (keys included).
 const BYTES: &str = "bytes";
+/// Key in `meta`: a random number drawn when the store was created, which makes
+/// message ids unique across a store file being deleted and created again.
+const EPOCH: &str = "epoch";
 const FORMAT: u8 = 1;
 /// Fixed part of an encoded entry: format, enqueue time, name length.
 const HEADER: usize = 1 + 8 + 2;
@@ -88,7 +91,12 @@ impl Store {
         // Make sure the tables exist so readers never see "table not found".
         let tx = db.begin_write()?;
         tx.open_table(ENTRIES)?;
-        tx.open_table(META)?;
+        {
+            let mut meta = tx.open_table(META)?;
+            if meta.get(EPOCH)?.is_none() {
+                meta.insert(EPOCH, rand::random::<u64>())?;
+            }
+        }
         tx.commit()?;
         Ok(Store {
             db: RwLock::new(db),
@@ -102,6 +110,12 @@ impl Store {
 
     fn write(&self) -> Result<RwLockWriteGuard<'_, Database>, StoreError> {
         self.db.write().map_err(|_| StoreError::Poisoned)
+    }
+
+    pub fn epoch(&self) -> Result<u64, StoreError> {
+        let db = self.read()?;
+        let tx = db.begin_read()?;
+        Ok(tx.open_table(META)?.get(EPOCH)?.map_or(0, |v| v.value()))
     }
 
     pub fn last_seq(&self) -> Result<u64, StoreError> {

@@ -6,19 +6,23 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::FileSinkConfig;
+use crate::sink::encode::MessageIds;
 use crate::sink::{Message, Sink, SinkError, SinkEvent};
 
 /// Appends each result as one line; a batch is confirmed after `fdatasync`.
 pub struct FileSink {
     template: String,
+    ids: MessageIds,
     files: HashMap<PathBuf, File>,
     events: VecDeque<SinkEvent>,
 }
 
 impl FileSink {
-    pub fn new(cfg: &FileSinkConfig) -> Self {
+    /// A sink writing to `cfg.path`; every line carries its message id from `ids`.
+    pub fn new(cfg: &FileSinkConfig, ids: MessageIds) -> Self {
         Self {
             template: cfg.path.to_string_lossy().into_owned(),
+            ids,
             files: HashMap::new(),
             // A file is always reachable: announce readiness at once.
             events: VecDeque::from([SinkEvent::Ready]),
@@ -59,7 +63,7 @@ impl FileSink {
                     &mut by_path.last_mut().ok_or(SinkError::NotConnected)?.1
                 }
             };
-            buf.extend_from_slice(&m.payload);
+            buf.extend_from_slice(&self.ids.stamp(&m.payload, m.seq));
             buf.push(b'\n');
         }
         for (path, buf) in by_path {
@@ -123,7 +127,7 @@ mod tests {
         let cfg = FileSinkConfig {
             path: dir.path().join("out/{rule}.jsonl"),
         };
-        let mut sink = FileSink::new(&cfg);
+        let mut sink = FileSink::new(&cfg, MessageIds::new("gw", "local", 1));
         assert_eq!(sink.next_event().await, SinkEvent::Ready);
         sink.send(&[
             msg(1, "a", "{\"x\":1}"),
@@ -136,7 +140,16 @@ mod tests {
         sink.send(&[msg(4, "a", "{\"x\":4}")]).await.unwrap();
         let a = std::fs::read_to_string(dir.path().join("out/a.jsonl")).unwrap();
         let b = std::fs::read_to_string(dir.path().join("out/b.jsonl")).unwrap();
-        assert_eq!(a, "{\"x\":1}\n{\"x\":3}\n{\"x\":4}\n");
-        assert_eq!(b, "{\"y\":2}\n");
+        let id = |seq: u64| format!("gw/local/0000000000000001-{seq}");
+        assert_eq!(
+            a,
+            format!(
+                "{{\"_msg_id\":\"{}\",\"x\":1}}\n{{\"_msg_id\":\"{}\",\"x\":3}}\n{{\"_msg_id\":\"{}\",\"x\":4}}\n",
+                id(1),
+                id(3),
+                id(4)
+            )
+        );
+        assert_eq!(b, format!("{{\"_msg_id\":\"{}\",\"y\":2}}\n", id(2)));
     }
 }

@@ -12,6 +12,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 
 use super::MqttSinkConfig;
+use crate::sink::encode::MessageIds;
 use crate::sink::{Message, Sink, SinkError, SinkEvent, backoff};
 
 /// What the connection task reports.
@@ -25,6 +26,7 @@ enum Conn {
 /// Publishes results to a cloud MQTT broker with QoS 1.
 pub struct MqttSink {
     topic: String,
+    ids: MessageIds,
     gateway: String,
     max_in_flight: usize,
     rx: mpsc::UnboundedReceiver<Conn>,
@@ -48,7 +50,8 @@ impl Drop for MqttSink {
 impl MqttSink {
     /// Starts connecting in the background; `name` names the sink in logs and the default
     /// client id.
-    pub fn start(name: &str, gateway: &str, cfg: &MqttSinkConfig) -> Self {
+    /// Every message carries its id from `ids` as the payload's first field.
+    pub fn start(name: &str, gateway: &str, cfg: &MqttSinkConfig, ids: MessageIds) -> Self {
         let client_id = cfg
             .client_id
             .clone()
@@ -71,6 +74,7 @@ impl MqttSink {
         ));
         Self {
             topic: cfg.topic.replace("{gateway}", gateway),
+            ids,
             gateway: gateway.to_string(),
             max_in_flight: usize::from(cfg.max_in_flight),
             rx,
@@ -148,7 +152,12 @@ impl Sink for MqttSink {
         for m in msgs {
             let topic = self.topic_for(&m.rule);
             let client = self.client.as_ref().ok_or(SinkError::NotConnected)?;
-            client.try_publish(topic, QoS::AtLeastOnce, false, m.payload.clone())?;
+            client.try_publish(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                self.ids.stamp(&m.payload, m.seq),
+            )?;
             self.unassigned.push_back(m.seq);
         }
         Ok(())
