@@ -32,9 +32,10 @@ pub struct IngestCounters {
     pub unrouted: AtomicU64,
 }
 
-/// Subscribes to every topic and feeds the routes until `stop` turns true; then hands
-/// over what it holds and returns, closing the routes' channels. When `routes`
-/// changes, what is pending goes to the old routes before the new ones take over.
+/// Subscribes to every topic and feeds the routes until `stop` turns true; then takes
+/// what the broker still forwards (until it is quiet), hands over what it holds and
+/// returns, closing the routes' channels. When `routes` changes, what is pending goes
+/// to the old routes before the new ones take over.
 pub async fn run(
     mut link_tx: LinkTx,
     mut link_rx: LinkRx,
@@ -54,11 +55,22 @@ pub async fn run(
     let mut pending: Vec<Vec<Bytes>> = routes.iter().map(|_| Vec::new()).collect();
     let mut deadline: Option<Instant> = None;
     let mut routes_open = true;
+    // After `stop`: the broker has acknowledged messages its devices published up to
+    // the moment its listeners closed; take them all before returning.
+    let mut drain: Option<(Instant, Instant)> = None;
     loop {
+        if let Some((quiet_until, hard_stop)) = drain
+            && Instant::now() >= quiet_until.min(hard_stop)
+        {
+            break;
+        }
         tokio::select! {
             n = link_rx.next() => match n {
                 Ok(Some(Notification::Forward(f))) => {
                     counters.messages.fetch_add(1, Ordering::Relaxed);
+                    if let Some((quiet_until, _)) = drain.as_mut() {
+                        *quiet_until = Instant::now() + DRAIN_QUIET;
+                    }
                     let Ok(topic) = std::str::from_utf8(&f.publish.topic) else { continue };
                     let mut routed = false;
                     for (i, r) in routes.iter().enumerate() {
@@ -108,13 +120,22 @@ pub async fn run(
                 pending = routes.iter().map(|_| Vec::new()).collect();
                 tracing::debug!(routes = routes.len(), "ingest routes replaced");
             }
-            _ = crate::stopped(&mut stop) => break,
+            _ = crate::stopped(&mut stop), if drain.is_none() => {
+                let now = Instant::now();
+                drain = Some((now + DRAIN_QUIET, now + DRAIN_MAX));
+            }
+            _ = sleep_until(drain.map(|(q, h)| q.min(h))), if drain.is_some() => {}
         }
     }
     for (r, p) in routes.iter().zip(pending.iter_mut()) {
         send(r, p).await;
     }
 }
+
+/// On shutdown, ingest stops once the broker has forwarded nothing for this long...
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+/// ...or after this long in all.
+const DRAIN_MAX: Duration = Duration::from_secs(5);
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {

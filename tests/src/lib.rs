@@ -111,7 +111,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\n",
+                 max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
                 self.port,
                 self.dir.display()
             ),
@@ -219,7 +219,11 @@ impl Gateway {
             .arg("run")
             .arg("--config")
             .arg(setup.config())
-            .env("RUST_LOG", "info,rumqttd=warn,rumqttd::router::routing=off")
+            .env(
+                "RUST_LOG",
+                std::env::var("FIELDGATE_TEST_LOG")
+                    .unwrap_or_else(|_| "info,rumqttd=warn,rumqttd::router::routing=off".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -268,6 +272,14 @@ impl Gateway {
             self.log_text()
         );
         found.unwrap_or_default()
+    }
+
+    /// Kills the gateway with SIGKILL (no chance to flush anything) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            send_signal(&c, "KILL");
+            let _ = c.wait();
+        }
     }
 
     /// Sends SIGTERM and returns the exit status, failing if it takes over `timeout`.
@@ -427,4 +439,80 @@ pub fn counts<K: std::hash::Hash + Eq>(items: impl IntoIterator<Item = K>) -> Ha
         *m.entry(i).or_insert(0) += 1;
     }
     m
+}
+
+/// `mosquitto_sub` as the cloud application: an independent MQTT client with a
+/// persistent session (`-c`), reconnecting by itself; every payload it prints is kept.
+pub struct MosquittoSub {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl MosquittoSub {
+    /// Subscribes to `filter` with QoS 1 as client `client_id`; waits until the broker
+    /// holds the subscription (a probe message on the same filter comes back).
+    pub fn start(port: u16, client_id: &str, filter: &str) -> MosquittoSub {
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-c"])
+            .args(["-i", client_id, "-t", filter, "-t", "probe/mosquitto-sub"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub runs (scripts/test.sh installs mosquitto-clients when missing)");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out = child.stdout.take().expect("stdout piped");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        let sub = MosquittoSub { child, lines };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !sub.lines().iter().any(|l| l == "probe") {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto_sub did not subscribe within 15 s"
+            );
+            let _ = Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "probe/mosquitto-sub",
+                ])
+                .args(["-m", "probe"])
+                .status();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sub
+    }
+
+    /// Every line received so far (probes included).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lock").clone()
+    }
+
+    /// The received payloads that are JSON objects.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.lines()
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("cloud got a payload that is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for MosquittoSub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

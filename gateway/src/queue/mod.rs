@@ -157,8 +157,9 @@ impl Queue {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Deletes delivered entries. Deletes are not fsynced on their own: after a crash an
-    /// entry deleted since the last durable commit is delivered again, never lost.
+    /// Deletes delivered entries. Deletes are not fsynced on their own (the writer makes
+    /// them durable once a second): after a crash an entry deleted since the last
+    /// durable commit is delivered again, never lost.
     pub async fn remove(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());

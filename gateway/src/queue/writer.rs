@@ -243,6 +243,14 @@ impl<'a> Writer<'a> {
     }
 
     fn maintain(&mut self) {
+        // Deletes are committed without an fsync; making them durable once a second
+        // bounds what a crash makes the uplink send again to about a second's worth.
+        if self.removed_since_sync {
+            match self.store.sync() {
+                Ok(()) => self.removed_since_sync = false,
+                Err(e) => tracing::error!(queue = self.name, error = %e, "queue sync failed"),
+            }
+        }
         if let Some(ttl) = self.limits.ttl {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
             match self.store.expire(now_ms().saturating_sub(ttl_ms)) {

@@ -38,12 +38,21 @@ pub struct MqttSink {
     by_pkid: HashMap<u16, u64>,
     /// A connection change to report after the confirmations returned before it.
     pending: Option<SinkEvent>,
+    /// Publishes handed to the client, written by it, and acknowledged, over all
+    /// connections.
+    totals: [u64; 3],
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for MqttSink {
     fn drop(&mut self) {
         self.task.abort();
+        tracing::debug!(
+            handed = self.totals[0],
+            written = self.totals[1],
+            acknowledged = self.totals[2],
+            "MQTT sink closed"
+        );
     }
 }
 
@@ -83,6 +92,7 @@ impl MqttSink {
             unassigned: VecDeque::new(),
             by_pkid: HashMap::new(),
             pending: None,
+            totals: [0; 3],
             task,
         }
     }
@@ -159,6 +169,7 @@ impl Sink for MqttSink {
                 self.ids.stamp(&m.payload, m.seq),
             )?;
             self.unassigned.push_back(m.seq);
+            self.totals[0] += 1;
         }
         Ok(())
     }
@@ -187,12 +198,16 @@ impl Sink for MqttSink {
                     SinkEvent::Ready
                 }
                 Conn::Published(g, pkid) if g == self.generation => {
-                    if let Some(seq) = self.unassigned.pop_front() {
-                        self.by_pkid.insert(pkid, seq);
+                    self.totals[1] += 1;
+                    if let Some(seq) = self.unassigned.pop_front()
+                        && let Some(old) = self.by_pkid.insert(pkid, seq)
+                    {
+                        tracing::warn!(pkid, old, seq, "packet id reused before its PUBACK");
                     }
                     continue;
                 }
                 Conn::Acked(g, pkid) if g == self.generation => {
+                    self.totals[2] += 1;
                     if let Some(seq) = self.by_pkid.remove(&pkid) {
                         confirmed.push(seq);
                     }
