@@ -71,7 +71,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let ids = MessageIds::new(&cfg.gateway_id, name, q.epoch()?);
         let task = match sink_cfg {
             SinkConfig::Mqtt(m) => {
-                let sink = MqttSink::start(name, &cfg.gateway_id, m, ids);
+                let sink = MqttSink::start(name, &cfg.gateway_id, m, ids)
+                    .with_context(|| format!("sink `{name}`: TLS"))?;
                 tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
             }
             SinkConfig::File(f) => tokio::spawn(uplink::run(

@@ -197,8 +197,13 @@ impl Config {
         cfg.data_dir = base.join(&cfg.data_dir);
         cfg.rules_dir = base.join(&cfg.rules_dir);
         for sink in cfg.sinks.values_mut() {
-            if let SinkConfig::File(f) = sink {
-                f.path = base.join(&f.path);
+            match sink {
+                SinkConfig::File(f) => f.path = base.join(&f.path),
+                SinkConfig::Mqtt(m) => {
+                    if let Some(tls) = &mut m.tls {
+                        tls.rebase(base);
+                    }
+                }
             }
         }
         Ok(cfg)

@@ -73,6 +73,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Further configuration lines (another listener, say).
+    extra: String,
 }
 
 impl Mosquitto {
@@ -93,10 +95,16 @@ impl Mosquitto {
 
     /// Starts mosquitto on `port`, keeping its files in `dir`.
     pub fn start(port: u16, dir: &Path) -> Mosquitto {
+        Self::start_with(port, dir, "")
+    }
+
+    /// Starts mosquitto on `port` with further configuration lines, e.g. a TLS listener.
+    pub fn start_with(port: u16, dir: &Path, extra: &str) -> Mosquitto {
         let mut m = Mosquitto {
             port,
             dir: dir.to_path_buf(),
             child: None,
+            extra: extra.to_string(),
         };
         m.restart();
         m
@@ -111,9 +119,10 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
+                 max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.extra
             ),
         )
         .expect("mosquitto config");

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::MqttTlsConfig;
+
 /// `[sinks.NAME]` with `type = "mqtt"`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +35,9 @@ pub struct MqttSinkConfig {
     pub reconnect_min: Duration,
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// TLS to the broker; without it, plain TCP.
+    #[serde(default)]
+    pub tls: Option<MqttTlsConfig>,
 }
 
 fn default_port() -> u16 {
@@ -68,6 +73,9 @@ impl MqttSinkConfig {
         }
         if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
             return Err("`reconnect_min` must be positive and not above `reconnect_max`".into());
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         if self.topic.is_empty() || self.topic.contains(['+', '#']) {
             return Err(format!(

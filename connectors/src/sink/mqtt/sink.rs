@@ -8,10 +8,12 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 
-use super::MqttSinkConfig;
+use super::{MqttSinkConfig, TlsError};
 use crate::sink::encode::MessageIds;
 use crate::sink::{Message, Sink, SinkError, SinkEvent, backoff};
 
@@ -59,8 +61,14 @@ impl Drop for MqttSink {
 impl MqttSink {
     /// Starts connecting in the background; `name` names the sink in logs and the default
     /// client id.
-    /// Every message carries its id from `ids` as the payload's first field.
-    pub fn start(name: &str, gateway: &str, cfg: &MqttSinkConfig, ids: MessageIds) -> Self {
+    /// Every message carries its id from `ids` as the payload's first field. Fails when
+    /// the TLS files cannot be used.
+    pub fn start(
+        name: &str,
+        gateway: &str,
+        cfg: &MqttSinkConfig,
+        ids: MessageIds,
+    ) -> Result<Self, TlsError> {
         let client_id = cfg
             .client_id
             .clone()
@@ -70,6 +78,11 @@ impl MqttSink {
             .set_clean_session(true)
             .set_inflight(cfg.max_in_flight)
             .set_request_channel_capacity(usize::from(cfg.max_in_flight) * 2 + 16);
+        if let Some(tls) = &cfg.tls {
+            opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(
+                tls.client_config()?,
+            )));
+        }
         if let Some(user) = &cfg.username {
             opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
         }
@@ -81,7 +94,7 @@ impl MqttSink {
             cfg.reconnect_max,
             tx,
         ));
-        Self {
+        Ok(Self {
             topic: cfg.topic.replace("{gateway}", gateway),
             ids,
             gateway: gateway.to_string(),
@@ -94,7 +107,7 @@ impl MqttSink {
             pending: None,
             totals: [0; 3],
             task,
-        }
+        })
     }
 
     fn topic_for(&self, rule: &str) -> String {

@@ -1,0 +1,209 @@
+//! The cloud MQTT sink over TLS with a client certificate, against a real mosquitto
+//! that requires one; certificates are made here with openssl.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use fieldgate_e2e::*;
+
+const RULES: &str = r#"
+CREATE STREAM readings (device STRING, n BIGINT)
+WITH (DATASOURCE = 'plant/+/reading', FORMAT = 'json');
+
+CREATE RULE forward INTO cloud AS SELECT device, n FROM readings;
+"#;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA `name`.pem/.key.
+fn ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+/// A certificate `name`.pem/.key signed by CA `ca`, valid for 127.0.0.1.
+fn leaf(dir: &Path, ca: &str, name: &str) {
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.pem"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+fn readings(range: std::ops::Range<i64>) -> Vec<(String, Vec<u8>)> {
+    range
+        .map(|n| {
+            (
+                "plant/m1/reading".to_string(),
+                format!(r#"{{"device":"m1","n":{n}}}"#).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn sink(tls_port: u16, pki: &Path, ca: &str) -> String {
+    format!(
+        "[sinks.cloud]\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {tls_port}\n\
+         reconnect_min = \"50ms\"\nreconnect_max = \"300ms\"\n\
+         [sinks.cloud.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        pki.join(format!("{ca}.pem")).display(),
+        pki.join("gateway.pem").display(),
+        pki.join("gateway.key").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_reach_a_broker_that_requires_a_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    ca(&pki, "cloud-ca");
+    ca(&pki, "other-ca");
+    leaf(&pki, "cloud-ca", "broker");
+    leaf(&pki, "cloud-ca", "gateway");
+    let tls_port = free_port();
+    let cloud = Mosquitto::start_with(
+        free_port(),
+        &tmp.path().join("cloud"),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {0}/cloud-ca.pem\ncertfile {0}/broker.pem\n\
+             keyfile {0}/broker.key\nrequire_certificate true\n",
+            pki.display()
+        ),
+    );
+    wait_listening(tls_port, "mosquitto's TLS listener");
+    // The cloud application reads on the plain listener.
+    let sub = Subscriber::start(cloud.port, "cloud-app", "fieldgate/gw-test/forward").await;
+
+    // The right CA and a client certificate: every result arrives.
+    let setup = GatewaySetup::new(
+        &tmp.path().join("gw"),
+        &sink(tls_port, &pki, "cloud-ca"),
+        RULES,
+    );
+    let mut gw = Gateway::start(&setup);
+    publish_all(setup.mqtt_port, "dev", &readings(0..200)).await;
+    let ok = eventually(Duration::from_secs(30), || sub.count() >= 200).await;
+    assert!(
+        ok,
+        "{} of 200 arrived over TLS; log:\n{}",
+        sub.count(),
+        gw.log_text()
+    );
+    assert!(gw.terminate(Duration::from_secs(10)).success());
+
+    // A CA that did not sign the broker's certificate: refused, said clearly, and the
+    // results stay queued.
+    let setup = GatewaySetup::new(
+        &tmp.path().join("gw-wrong-ca"),
+        &sink(tls_port, &pki, "other-ca"),
+        RULES,
+    );
+    let mut gw = Gateway::start(&setup);
+    publish_all(setup.mqtt_port, "dev", &readings(1000..1010)).await;
+    gw.wait_log(
+        Duration::from_secs(15),
+        &[
+            "sink unreachable",
+            "invalid peer certificate",
+            "UnknownIssuer",
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sub.count(),
+        200,
+        "nothing may pass a broker the gateway does not trust"
+    );
+    assert!(gw.terminate(Duration::from_secs(10)).success());
+    assert!(
+        gw.log_text().contains("queued=10"),
+        "the refused results stay queued; log:\n{}",
+        gw.log_text()
+    );
+
+    // A key file that is not there: the gateway does not start, and says which sink.
+    let setup = GatewaySetup::new(
+        &tmp.path().join("gw-no-key"),
+        &sink(tls_port, &pki, "cloud-ca").replace("gateway.key", "missing.key"),
+        RULES,
+    );
+    let out = Command::new(fieldgate_binary())
+        .args(["run", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("fieldgate runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started without its key; stderr:\n{err}"
+    );
+    assert!(
+        err.contains("sink `cloud`") && err.contains("missing.key"),
+        "unclear error:\n{err}"
+    );
+}
