@@ -165,7 +165,7 @@ impl QueueConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
-    Mqtt(MqttSinkConfig),
+    Mqtt(Box<MqttSinkConfig>),
     File(FileSinkConfig),
 }
 
