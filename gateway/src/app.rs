@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fieldgate_connectors::sink::encode::MessageIds;
 use fieldgate_connectors::sink::file::FileSink;
+use fieldgate_connectors::sink::http::HttpSink;
 use fieldgate_connectors::sink::mqtt::MqttSink;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -73,6 +74,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             SinkConfig::Mqtt(m) => {
                 let sink = MqttSink::start(name, &cfg.gateway_id, m, ids)
                     .with_context(|| format!("sink `{name}`: TLS"))?;
+                tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
+            }
+            SinkConfig::Http(h) => {
+                let sink = HttpSink::new(name, h, ids).with_context(|| format!("sink `{name}`"))?;
                 tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
             }
             SinkConfig::File(f) => tokio::spawn(uplink::run(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fieldgate_connectors::sink::file::FileSinkConfig;
+use fieldgate_connectors::sink::http::HttpSinkConfig;
 use fieldgate_connectors::sink::mqtt::MqttSinkConfig;
 use serde::Deserialize;
 
@@ -166,6 +167,7 @@ impl QueueConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
+    Http(Box<HttpSinkConfig>),
     File(FileSinkConfig),
 }
 
@@ -204,6 +206,7 @@ impl Config {
                         tls.rebase(base);
                     }
                 }
+                SinkConfig::Http(h) => h.rebase(base),
             }
         }
         Ok(cfg)
@@ -238,6 +241,7 @@ impl Config {
             }
             let r = match sink {
                 SinkConfig::Mqtt(m) => m.validate(),
+                SinkConfig::Http(h) => h.validate(),
                 SinkConfig::File(f) => f.validate(),
             };
             r.map_err(|e| anyhow::anyhow!("key `sinks.{name}`: {e}"))?;

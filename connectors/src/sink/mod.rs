@@ -7,6 +7,7 @@
 
 pub mod encode;
 pub mod file;
+pub mod http;
 pub mod mqtt;
 
 use std::future::Future;
@@ -50,6 +51,8 @@ pub enum SinkError {
     },
     #[error("MQTT client: {0}")]
     Client(#[from] rumqttc::ClientError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A destination for queued results.
