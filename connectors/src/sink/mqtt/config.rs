@@ -18,7 +18,8 @@ pub struct MqttSinkConfig {
     /// MQTT client id; defaults to `fieldgate-<gateway id>-<sink name>`.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// Topic of each result; `{gateway}` and `{rule}` are replaced.
+    /// Topic of each result; `{gateway}`, `{rule}` and `{device}` (the result's `device`
+    /// field) are replaced.
     #[serde(default = "default_topic")]
     pub topic: String,
     #[serde(default = "default_keepalive", with = "humantime_serde")]

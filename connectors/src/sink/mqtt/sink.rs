@@ -110,8 +110,12 @@ impl MqttSink {
         })
     }
 
-    fn topic_for(&self, rule: &str) -> String {
-        self.topic.replace("{rule}", rule)
+    fn topic_for(&self, rule: &str, payload: &[u8]) -> String {
+        let topic = self.topic.replace("{rule}", rule);
+        if !topic.contains("{device}") {
+            return topic;
+        }
+        topic.replace("{device}", &device_of(payload))
     }
 
     /// The gateway id this sink publishes for.
@@ -173,7 +177,7 @@ impl Sink for MqttSink {
 
     async fn send(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
         for m in msgs {
-            let topic = self.topic_for(&m.rule);
+            let topic = self.topic_for(&m.rule, &m.payload);
             let client = self.client.as_ref().ok_or(SinkError::NotConnected)?;
             client.try_publish(
                 topic,
@@ -250,5 +254,40 @@ impl MqttSink {
         self.generation = generation;
         self.unassigned.clear();
         self.by_pkid.clear();
+    }
+}
+
+/// The result's `device` field as a topic level: text or a number, with characters
+/// MQTT reserves in topic levels (`/`, `+`, `#`) replaced by `_`; `unknown` without one.
+fn device_of(payload: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Device {
+        device: Option<serde_json::Value>,
+    }
+    let value = serde_json::from_slice::<Device>(payload)
+        .ok()
+        .and_then(|d| d.device);
+    let text = match value {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s,
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => return "unknown".into(),
+    };
+    text.chars()
+        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_of;
+
+    #[test]
+    fn the_device_field_becomes_one_safe_topic_level() {
+        assert_eq!(device_of(br#"{"device":"press-7","t":1}"#), "press-7");
+        assert_eq!(device_of(br#"{"t":1,"device":42}"#), "42");
+        assert_eq!(device_of(br#"{"device":"a/b+c#"}"#), "a_b_c_");
+        assert_eq!(device_of(br#"{"device":null}"#), "unknown");
+        assert_eq!(device_of(br#"{"t":1}"#), "unknown");
+        assert_eq!(device_of(b"not json"), "unknown");
     }
 }
