@@ -4,9 +4,8 @@
 //!
 //! Needs `python3` with `pymodbus` (installed by `scripts/test.sh`); fails when missing.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+mod sim;
+
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -14,87 +13,7 @@ use datafusion::arrow::datatypes::{
     Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use fieldgate_connectors::source::modbus::{DevicePoller, ModbusConfig, ModbusError, Value};
-
-/// A running simulator; killed on drop.
-struct Sim {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Sim {
-    fn start(port: u16) -> Sim {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sim/modbus_sim.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 is needed for the Modbus tests (scripts/test.sh installs pymodbus)");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("READY") {
-                    let _ = ready_tx.send(());
-                } else {
-                    sink.lock().unwrap().push(line);
-                }
-            }
-        });
-        let errors = Arc::new(Mutex::new(String::new()));
-        let err_sink = errors.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut e = err_sink.lock().unwrap();
-                e.push_str(&line);
-                e.push('\n');
-            }
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(200));
-            panic!(
-                "the Modbus simulator did not start on port {port} (is pymodbus >= 3.16 installed? \
-                 scripts/test.sh installs it); its stderr:\n{}",
-                errors.lock().unwrap()
-            );
-        }
-        Sim { child, log }
-    }
-
-    /// Function codes of the requests logged since the last call, waiting until at least
-    /// `expected` arrived (bounded) and a moment longer to catch extra ones.
-    fn take_requests(&self, expected: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.log.lock().unwrap().len() < expected && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        std::mem::take(&mut *self.log.lock().unwrap())
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address").port()
-}
+use sim::{Sim, free_port};
 
 /// The device: one group with every type and order, `max_gap = 10`; tags given in both
 /// address notations.
@@ -182,18 +101,18 @@ fn bool_of(b: &RecordBatch, name: &str) -> bool {
 /// 0..=3, input registers 0..=2, holding 0..=47 (one read), holding 60 (gap 12 > 10),
 /// holding 100 (the exception).
 const EXPECTED_FCS: [&str; 6] = [
-    "REQ fc=1 addr=0",
-    "REQ fc=2 addr=0",
-    "REQ fc=4 addr=0",
-    "REQ fc=3 addr=0",
-    "REQ fc=3 addr=60",
-    "REQ fc=3 addr=100",
+    "REQ fc=1 addr=0 unit=1",
+    "REQ fc=2 addr=0 unit=1",
+    "REQ fc=4 addr=0 unit=1",
+    "REQ fc=3 addr=0 unit=1",
+    "REQ fc=3 addr=60 unit=1",
+    "REQ fc=3 addr=100 unit=1",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decodes_every_type_and_order_in_the_planned_requests() {
     let port = free_port();
-    let sim = Sim::start(port);
+    let sim = Sim::start(&[port.to_string()]);
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
     let plan = &poller.groups()[0].reads;
     assert_eq!(plan.len(), EXPECTED_FCS.len(), "{plan:?}");
@@ -286,7 +205,7 @@ async fn decodes_every_type_and_order_in_the_planned_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_round_trip_and_refusals() {
     let port = free_port();
-    let sim = Sim::start(port);
+    let sim = Sim::start(&[port.to_string()]);
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
 
     poller.write("f32_cdab", &Value::F32(-42.25)).await.unwrap();
@@ -297,10 +216,10 @@ async fn writes_round_trip_and_refusals() {
     assert_eq!(
         sim.take_requests(4),
         [
-            "REQ fc=16 addr=8",
-            "REQ fc=6 addr=42",
-            "REQ fc=5 addr=1",
-            "REQ fc=5 addr=0"
+            "REQ fc=16 addr=8 unit=1",
+            "REQ fc=6 addr=42 unit=1",
+            "REQ fc=5 addr=1 unit=1",
+            "REQ fc=5 addr=0 unit=1"
         ]
     );
 
@@ -333,7 +252,7 @@ async fn writes_round_trip_and_refusals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_goes_away_and_comes_back() {
     let port = free_port();
-    let sim = Sim::start(port);
+    let sim = Sim::start(&[port.to_string()]);
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
     let b = poller.poll(0).await.unwrap();
     assert_eq!(quality(&b, "u16"), "ok");
@@ -358,7 +277,7 @@ async fn a_device_that_goes_away_and_comes_back() {
     assert!(poller.is_degraded(), "degraded after 2 failed cycles");
 
     // Back on the same port: values return within the reconnect backoff.
-    let sim = Sim::start(port);
+    let sim = Sim::start(&[port.to_string()]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let b = loop {
         let b = poller.poll(0).await.unwrap();

@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """Modbus TCP device simulator for fieldgate's Modbus source tests (pymodbus 3.16+).
 
-Usage: modbus_sim.py PORT [UNIT_ID]
+Usage: modbus_sim.py PORT [UNIT_ID]        Modbus TCP on 127.0.0.1:PORT, one unit
+       modbus_sim.py --rtu PATH BAUD        Modbus RTU on serial port PATH, units 1 and 2
 
-Serves, on 127.0.0.1:PORT, the register map below: values of every type in every word
+Serves the register map below: values of every type in every word
 order, encoded here with Python's struct module so the Rust tests decode them
 independently. Holding register 100 answers every read with exception 2 (illegal data
-address). Every request that reaches the map is printed once as `REQ fc=<code> addr=<address>`;
-once listening, the script prints `READY <port>`. All addresses are 0-based protocol
+address); holding register 199 holds the unit id. Every request that reaches the map is
+printed once as `REQ fc=<code> addr=<address> unit=<id>`; once serving, the script prints
+`READY`. All addresses are 0-based protocol
 addresses.
 """
 
 import asyncio
+import functools
 import struct
 import sys
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 EXCEPTION_ADDRESS = 100
@@ -75,10 +78,10 @@ def bit_list(bits, size):
     return [bits.get(i, False) for i in range(size)]
 
 
-async def action(function_code, _start, address, _count, _registers, values):
+async def action(unit_id, function_code, _start, address, _count, _registers, values):
     # Single writes (5, 6) also read back their register to echo it: log only the write.
     if values is not None or function_code in (1, 2, 3, 4):
-        print(f"REQ fc={function_code} addr={address}", flush=True)
+        print(f"REQ fc={function_code} addr={address} unit={unit_id}", flush=True)
     if function_code in (3, 6, 16, 23) and address <= EXCEPTION_ADDRESS < address + _count:
         return ExcCodes.ILLEGAL_ADDRESS
     return None
@@ -90,20 +93,30 @@ def device(unit_id):
         simdata=(
             [SimData(0, values=bit_list(COILS, 64), datatype=DataType.BITS)],
             [SimData(0, values=bit_list(DISCRETE, 64), datatype=DataType.BITS)],
-            [SimData(0, values=registers(HOLDING, 200), datatype=DataType.REGISTERS)],
+            [
+                SimData(
+                    0,
+                    values=registers(HOLDING + [(199, [unit_id])], 200),
+                    datatype=DataType.REGISTERS,
+                )
+            ],
             [SimData(0, values=registers(INPUT, 100), datatype=DataType.REGISTERS)],
         ),
         use_bit_addressing=True,
-        action=action,
+        action=functools.partial(action, unit_id),
     )
 
 
 async def main():
-    port = int(sys.argv[1])
-    unit_id = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    server = ModbusTcpServer(device(unit_id), address=("127.0.0.1", port))
+    if sys.argv[1] == "--rtu":
+        server = ModbusSerialServer(
+            [device(1), device(2)], port=sys.argv[2], baudrate=int(sys.argv[3])
+        )
+    else:
+        unit_id = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+        server = ModbusTcpServer(device(unit_id), address=("127.0.0.1", int(sys.argv[1])))
     await server.serve_forever(background=True)
-    print(f"READY {port}", flush=True)
+    print("READY", flush=True)
     await asyncio.Event().wait()
 
 
