@@ -4,7 +4,7 @@
 //! - [`config`]: devices, transports, poll groups and tags as configured; validation.
 //! - [`plan`]: coalescing a group's tags into the fewest read requests.
 //! - [`decode`]: registers and bits to values (and values to registers for writes).
-//! - [`line`]: connections with reconnect backoff, one per TCP device or serial port.
+//! - [`line`](mod@line): connections with reconnect backoff, one per TCP device or serial port.
 //! - [`poller`]: polling, qualities, counters, degraded state and writes per device.
 
 pub mod config;
