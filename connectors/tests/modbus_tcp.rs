@@ -296,3 +296,33 @@ async fn a_device_that_goes_away_and_comes_back() {
     assert!(c.errors_io.load(Relaxed) + c.errors_timeout.load(Relaxed) >= 1);
     sim.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_polls_at_the_interval_until_shutdown() {
+    let port = free_port();
+    let sim = Sim::start(&[port.to_string()]);
+    let poller = std::sync::Arc::new(DevicePoller::standalone(&config(port).devices[0]).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(poller.clone().run(tx, stopped));
+    let started = Instant::now();
+    for _ in 0..3 {
+        let row = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a row within 5 s")
+            .expect("poller running");
+        assert_eq!(quality(&row, "u16"), "ok");
+    }
+    // Interval 100 ms: the first poll is immediate, the third 200 ms later.
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops within 5 s")
+        .unwrap();
+    sim.stop();
+}
