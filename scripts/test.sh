@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs fieldgate's whole test suite on a fresh machine: installs what the tests need
-# when it is missing (mosquitto from Debian; paho-mqtt and pytest from PyPI), builds the
-# gateway once in the debug profile, then runs the Rust tests and the Python client tests
-# against that binary.
+# when it is missing (mosquitto and socat from Debian; paho-mqtt, pytest and pymodbus from
+# PyPI), builds the gateway once in the debug profile, then runs the Rust tests and the
+# Python client tests against that binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update
@@ -18,6 +19,12 @@ fi
 if ! python3 -c 'import paho.mqtt.client, pytest' >/dev/null 2>&1; then
   echo "installing paho-mqtt and pytest"
   python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3' 'pytest>=8'
+fi
+# The Modbus tests use pymodbus's SimDevice simulator (new in 3.16) and its serial server
+# (pyserial, the `serial` extra).
+if ! python3 -c 'import sys, serial, pymodbus; sys.exit(tuple(map(int, pymodbus.__version__.split(".")[:2])) < (3, 16))' >/dev/null 2>&1; then
+  echo "installing pymodbus"
+  python3 -m pip install --quiet --disable-pip-version-check 'pymodbus[serial]>=3.16,<4'
 fi
 
 # The end-to-end tests run this binary; build it once, in the debug profile.

@@ -1,3 +1,4 @@
 //! Sources: the way messages enter a stream.
 
+pub mod modbus;
 pub mod mqtt;
