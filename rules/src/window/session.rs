@@ -17,6 +17,10 @@ struct KeyRows {
     times: Vec<i64>,
     /// End of the last session emitted for this key.
     closed_to: Option<i64>,
+    /// No session of this key can be complete before the watermark reaches this: the
+    /// end of its first open session as last computed, lowered by rows that arrived
+    /// since (a row at `t` may start a session ending at `t + min(gap, max)`).
+    not_before: Option<i64>,
 }
 
 /// Per key, rows less than `gap` apart form a session; a session is also cut when it
@@ -57,6 +61,14 @@ impl SessionWindows {
         for (key, (idx, times)) in by_key {
             let rows = take_record_batch(input.rows, &UInt32Array::from(idx))?;
             let k = self.keys.entry(key).or_default();
+            let soonest = times
+                .iter()
+                .min()
+                .map(|t| t.saturating_add(self.gap.min(self.max)));
+            k.not_before = match (k.not_before, soonest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             k.batches.push(rows);
             k.times.extend(times);
         }
@@ -73,7 +85,7 @@ impl SessionWindows {
         };
         let mut out = Vec::new();
         for k in self.keys.values_mut() {
-            if k.times.is_empty() {
+            if k.times.is_empty() || k.not_before.is_some_and(|nb| limit < nb) {
                 continue;
             }
             let mut order: Vec<usize> = (0..k.times.len()).collect();
@@ -102,6 +114,7 @@ impl SessionWindows {
                 .iter()
                 .take_while(|(_, _, _, end)| *end <= limit)
                 .count();
+            k.not_before = sessions.get(complete).map(|(_, _, _, end)| *end);
             if complete == 0 {
                 continue;
             }
