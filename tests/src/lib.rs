@@ -525,3 +525,17 @@ impl Drop for MosquittoSub {
         let _ = self.child.wait();
     }
 }
+
+/// Readings `{"device": "m<n % devices>", "n": n}` on `plant/<device>/reading`, as the
+/// `plant/+/reading` streams of the tests expect.
+pub fn plant_readings(range: std::ops::Range<i64>, devices: i64) -> Vec<(String, Vec<u8>)> {
+    range
+        .map(|n| {
+            let d = format!("m{}", n % devices.max(1));
+            (
+                format!("plant/{d}/reading"),
+                format!(r#"{{"device":"{d}","n":{n}}}"#).into_bytes(),
+            )
+        })
+        .collect()
+}

@@ -37,15 +37,7 @@ async fn accepted_results_survive_ten_kill_9s_during_upload() {
         RULES,
     );
     let mut gw = Gateway::start(&setup);
-    let msgs: Vec<(String, Vec<u8>)> = (0..TOTAL)
-        .map(|n| {
-            let d = format!("m{}", n % 7);
-            (
-                format!("plant/{d}/reading"),
-                format!(r#"{{"device":"{d}","n":{n}}}"#).into_bytes(),
-            )
-        })
-        .collect();
+    let msgs = plant_readings(0..TOTAL, 7);
     publish_all(setup.mqtt_port, "devices", &msgs).await;
     assert!(
         gw.terminate(Duration::from_secs(20)).success(),

@@ -70,17 +70,6 @@ async fn ingest(State(r): State<Shared>, headers: HeaderMap, body: Bytes) -> imp
     )
 }
 
-fn readings(range: std::ops::Range<i64>) -> Vec<(String, Vec<u8>)> {
-    range
-        .map(|n| {
-            (
-                "plant/m1/reading".to_string(),
-                format!(r#"{{"device":"m1","n":{n}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_honour_retry_after_and_a_refused_batch_goes_to_dead_letters() {
     let state: Shared = Arc::default();
@@ -103,7 +92,7 @@ async fn retries_honour_retry_after_and_a_refused_batch_goes_to_dead_letters() {
         RULES,
     );
     let mut gw = Gateway::start(&setup);
-    publish_all(setup.mqtt_port, "dev", &readings(0..120)).await;
+    publish_all(setup.mqtt_port, "dev", &plant_readings(0..120, 1)).await;
 
     let delivered = |s: &Receiver| -> Vec<i64> {
         let mut v: Vec<i64> = s
@@ -154,7 +143,7 @@ async fn retries_honour_retry_after_and_a_refused_batch_goes_to_dead_letters() {
     // is not sent again, and what follows is delivered.
     state.lock().unwrap().script.push_back((400, None));
     let before = state.lock().unwrap().seen.len();
-    publish_all(setup.mqtt_port, "dev", &readings(500..501)).await;
+    publish_all(setup.mqtt_port, "dev", &plant_readings(500..501, 1)).await;
     let dead = setup.dir.join("dead/api.jsonl");
     let ok = eventually(Duration::from_secs(15), || dead.exists()).await;
     assert!(ok, "no dead-letter file; log:\n{}", gw.log_text());
@@ -163,7 +152,7 @@ async fn retries_honour_retry_after_and_a_refused_batch_goes_to_dead_letters() {
     assert_eq!(v["status"], 400);
     assert_eq!(v["response"], "answer 400");
     assert_eq!(v["message"]["n"], 500);
-    publish_all(setup.mqtt_port, "dev", &readings(501..502)).await;
+    publish_all(setup.mqtt_port, "dev", &plant_readings(501..502, 1)).await;
     let ok = eventually(Duration::from_secs(15), || {
         delivered(&state.lock().unwrap()).contains(&501)
     })

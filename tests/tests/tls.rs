@@ -93,17 +93,6 @@ fn leaf(dir: &Path, ca: &str, name: &str) {
     );
 }
 
-fn readings(range: std::ops::Range<i64>) -> Vec<(String, Vec<u8>)> {
-    range
-        .map(|n| {
-            (
-                "plant/m1/reading".to_string(),
-                format!(r#"{{"device":"m1","n":{n}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-}
-
 fn sink(tls_port: u16, pki: &Path, ca: &str) -> String {
     format!(
         "[sinks.cloud]\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {tls_port}\n\
@@ -145,7 +134,7 @@ async fn results_reach_a_broker_that_requires_a_client_certificate() {
         RULES,
     );
     let mut gw = Gateway::start(&setup);
-    publish_all(setup.mqtt_port, "dev", &readings(0..200)).await;
+    publish_all(setup.mqtt_port, "dev", &plant_readings(0..200, 1)).await;
     let ok = eventually(Duration::from_secs(30), || sub.count() >= 200).await;
     assert!(
         ok,
@@ -163,7 +152,7 @@ async fn results_reach_a_broker_that_requires_a_client_certificate() {
         RULES,
     );
     let mut gw = Gateway::start(&setup);
-    publish_all(setup.mqtt_port, "dev", &readings(1000..1010)).await;
+    publish_all(setup.mqtt_port, "dev", &plant_readings(1000..1010, 1)).await;
     gw.wait_log(
         Duration::from_secs(15),
         &[

@@ -21,18 +21,6 @@ fn sink(port: u16) -> String {
     )
 }
 
-fn readings(range: std::ops::Range<i64>) -> Vec<(String, Vec<u8>)> {
-    range
-        .map(|n| {
-            let d = format!("m{}", n % 4);
-            (
-                format!("plant/{d}/reading"),
-                format!(r#"{{"device":"{d}","n":{n}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-}
-
 fn arrived(sub: &Subscriber) -> BTreeSet<i64> {
     sub.json()
         .into_iter()
@@ -48,7 +36,7 @@ async fn every_result_arrives_across_a_cloud_outage() {
     let mut gw = Gateway::start(&setup);
     let sub = Subscriber::start(cloud.port, "cloud-app", "fieldgate/gw-test/forward").await;
 
-    publish_all(setup.mqtt_port, "dev-a", &readings(0..1000)).await;
+    publish_all(setup.mqtt_port, "dev-a", &plant_readings(0..1000, 4)).await;
     assert!(
         eventually(Duration::from_secs(20), || !arrived(&sub).is_empty()).await,
         "nothing arrived before the outage; log:\n{}",
@@ -56,10 +44,10 @@ async fn every_result_arrives_across_a_cloud_outage() {
     );
     cloud.stop();
     // Published while the cloud is down: accepted by the gateway, held in its queue.
-    publish_all(setup.mqtt_port, "dev-b", &readings(1000..2000)).await;
+    publish_all(setup.mqtt_port, "dev-b", &plant_readings(1000..2000, 4)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     cloud.restart();
-    publish_all(setup.mqtt_port, "dev-c", &readings(2000..3000)).await;
+    publish_all(setup.mqtt_port, "dev-c", &plant_readings(2000..3000, 4)).await;
 
     let all: BTreeSet<i64> = (0..3000).collect();
     let ok = eventually(Duration::from_secs(60), || arrived(&sub) == all).await;
@@ -115,7 +103,7 @@ async fn queued_results_are_sent_after_a_gateway_restart() {
 
     let setup = GatewaySetup::new(&tmp.path().join("gw"), &sink(cloud.port), RULES);
     let mut gw = Gateway::start(&setup);
-    publish_all(setup.mqtt_port, "dev-a", &readings(0..500)).await;
+    publish_all(setup.mqtt_port, "dev-a", &plant_readings(0..500, 4)).await;
     // SIGTERM with the cloud down: the gateway stops ingest, makes what it accepted
     // durable and exits 0 within a few seconds, leaving the results queued.
     let status = gw.terminate(Duration::from_secs(10));
