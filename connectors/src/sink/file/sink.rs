@@ -12,6 +12,8 @@ use crate::sink::{Message, Sink, SinkError, SinkEvent};
 /// Appends each result as one line; a batch is confirmed after `fdatasync`.
 pub struct FileSink {
     template: String,
+    max_file_bytes: Option<u64>,
+    max_files: usize,
     ids: MessageIds,
     files: HashMap<PathBuf, File>,
     events: VecDeque<SinkEvent>,
@@ -22,6 +24,8 @@ impl FileSink {
     pub fn new(cfg: &FileSinkConfig, ids: MessageIds) -> Self {
         Self {
             template: cfg.path.to_string_lossy().into_owned(),
+            max_file_bytes: cfg.max_file_bytes,
+            max_files: cfg.max_files,
             ids,
             files: HashMap::new(),
             // A file is always reachable: announce readiness at once.
@@ -52,6 +56,30 @@ impl FileSink {
         self.files.get_mut(path).ok_or(SinkError::NotConnected)
     }
 
+    /// Starts a new file at `path` when `adding` more bytes would take it over the size
+    /// limit: the current one becomes `<path>.1`, older ones move up, the oldest goes.
+    fn roll_if_full(&mut self, path: &PathBuf, adding: usize) -> std::io::Result<()> {
+        let Some(max) = self.max_file_bytes else {
+            return Ok(());
+        };
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        if size == 0 || size + adding as u64 <= max {
+            return Ok(());
+        }
+        self.files.remove(path);
+        let rolled = |i: usize| PathBuf::from(format!("{}.{i}", path.display()));
+        if self.max_files == 0 {
+            return std::fs::remove_file(path);
+        }
+        let _ = std::fs::remove_file(rolled(self.max_files));
+        for i in (1..self.max_files).rev() {
+            if rolled(i).exists() {
+                std::fs::rename(rolled(i), rolled(i + 1))?;
+            }
+        }
+        std::fs::rename(path, rolled(1))
+    }
+
     fn write(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
         let mut by_path: Vec<(PathBuf, Vec<u8>)> = Vec::new();
         for m in msgs {
@@ -71,6 +99,7 @@ impl FileSink {
                 path: path.display().to_string(),
                 source,
             };
+            self.roll_if_full(&path, buf.len()).map_err(io)?;
             let result = self
                 .file(&path)?
                 .write_all(&buf)
@@ -126,6 +155,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = FileSinkConfig {
             path: dir.path().join("out/{rule}.jsonl"),
+            max_file_bytes: None,
+            max_files: 5,
         };
         let mut sink = FileSink::new(&cfg, MessageIds::new("gw", "local", 1));
         assert_eq!(sink.next_event().await, SinkEvent::Ready);
@@ -151,5 +182,43 @@ mod tests {
             )
         );
         assert_eq!(b, format!("{{\"_msg_id\":\"{}\",\"y\":2}}\n", id(2)));
+    }
+
+    #[tokio::test]
+    async fn files_roll_at_their_size_limit_keeping_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = FileSinkConfig {
+            path: dir.path().join("r.jsonl"),
+            max_file_bytes: Some(150),
+            max_files: 2,
+        };
+        let mut sink = FileSink::new(&cfg, MessageIds::new("gw", "local", 1));
+        assert_eq!(sink.next_event().await, SinkEvent::Ready);
+        // Each line is 48 or 49 bytes: three fit in 150.
+        for seq in 1..=10 {
+            sink.send(&[msg(seq, "r", &format!("{{\"x\":{seq}}}"))])
+                .await
+                .unwrap();
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let xs = |text: String| -> Vec<i64> {
+            text.lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["x"]
+                        .as_i64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let line_len = r#"{"_msg_id":"gw/local/0000000000000001-1","x":1}"#.len() + 1;
+        let per_file = 150 / line_len;
+        assert_eq!(per_file, 3, "{line_len}-byte lines");
+        assert_eq!(xs(read("r.jsonl")), [10]);
+        assert_eq!(xs(read("r.jsonl.1")), [7, 8, 9]);
+        assert_eq!(xs(read("r.jsonl.2")), [4, 5, 6]);
+        assert!(
+            !dir.path().join("r.jsonl.3").exists(),
+            "only two rolled files kept"
+        );
     }
 }
