@@ -62,7 +62,8 @@ pub enum OnFull {
     /// Accept the new results and drop the oldest entries to make room.
     #[default]
     DropOldest,
-    /// Refuse the new results (the rule's output is counted and logged as refused).
+    /// Take the new results that fit, in order, and refuse the rest (counted and
+    /// logged).
     RejectNew,
 }
 

@@ -49,7 +49,7 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("queue commit failed: {0}")]
     CommitFailed(String),
-    #[error("queue is full ({bytes} of {max} bytes held); results refused")]
+    #[error("queue is full ({bytes} of {max} bytes held); results that did not fit were refused")]
     Full { bytes: u64, max: u64 },
     #[error("queue is closed")]
     Closed,

@@ -25,6 +25,22 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Where an append learns whether its commit succeeded.
 type Done = oneshot::Sender<Result<(), StoreError>>;
 
+/// An append waiting for the group commit: the entries that fit, and the error to
+/// report after the commit when the rest were refused.
+struct Append {
+    entries: Vec<Entry>,
+    done: Done,
+    refused: Option<StoreError>,
+}
+
+fn pending_bytes(appends: &[Append]) -> u64 {
+    appends
+        .iter()
+        .flat_map(|a| a.entries.iter())
+        .map(|(r, p)| entry_bytes(r, p))
+        .sum()
+}
+
 pub(super) enum Request {
     Append {
         entries: Vec<Entry>,
@@ -107,7 +123,7 @@ impl<'a> Writer<'a> {
     /// of the first one share its commit.
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut appends: Vec<(Vec<Entry>, Done)> = Vec::new();
+            let mut appends: Vec<Append> = Vec::new();
             let mut removes: Vec<u64> = Vec::new();
             let mut flushes = Vec::new();
             let mut maintain = false;
@@ -116,19 +132,32 @@ impl<'a> Writer<'a> {
             let mut next = Some(first);
             loop {
                 match next.take() {
-                    Some(Request::Append { entries, done }) => {
+                    Some(Request::Append { mut entries, done }) => {
                         // Deliveries that arrived first make room first.
-                        if !removes.is_empty() && self.refuse(&entries, &appends).is_some() {
+                        if !removes.is_empty() && self.fitting(&entries, &appends) < entries.len() {
                             self.remove(std::mem::take(&mut removes));
                         }
-                        if let Some(refused) = self.refuse(&entries, &appends) {
-                            let n = entries.len() as u64;
+                        // With `reject_new`, what fits is taken, in order; the rest refused.
+                        let fit = self.fitting(&entries, &appends);
+                        let refused = (fit < entries.len()).then(|| {
+                            let n = (entries.len() - fit) as u64;
                             self.stats.rejected.fetch_add(n, Ordering::Relaxed);
                             self.unlogged.1 += n;
-                            let _ = done.send(Err(refused));
+                            StoreError::Full {
+                                bytes: self.held.bytes + pending_bytes(&appends),
+                                max: self.limits.max_bytes.unwrap_or(0),
+                            }
+                        });
+                        entries.truncate(fit);
+                        if entries.is_empty() {
+                            let _ = done.send(refused.map_or(Ok(()), Err));
                         } else {
                             count += entries.len();
-                            appends.push((entries, done));
+                            appends.push(Append {
+                                entries,
+                                done,
+                                refused,
+                            });
                         }
                     }
                     Some(Request::Remove { seqs }) => removes.extend(seqs),
@@ -191,24 +220,26 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// With `reject_new`, refuses an append that would take the queue over its size.
-    fn refuse(&self, entries: &[Entry], pending: &[(Vec<Entry>, Done)]) -> Option<StoreError> {
+    /// How many leading `entries` fit: all of them unless `reject_new` is in force and
+    /// they would take the queue over its size.
+    fn fitting(&self, entries: &[Entry], pending: &[Append]) -> usize {
         let (Some(max), OnFull::RejectNew) = (self.limits.max_bytes, self.limits.on_full) else {
-            return None;
+            return entries.len();
         };
-        let size = |es: &[Entry]| -> u64 { es.iter().map(|(r, p)| entry_bytes(r, p)).sum() };
-        let pending: u64 = pending.iter().map(|(es, _)| size(es)).sum();
-        let total = self.held.bytes + pending + size(entries);
-        (total > max).then_some(StoreError::Full {
-            bytes: self.held.bytes + pending,
-            max,
-        })
+        let mut total = self.held.bytes + pending_bytes(pending);
+        entries
+            .iter()
+            .take_while(|(r, p)| {
+                total += entry_bytes(r, p);
+                total <= max
+            })
+            .count()
     }
 
-    fn commit(&mut self, appends: Vec<(Vec<Entry>, Done)>) {
+    fn commit(&mut self, appends: Vec<Append>) {
         let all: Vec<Entry> = appends
             .iter()
-            .flat_map(|(e, _)| e.iter().cloned())
+            .flat_map(|a| a.entries.iter().cloned())
             .collect();
         let max = match self.limits.on_full {
             OnFull::DropOldest => self.limits.max_bytes,
@@ -228,15 +259,15 @@ impl<'a> Writer<'a> {
                     self.unlogged.0 += dropped.entries;
                 }
                 self.committed.send_replace(self.last);
-                for (_, done) in appends {
-                    let _ = done.send(Ok(()));
+                for a in appends {
+                    let _ = a.done.send(a.refused.map_or(Ok(()), Err));
                 }
             }
             Err(e) => {
                 tracing::error!(queue = self.name, error = %e, "queue commit failed");
                 let msg = e.to_string();
-                for (_, done) in appends {
-                    let _ = done.send(Err(StoreError::CommitFailed(msg.clone())));
+                for a in appends {
+                    let _ = a.done.send(Err(StoreError::CommitFailed(msg.clone())));
                 }
             }
         }
