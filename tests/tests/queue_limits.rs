@@ -45,6 +45,9 @@ async fn run(policy: &str) -> (BTreeSet<i64>, String) {
         .await;
     // Still serving: a later reading is taken in (it may or may not fit).
     publish_all(setup.mqtt_port, "dev", &plant_readings(TOTAL..TOTAL + 1, 1)).await;
+    // Its result is queued within a few batch and commit delays (5 ms each); only then
+    // may the uplink start sending what the queue holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     cloud.restart();
     let mut last = 0;
     let mut stable = 0;
