@@ -12,7 +12,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt32A
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, SortField};
 use futures::FutureExt;
 
 pub use crate::counters::RuleCounters;
@@ -130,7 +130,8 @@ struct Windowed {
 /// Gives each distinct group key a small number, for per-key windows.
 struct KeyIds {
     converter: RowConverter,
-    ids: HashMap<OwnedRow, u64>,
+    /// Keys in the row format's bytes, so a key already seen is found without a copy.
+    ids: HashMap<Box<[u8]>, u64>,
 }
 
 impl KeyIds {
@@ -138,11 +139,12 @@ impl KeyIds {
         let rows = self.converter.convert_columns(cols)?;
         let mut out = Vec::with_capacity(rows.num_rows());
         for r in rows.iter() {
-            let next = self.ids.len() as u64;
-            let id = match self.ids.get(&r.owned()) {
+            let key: &[u8] = r.as_ref();
+            let id = match self.ids.get(key) {
                 Some(id) => *id,
                 None => {
-                    self.ids.insert(r.owned(), next);
+                    let next = self.ids.len() as u64;
+                    self.ids.insert(key.into(), next);
                     next
                 }
             };
@@ -165,7 +167,7 @@ impl Rule {
             )
         };
         let mut input = stream.schema.clone();
-        let windowed = match def.window {
+        let mut windowed = match def.window {
             None => None,
             Some(spec) => {
                 let mut fields: Vec<Field> = stream
@@ -231,7 +233,6 @@ impl Rule {
         let query = CompiledQuery::compile(&stream.name, input.clone(), &def.query)
             .await
             .map_err(plan_err)?;
-        let mut windowed = windowed;
         if let Some(w) = windowed.as_mut() {
             let (size, slide) = match def.window {
                 Some(WindowSpec::Tumbling { size_ms }) => (size_ms, size_ms),

@@ -526,6 +526,16 @@ impl Drop for MosquittoSub {
     }
 }
 
+/// A stream of [`plant_readings`] and a rule `forward` sending every reading's device
+/// and `n` to `sink`.
+pub fn forward_rules(sink: &str) -> String {
+    format!(
+        "CREATE STREAM readings (device STRING, n BIGINT)\n\
+         WITH (DATASOURCE = 'plant/+/reading', FORMAT = 'json');\n\
+         CREATE RULE forward INTO {sink} AS SELECT device, n FROM readings;\n"
+    )
+}
+
 /// Readings `{"device": "m<n % devices>", "n": n}` on `plant/<device>/reading`, as the
 /// `plant/+/reading` streams of the tests expect.
 pub fn plant_readings(range: std::ops::Range<i64>, devices: i64) -> Vec<(String, Vec<u8>)> {

@@ -7,14 +7,6 @@ use std::time::Duration;
 use fieldgate_e2e::*;
 use rand::{Rng, SeedableRng};
 
-const RULES: &str = r#"
-CREATE STREAM readings (device STRING, n BIGINT)
-WITH (DATASOURCE = 'plant/+/reading', FORMAT = 'json');
-
-CREATE RULE forward INTO cloud AS
-SELECT device, n FROM readings;
-"#;
-
 const TOTAL: i64 = 20_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +26,7 @@ async fn accepted_results_survive_ten_kill_9s_during_upload() {
              reconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nmax_in_flight = 200\n",
             cloud.port
         ),
-        RULES,
+        &forward_rules("cloud"),
     );
     let mut gw = Gateway::start(&setup);
     let msgs = plant_readings(0..TOTAL, 7);

@@ -13,13 +13,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use fieldgate_e2e::*;
 
-const RULES: &str = r#"
-CREATE STREAM readings (device STRING, n BIGINT)
-WITH (DATASOURCE = 'plant/+/reading', FORMAT = 'json');
-
-CREATE RULE forward INTO api AS SELECT device, n FROM readings;
-"#;
-
 /// One request the receiver got: when, its headers, its decoded body, what it answered.
 struct Seen {
     at: Instant,
@@ -89,7 +82,7 @@ async fn retries_honour_retry_after_and_a_refused_batch_goes_to_dead_letters() {
              gzip = true\nauth = \"Bearer s3cret\"\nbatch_max = 50\n\
              retry_min = \"100ms\"\nretry_max = \"1s\"\ndead_letter = \"dead/api.jsonl\"\n"
         ),
-        RULES,
+        &forward_rules("api"),
     );
     let mut gw = Gateway::start(&setup);
     publish_all(setup.mqtt_port, "dev", &plant_readings(0..120, 1)).await;

@@ -7,13 +7,6 @@ use std::time::Duration;
 
 use fieldgate_e2e::*;
 
-const RULES: &str = r#"
-CREATE STREAM readings (device STRING, n BIGINT)
-WITH (DATASOURCE = 'plant/+/reading', FORMAT = 'json');
-
-CREATE RULE forward INTO cloud AS SELECT device, n FROM readings;
-"#;
-
 const MAX_BYTES: u64 = 4096;
 const TOTAL: i64 = 400;
 
@@ -37,7 +30,7 @@ async fn run(policy: &str) -> (BTreeSet<i64>, String) {
              [queue.sinks.cloud]\nmax_bytes = {MAX_BYTES}\non_full = \"{policy}\"\n",
             cloud.port
         ),
-        RULES,
+        &forward_rules("cloud"),
     );
     let mut gw = Gateway::start(&setup);
     publish_all(setup.mqtt_port, "dev", &plant_readings(0..TOTAL, 1)).await;

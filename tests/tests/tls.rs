@@ -7,13 +7,6 @@ use std::time::Duration;
 
 use fieldgate_e2e::*;
 
-const RULES: &str = r#"
-CREATE STREAM readings (device STRING, n BIGINT)
-WITH (DATASOURCE = 'plant/+/reading', FORMAT = 'json');
-
-CREATE RULE forward INTO cloud AS SELECT device, n FROM readings;
-"#;
-
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
@@ -131,7 +124,7 @@ async fn results_reach_a_broker_that_requires_a_client_certificate() {
     let setup = GatewaySetup::new(
         &tmp.path().join("gw"),
         &sink(tls_port, &pki, "cloud-ca"),
-        RULES,
+        &forward_rules("cloud"),
     );
     let mut gw = Gateway::start(&setup);
     publish_all(setup.mqtt_port, "dev", &plant_readings(0..200, 1)).await;
@@ -149,7 +142,7 @@ async fn results_reach_a_broker_that_requires_a_client_certificate() {
     let setup = GatewaySetup::new(
         &tmp.path().join("gw-wrong-ca"),
         &sink(tls_port, &pki, "other-ca"),
-        RULES,
+        &forward_rules("cloud"),
     );
     let mut gw = Gateway::start(&setup);
     publish_all(setup.mqtt_port, "dev", &plant_readings(1000..1010, 1)).await;
@@ -179,7 +172,7 @@ async fn results_reach_a_broker_that_requires_a_client_certificate() {
     let setup = GatewaySetup::new(
         &tmp.path().join("gw-no-key"),
         &sink(tls_port, &pki, "cloud-ca").replace("gateway.key", "missing.key"),
-        RULES,
+        &forward_rules("cloud"),
     );
     let out = Command::new(fieldgate_binary())
         .args(["run", "--config"])

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
-use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{Field, Int64Type, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
@@ -88,7 +88,8 @@ impl IncrementalWindows {
         let mut keys = Vec::new();
         let mut start = None;
         let mut has_end = false;
-        for (expr, _) in query.group_by.expr() {
+        let mut key_fields = Vec::new();
+        for (expr, name) in query.group_by.expr() {
             if is_column(expr, WINDOW_START) {
                 start = Some(expr.clone());
                 layout.push(GroupColumn::Start);
@@ -103,6 +104,11 @@ impl IncrementalWindows {
                 {
                     return Ok(None);
                 }
+                key_fields.push(Field::new(
+                    name,
+                    expr.data_type(&input_schema)?,
+                    expr.nullable(&input_schema)?,
+                ));
                 keys.push(expr.clone());
                 layout.push(GroupColumn::Key);
             }
@@ -111,24 +117,7 @@ impl IncrementalWindows {
         if !has_end {
             return Ok(None);
         }
-        let key_fields = keys
-            .iter()
-            .zip(
-                query
-                    .group_by
-                    .expr()
-                    .iter()
-                    .filter(|(e, _)| !is_column(e, WINDOW_START) && !is_column(e, WINDOW_END)),
-            )
-            .map(|(k, (_, name))| {
-                Ok(datafusion::arrow::datatypes::Field::new(
-                    name,
-                    k.data_type(&input_schema)?,
-                    k.nullable(&input_schema)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let key_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(key_fields));
+        let key_schema = Arc::new(Schema::new(key_fields));
         let spec = AggregateSpec::new(
             keys,
             key_schema,
