@@ -193,9 +193,7 @@ impl Queue {
 
     /// How long the oldest waiting entry has been queued.
     pub fn oldest_age(&self) -> Result<Option<Duration>, StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = now_ms();
         Ok(self
             .store
             .oldest_enqueued()?
@@ -219,6 +217,13 @@ impl Queue {
             let _ = wait.await;
         }
     }
+}
+
+/// The clock entries are stamped with: epoch milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

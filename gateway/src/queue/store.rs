@@ -148,18 +148,19 @@ impl Store {
 
     /// Writes entries under consecutive sequence numbers after `last`, durably, then
     /// drops the oldest entries while more than `max_bytes` are held. Returns the last
-    /// sequence number and what was dropped.
+    /// sequence number, what was added and what was dropped.
     pub fn append(
         &self,
         last: u64,
         entries: &[Entry],
         now_ms: u64,
         max_bytes: Option<u64>,
-    ) -> Result<(u64, Held), StoreError> {
+    ) -> Result<(u64, Held, Held), StoreError> {
         let db = self.read()?;
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         let mut seq = last;
+        let mut added = Held::default();
         let mut dropped = Held::default();
         {
             let mut t = tx.open_table(ENTRIES)?;
@@ -171,6 +172,8 @@ impl Store {
                 buf.clear();
                 encode(rule, now_ms, payload, &mut buf);
                 t.insert(seq, buf.as_slice())?;
+                added.entries += 1;
+                added.bytes += buf.len() as u64 + KEY_BYTES;
                 bytes += buf.len() as u64 + KEY_BYTES;
             }
             if let Some(max) = max_bytes {
@@ -185,7 +188,7 @@ impl Store {
             meta.insert(BYTES, bytes)?;
         }
         tx.commit()?;
-        Ok((seq, dropped))
+        Ok((seq, added, dropped))
     }
 
     /// Deletes delivered entries (without an fsync of its own); returns what went.

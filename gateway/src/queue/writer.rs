@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::store::{Entry, Held, Store, StoreError, entry_bytes};
-use super::{OnFull, QueueLimits, QueueOptions, QueueStats};
+use super::{OnFull, QueueLimits, QueueOptions, QueueStats, now_ms};
 
 /// Most entries written in one commit.
 const MAX_ENTRIES_PER_COMMIT: usize = 16 * 1024;
@@ -71,12 +71,6 @@ pub(super) struct Writer<'a> {
     /// Drops not yet logged: (full, rejected, expired) entries, and when last logged.
     unlogged: (u64, u64, u64),
     last_drop_log: Option<Instant>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl<'a> Writer<'a> {
@@ -246,9 +240,9 @@ impl<'a> Writer<'a> {
             OnFull::RejectNew => None,
         };
         match self.store.append(self.last, &all, now_ms(), max) {
-            Ok((seq, dropped)) => {
-                self.held.entries += seq - self.last;
-                self.held.bytes += all.iter().map(|(r, p)| entry_bytes(r, p)).sum::<u64>();
+            Ok((seq, added, dropped)) => {
+                self.held.entries += added.entries;
+                self.held.bytes += added.bytes;
                 self.lose(dropped);
                 self.last = seq;
                 self.removed_since_sync = false;
