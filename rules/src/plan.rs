@@ -39,7 +39,7 @@ type Slot = Arc<Mutex<Vec<RecordBatch>>>;
 
 /// A rule's query, planned once, executable over any number of micro-batches.
 pub(crate) struct CompiledQuery {
-    plan: Arc<dyn ExecutionPlan>,
+    plan: Reusable,
     slot: Slot,
     task_ctx: Arc<TaskContext>,
     /// Whether the logical plan aggregates (needs a window to be meaningful on a stream).
@@ -85,7 +85,7 @@ impl CompiledQuery {
         let aggregates = logical.exists(|p| Ok(matches!(p, LogicalPlan::Aggregate(_))))?;
         let plan = state.create_physical_plan(&logical).await?;
         Ok(Self {
-            plan,
+            plan: Reusable::new(plan),
             slot,
             task_ctx: state.task_ctx(),
             aggregates,
@@ -94,12 +94,12 @@ impl CompiledQuery {
 
     /// The schema of the plan's output.
     pub fn schema(&self) -> SchemaRef {
-        self.plan.schema()
+        self.plan.plan.schema()
     }
 
     /// Runs the plan over `input` and returns its output batches.
     pub async fn run(&self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        run_plan(&self.plan, &self.slot, &self.task_ctx, input).await
+        self.plan.run(&self.slot, &self.task_ctx, input).await
     }
 
     /// Cuts the plan at its aggregate, when it has exactly one plain GROUP BY aggregate
@@ -107,6 +107,7 @@ impl CompiledQuery {
     pub fn split(&self) -> Option<SplitQuery> {
         let mut aggs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         self.plan
+            .plan
             .apply(|node| {
                 if node.is::<AggregateExec>() {
                     aggs.push(node.clone());
@@ -139,6 +140,7 @@ impl CompiledQuery {
         ));
         let post = self
             .plan
+            .plan
             .clone()
             .transform_down(|node| {
                 Ok(if Arc::ptr_eq(&node, &top) {
@@ -150,13 +152,13 @@ impl CompiledQuery {
             .ok()?
             .data;
         Some(SplitQuery {
-            input: raw.input().clone(),
+            input: Reusable::new(raw.input().clone()),
             input_slot: self.slot.clone(),
             group_by: group_by.clone(),
             aggregates: raw.aggr_expr().to_vec(),
             filters: raw.filter_expr().to_vec(),
             output_schema,
-            post,
+            post: Reusable::new(post),
             output_slot,
             task_ctx: self.task_ctx.clone(),
         })
@@ -167,7 +169,7 @@ impl CompiledQuery {
 pub(crate) struct SplitQuery {
     /// The plan below the aggregate: reads the rule's input slot, yields the rows the
     /// aggregate consumes.
-    input: Arc<dyn ExecutionPlan>,
+    input: Reusable,
     input_slot: Slot,
     /// GROUP BY expressions over `input`'s schema.
     pub group_by: PhysicalGroupBy,
@@ -178,7 +180,7 @@ pub(crate) struct SplitQuery {
     /// What the aggregate yields: the group columns, then one column per aggregate.
     pub output_schema: SchemaRef,
     /// The plan above the aggregate, reading finished aggregates from `output_slot`.
-    post: Arc<dyn ExecutionPlan>,
+    post: Reusable,
     output_slot: Slot,
     task_ctx: Arc<TaskContext>,
 }
@@ -186,47 +188,57 @@ pub(crate) struct SplitQuery {
 impl SplitQuery {
     /// The schema of the rows the aggregate consumes.
     pub fn input_schema(&self) -> SchemaRef {
-        self.input.schema()
+        self.input.plan.schema()
     }
 
     /// Runs the part below the aggregate over the rule's (window-tagged) rows.
     pub async fn run_input(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        run_plan(&self.input, &self.input_slot, &self.task_ctx, rows).await
+        self.input.run(&self.input_slot, &self.task_ctx, rows).await
     }
 
     /// Runs the part above the aggregate over finished aggregate rows.
     pub async fn run_output(&self, aggregated: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        run_plan(&self.post, &self.output_slot, &self.task_ctx, aggregated).await
+        self.post
+            .run(&self.output_slot, &self.task_ctx, aggregated)
+            .await
     }
 }
 
-/// Whether executing `plan` changes state inside it (a top-k sort's shared threshold),
-/// so that it must be reset before it runs again.
-fn is_stateful(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let mut stateful = false;
-    let _ = plan.apply(|node| {
-        stateful |= node.is::<SortExec>();
-        Ok(TreeNodeRecursion::Continue)
-    });
-    stateful
+/// A physical plan executed again and again, each time over what its slot holds.
+struct Reusable {
+    plan: Arc<dyn ExecutionPlan>,
+    /// Whether executing the plan changes state inside it (a top-k sort's shared
+    /// threshold), so that it must be reset before it runs again.
+    stateful: bool,
 }
 
-async fn run_plan(
-    plan: &Arc<dyn ExecutionPlan>,
-    slot: &Slot,
-    task_ctx: &Arc<TaskContext>,
-    input: Vec<RecordBatch>,
-) -> Result<Vec<RecordBatch>> {
-    let plan = if is_stateful(plan) {
-        reset_plan_states(plan.clone())?
-    } else {
-        plan.clone()
-    };
-    *slot.lock().map_err(poisoned)? = input;
-    let out = collect(plan, task_ctx.clone()).await;
-    // Never let a failed run leave its input for the next one.
-    slot.lock().map_err(poisoned)?.clear();
-    out
+impl Reusable {
+    fn new(plan: Arc<dyn ExecutionPlan>) -> Self {
+        let mut stateful = false;
+        let _ = plan.apply(|node| {
+            stateful |= node.is::<SortExec>();
+            Ok(TreeNodeRecursion::Continue)
+        });
+        Self { plan, stateful }
+    }
+
+    async fn run(
+        &self,
+        slot: &Slot,
+        task_ctx: &Arc<TaskContext>,
+        input: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        let plan = if self.stateful {
+            reset_plan_states(self.plan.clone())?
+        } else {
+            self.plan.clone()
+        };
+        *slot.lock().map_err(poisoned)? = input;
+        let out = collect(plan, task_ctx.clone()).await;
+        // Never let a failed run leave its input for the next one.
+        slot.lock().map_err(poisoned)?.clear();
+        out
+    }
 }
 
 fn poisoned<T>(_: std::sync::PoisonError<T>) -> DataFusionError {
