@@ -105,13 +105,13 @@ impl HttpSink {
             .open(&self.cfg.dead_letter)?;
         let cut: String = text.chars().take(MAX_RESPONSE_TEXT).collect();
         let response = serde_json::to_string(&cut).unwrap_or_else(|_| "\"\"".into());
+        let sink = serde_json::to_string(&self.name).unwrap_or_else(|_| "\"\"".into());
+        let status = status.as_u16();
         let mut buf = Vec::new();
         for r in rows {
             write!(
                 buf,
-                "{{\"sink\":{},\"status\":{},\"response\":{response},\"message\":",
-                serde_json::to_string(&self.name).unwrap_or_else(|_| "\"\"".into()),
-                status.as_u16()
+                "{{\"sink\":{sink},\"status\":{status},\"response\":{response},\"message\":"
             )?;
             buf.extend_from_slice(r);
             buf.extend_from_slice(b"}\n");

@@ -41,8 +41,10 @@ pub struct MqttSink {
     /// A connection change to report after the confirmations returned before it.
     pending: Option<SinkEvent>,
     /// Publishes handed to the client, written by it, and acknowledged, over all
-    /// connections.
-    totals: [u64; 3],
+    /// connections (for the log when the sink closes).
+    handed: u64,
+    written: u64,
+    acknowledged: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,9 +52,9 @@ impl Drop for MqttSink {
     fn drop(&mut self) {
         self.task.abort();
         tracing::debug!(
-            handed = self.totals[0],
-            written = self.totals[1],
-            acknowledged = self.totals[2],
+            handed = self.handed,
+            written = self.written,
+            acknowledged = self.acknowledged,
             "MQTT sink closed"
         );
     }
@@ -105,7 +107,9 @@ impl MqttSink {
             unassigned: VecDeque::new(),
             by_pkid: HashMap::new(),
             pending: None,
-            totals: [0; 3],
+            handed: 0,
+            written: 0,
+            acknowledged: 0,
             task,
         })
     }
@@ -186,7 +190,7 @@ impl Sink for MqttSink {
                 self.ids.stamp(&m.payload, m.seq),
             )?;
             self.unassigned.push_back(m.seq);
-            self.totals[0] += 1;
+            self.handed += 1;
         }
         Ok(())
     }
@@ -215,7 +219,7 @@ impl Sink for MqttSink {
                     SinkEvent::Ready
                 }
                 Conn::Published(g, pkid) if g == self.generation => {
-                    self.totals[1] += 1;
+                    self.written += 1;
                     if let Some(seq) = self.unassigned.pop_front()
                         && let Some(old) = self.by_pkid.insert(pkid, seq)
                     {
@@ -224,7 +228,7 @@ impl Sink for MqttSink {
                     continue;
                 }
                 Conn::Acked(g, pkid) if g == self.generation => {
-                    self.totals[2] += 1;
+                    self.acknowledged += 1;
                     if let Some(seq) = self.by_pkid.remove(&pkid) {
                         confirmed.push(seq);
                     }
