@@ -174,3 +174,29 @@ fn devices_on_one_port_must_agree_on_its_settings() {
     let e = pollers(&cfg).unwrap_err().to_string();
     assert!(e.contains("configured differently"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_a_bad_crc_is_a_bad_frame_not_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b): (PathBuf, PathBuf) = (dir.path().join("dev"), dir.path().join("gw"));
+    let baud = 115_200;
+    let _pty = Pty::start(&a, &b);
+    let sim = Sim::start(&[
+        "--rtu-bad-crc".to_string(),
+        a.display().to_string(),
+        baud.to_string(),
+    ]);
+    let mut cfg = config(&b, baud);
+    cfg.devices.truncate(1);
+    cfg.devices[0].groups[0].tags.truncate(1);
+    let ps = pollers(&cfg).unwrap();
+    let r = ps[0].poll(0).await.unwrap();
+    assert_eq!(quality(&r, "u16"), "bad_frame");
+    assert!(r.column_by_name("u16").unwrap().is_null(0));
+    assert_eq!(sim.take_requests(1), ["REQ fc=3 addr=0 unit=1"]);
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = ps[0].counters();
+    assert_eq!(c.errors_frame.load(Relaxed), 1);
+    assert_eq!(c.errors_timeout.load(Relaxed), 0);
+    sim.stop();
+}

@@ -52,8 +52,8 @@ fn config(port: u16) -> ModbusConfig {
           {{ name = "i32_badc", register = 40039, type = "i32", order = "BADC" }},
           {{ name = "u32_dcba", register = 40041, type = "u32", order = "DCBA" }},
           {{ name = "temp", register = 40043, type = "u16", scale = 0.1, offset = -10.0, unit = "degC", writable = true }},
-          {{ name = "run", register = 40044, type = "bit", bit = 0 }},
-          {{ name = "fault", register = 40044, type = "bit", bit = 1 }},
+          {{ name = "run", register = 40044, type = "bit", bit = 0, writable = true }},
+          {{ name = "fault", register = 40044, type = "bit", bit = 1, writable = true }},
           {{ name = "alarm", register = 40044, type = "bit", bit = 15 }},
           {{ name = "label", register = 40045, type = "string", length = 4 }},
           {{ name = "far", area = "holding_register", address = 60, type = "u32" }},
@@ -243,9 +243,55 @@ async fn writes_round_trip_and_refusals() {
         sim.take_requests(0).is_empty(),
         "refused writes reached the device"
     );
+    // One row's writes in the fewest requests: adjacent coils in one FC15, adjacent
+    // registers in one FC16, two bits of one register by read-modify-write.
+    poller
+        .write_all(&[
+            ("valve", Value::Bool(false)),
+            ("pump", Value::Bool(true)),
+            ("f32_cdab", Value::F64(-1.5)),
+            ("f32_abcd", Value::F64(99.0)),
+            ("run", Value::Bool(false)),
+            ("fault", Value::Bool(true)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.take_requests(4),
+        [
+            "REQ fc=15 addr=0 unit=1",
+            "REQ fc=16 addr=6 unit=1",
+            "REQ fc=3 addr=43 unit=1",
+            "REQ fc=6 addr=43 unit=1",
+        ]
+    );
+    let b = poller.poll(0).await.unwrap();
+    assert!(bool_of(&b, "pump") && !bool_of(&b, "valve"));
+    assert_eq!(
+        (f32_of(&b, "f32_abcd"), f32_of(&b, "f32_cdab")),
+        (99.0, -1.5)
+    );
+    // Bit 0 cleared, bit 1 set, bit 15 (and bit 2, not a tag) kept.
+    assert!(!bool_of(&b, "run") && bool_of(&b, "fault") && bool_of(&b, "alarm"));
+    sim.take_requests(EXPECTED_FCS.len());
+    // A row that sets one bit twice is refused whole.
+    let e = poller
+        .write_all(&[
+            ("pump", Value::Bool(false)),
+            ("run", Value::Bool(true)),
+            ("run", Value::Bool(false)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ModbusError::Overlap(..)), "{e}");
+    assert!(
+        sim.take_requests(0).is_empty(),
+        "a refused row reached the device"
+    );
+
     use std::sync::atomic::Ordering::Relaxed;
-    assert_eq!(poller.counters().writes.load(Relaxed), 4);
-    assert_eq!(poller.counters().write_errors.load(Relaxed), 3);
+    assert_eq!(poller.counters().writes.load(Relaxed), 10);
+    assert_eq!(poller.counters().write_errors.load(Relaxed), 6);
     sim.stop();
 }
 
@@ -311,7 +357,8 @@ async fn run_polls_at_the_interval_until_shutdown() {
             .await
             .expect("a row within 5 s")
             .expect("poller running");
-        assert_eq!(quality(&row, "u16"), "ok");
+        assert_eq!((&*row.device, &*row.group), ("plc1", "all"));
+        assert_eq!(quality(&row.batch, "u16"), "ok");
     }
     // Interval 100 ms: the first poll is immediate, the third 200 ms later.
     assert!(

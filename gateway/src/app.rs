@@ -1,5 +1,5 @@
-//! Wiring: starts the queues and uplinks, the rules, the broker and its ingest, and the
-//! admin endpoint; reloads the rules on file changes and SIGHUP; on SIGINT/SIGTERM
+//! Wiring: starts the queues and uplinks, the rules, the broker and its ingest, the
+//! Modbus pollers, and the admin endpoint; reloads the rules on file changes and SIGHUP; on SIGINT/SIGTERM
 //! stops them in data-flow order so that everything accepted is durable before the
 //! process exits.
 
@@ -12,13 +12,16 @@ use anyhow::{Context, bail};
 use fieldgate_connectors::sink::encode::MessageIds;
 use fieldgate_connectors::sink::file::FileSink;
 use fieldgate_connectors::sink::http::HttpSink;
+use fieldgate_connectors::sink::modbus::ModbusSink;
 use fieldgate_connectors::sink::mqtt::MqttSink;
+use fieldgate_connectors::source::modbus::{DevicePoller, pollers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Readiness};
 use crate::config::{Config, SinkConfig};
-use crate::ingest::{self, IngestCounters};
+use crate::ingest::modbus::{self, Groups, ModbusIngestCounters, Republish};
+use crate::ingest::mqtt::{self, IngestCounters};
 use crate::queue::{Queue, QueueOptions};
 use crate::reload::{LiveRules, Triggers};
 use crate::{broker, uplink};
@@ -44,15 +47,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         bail!("rules directory {} does not exist", cfg.rules_dir.display());
     }
 
+    // Modbus pollers, before the sinks: Modbus sinks write through them.
+    let pollers: Vec<Arc<DevicePoller>> = pollers(&cfg.modbus.source())
+        .context("Modbus devices")?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let devices: HashMap<String, Arc<DevicePoller>> = pollers
+        .iter()
+        .map(|p| (p.name().to_string(), p.clone()))
+        .collect();
+
     // Queues and their uplinks.
     let queue_dir = cfg.data_dir.join("queue");
     let mut queues = HashMap::new();
     let mut uplinks: Vec<JoinHandle<()>> = Vec::new();
     for (name, sink_cfg) in &cfg.sinks {
+        let mut limits = cfg.queue.limits(name);
+        if let SinkConfig::Modbus(m) = sink_cfg {
+            // A write waits at most `max_age` for its device.
+            limits.ttl = Some(limits.ttl.map_or(m.max_age, |t| t.min(m.max_age)));
+        }
         let opts = QueueOptions {
             commit_delay: cfg.queue.commit_delay,
             cache_bytes: cfg.queue.cache_bytes,
-            limits: cfg.queue.limits(name),
+            limits,
         };
         let path = queue_dir.join(format!("{name}.redb"));
         let q = Queue::open(name, &path, opts)
@@ -87,6 +106,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 stop,
                 drain,
             )),
+            SinkConfig::Modbus(m) => {
+                let sink = ModbusSink::new(name, m, devices.clone())
+                    .with_context(|| format!("sink `{name}`"))?;
+                tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
+            }
         };
         uplinks.push(task);
         queues.insert(name.clone(), q);
@@ -99,6 +123,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let rules = LiveRules::start(
         &cfg.rules_dir,
         cfg.sinks.keys().cloned().collect(),
+        Groups::of(&pollers),
         queues.clone(),
     )
     .await?;
@@ -109,7 +134,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The broker and the in-process subscriber feeding the streams.
     let (mut broker, link_tx, link_rx) = broker::start(&cfg.broker)?;
     let ingest_counters = Arc::new(IngestCounters::default());
-    let ingest_task = tokio::spawn(ingest::run(
+    let modbus_counters = Arc::new(ModbusIngestCounters::default());
+    let modbus_task = if pollers.is_empty() {
+        None
+    } else {
+        let republish = match cfg.modbus.republish {
+            true => Some(Republish {
+                topic: cfg.modbus.republish_topic.clone(),
+                link: broker.link("fieldgate-modbus")?,
+            }),
+            false => None,
+        };
+        tracing::info!(devices = pollers.len(), "Modbus polling started");
+        Some(tokio::spawn(modbus::run(
+            pollers,
+            routes.clone(),
+            republish,
+            modbus_counters.clone(),
+            stop_rx.clone(),
+        )))
+    };
+    let ingest_task = tokio::spawn(mqtt::run(
         link_tx,
         link_rx,
         routes,
@@ -127,6 +172,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     broker.stop_listeners();
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
+    if let Some(t) = modbus_task {
+        let _ = t.await;
+    }
     match reload_task.await {
         Ok(rules) => rules.shutdown().await,
         Err(e) => tracing::error!(error = %e, "rules reload task failed"),
@@ -158,6 +206,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!(
         messages = ingest_counters.messages.load(Ordering::Relaxed),
+        modbus_rows = modbus_counters.rows.load(Ordering::Relaxed),
         reloads = reload_counters.succeeded.load(Ordering::Relaxed),
         failed_reloads = reload_counters.failed.load(Ordering::Relaxed),
         "fieldgate stopped"

@@ -21,12 +21,21 @@ use crate::config::BrokerConfig;
 /// Client id of the gateway's own in-process link.
 const INGEST_CLIENT_ID: &str = "fieldgate-ingest";
 
-/// The running broker's listener tasks.
+/// Opens an in-process link to the router under a client id.
+type LinkFactory = Box<dyn Fn(&str) -> anyhow::Result<(LinkTx, LinkRx)> + Send + Sync>;
+
+/// The running broker's listener tasks, and a way to open more in-process links.
 pub struct Broker {
     listeners: Vec<JoinHandle<()>>,
+    links: LinkFactory,
 }
 
 impl Broker {
+    /// A further in-process link, e.g. to publish into the broker.
+    pub fn link(&self, client_id: &str) -> anyhow::Result<(LinkTx, LinkRx)> {
+        (self.links)(client_id)
+    }
+
     /// Stops accepting connections and drops the existing ones.
     pub fn stop_listeners(&mut self) {
         for l in self.listeners.drain(..) {
@@ -122,9 +131,15 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<(Broker, LinkTx, LinkRx)> {
         }));
         tracing::info!(%addr, "MQTT 5 listener started");
     }
-    let (link_tx, link_rx, _ack) = LinkBuilder::new(INGEST_CLIENT_ID, router_tx)
-        .clean_session(true)
-        .build()
-        .context("cannot open the in-process link to the broker")?;
-    Ok((Broker { listeners }, link_tx, link_rx))
+    let links: LinkFactory = Box::new(move |client_id: &str| {
+        let (tx, rx, _ack) = LinkBuilder::new(client_id, router_tx.clone())
+            .clean_session(true)
+            .build()
+            .with_context(|| {
+                format!("cannot open the in-process link `{client_id}` to the broker")
+            })?;
+        Ok((tx, rx))
+    });
+    let (link_tx, link_rx) = links(INGEST_CLIENT_ID)?;
+    Ok((Broker { listeners, links }, link_tx, link_rx))
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fieldgate_connectors::sink::file::FileSinkConfig;
 use fieldgate_connectors::sink::http::HttpSinkConfig;
+use fieldgate_connectors::sink::modbus::ModbusSinkConfig;
 use fieldgate_connectors::sink::mqtt::MqttSinkConfig;
+use fieldgate_connectors::source::modbus::{DeviceConfig, ModbusConfig};
 use serde::Deserialize;
 
 use crate::queue::{OnFull, QueueLimits};
@@ -37,6 +39,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub queue: QueueConfig,
+    /// Modbus devices to poll.
+    #[serde(default)]
+    pub modbus: ModbusSection,
     /// Named sinks that rules send to.
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkConfig>,
@@ -162,6 +167,37 @@ impl QueueConfig {
     }
 }
 
+/// The Modbus source: `[modbus]` and its `[[modbus.devices]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModbusSection {
+    /// Also publish every poll row as a JSON object to the embedded broker.
+    pub republish: bool,
+    /// Topic of republished rows; `{device}` and `{group}` are replaced.
+    pub republish_topic: String,
+    /// The devices; see `docs/connectors.md`.
+    pub devices: Vec<DeviceConfig>,
+}
+
+impl Default for ModbusSection {
+    fn default() -> Self {
+        Self {
+            republish: false,
+            republish_topic: "modbus/{device}/{group}".into(),
+            devices: Vec::new(),
+        }
+    }
+}
+
+impl ModbusSection {
+    /// The devices as the pollers take them.
+    pub fn source(&self) -> ModbusConfig {
+        ModbusConfig {
+            devices: self.devices.clone(),
+        }
+    }
+}
+
 /// One named sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -169,6 +205,7 @@ pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
     Http(Box<HttpSinkConfig>),
     File(FileSinkConfig),
+    Modbus(ModbusSinkConfig),
 }
 
 fn default_gateway_id() -> String {
@@ -207,6 +244,7 @@ impl Config {
                     }
                 }
                 SinkConfig::Http(h) => h.rebase(base),
+                SinkConfig::Modbus(_) => {}
             }
         }
         Ok(cfg)
@@ -243,8 +281,22 @@ impl Config {
                 SinkConfig::Mqtt(m) => m.validate(),
                 SinkConfig::Http(h) => h.validate(),
                 SinkConfig::File(f) => f.validate(),
+                SinkConfig::Modbus(m) => m.validate().and_then(|()| match &m.device {
+                    Some(d) if !self.modbus.devices.iter().any(|x| &x.name == d) => {
+                        Err(format!("device `{d}` is not a [[modbus.devices]] entry"))
+                    }
+                    _ => Ok(()),
+                }),
             };
             r.map_err(|e| anyhow::anyhow!("key `sinks.{name}`: {e}"))?;
+        }
+        self.modbus
+            .source()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("key `modbus.devices`: {e}"))?;
+        let topic = &self.modbus.republish_topic;
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            bail!("key `modbus.republish_topic`: {topic:?} must be a topic name without wildcards");
         }
         for name in self.queue.sinks.keys() {
             if !self.sinks.contains_key(name) {

@@ -14,6 +14,7 @@ use fieldgate_connectors::source::mqtt::JsonDecoder;
 use fieldgate_rules::{RuleOutput, RuleSlot, StreamPipeline};
 use tokio::sync::mpsc;
 
+use crate::ingest::Input;
 use crate::queue::Queue;
 
 /// How often windows are checked against the clock.
@@ -72,7 +73,7 @@ impl RateLimited {
 /// on it.
 pub async fn run_stream(
     mut pipeline: StreamPipeline,
-    mut rx: mpsc::Receiver<Vec<Bytes>>,
+    mut rx: mpsc::Receiver<Input>,
     mut control: mpsc::Receiver<Control>,
     queues: Arc<HashMap<String, Queue>>,
     counters: Arc<StreamCounters>,
@@ -99,7 +100,7 @@ pub async fn run_stream(
         {
             set_rules(&mut pipeline, rules);
         }
-        let payloads = tokio::select! {
+        let input = tokio::select! {
             p = rx.recv() => match p {
                 Some(p) => {
                     if let Some((_, n)) = next_rules.as_mut() {
@@ -124,23 +125,30 @@ pub async fn run_stream(
                 continue;
             }
         };
-        let decoded = decoder.decode(&payloads);
-        if !decoded.rejected.is_empty() {
-            let n = decoded.rejected.len() as u64;
-            counters.decode_errors.fetch_add(n, Ordering::Relaxed);
-            if let Some(held) = bad_payload_log.allow(n - 1) {
-                let first = &decoded.rejected[0];
-                tracing::warn!(
-                    %stream,
-                    rejected = n,
-                    not_logged_before = held,
-                    reason = %first.reason,
-                    payload = %String::from_utf8_lossy(&payloads[first.index][..payloads[first.index].len().min(200)]),
-                    "payloads do not fit the stream's schema"
-                );
+        let batch = match input {
+            Input::Rows(batch) => batch,
+            Input::Payloads(payloads) => {
+                let decoded = decoder.decode(&payloads);
+                if !decoded.rejected.is_empty() {
+                    let n = decoded.rejected.len() as u64;
+                    counters.decode_errors.fetch_add(n, Ordering::Relaxed);
+                    if let Some(held) = bad_payload_log.allow(n - 1) {
+                        let first = &decoded.rejected[0];
+                        let sample = &payloads[first.index];
+                        tracing::warn!(
+                            %stream,
+                            rejected = n,
+                            not_logged_before = held,
+                            reason = %first.reason,
+                            payload = %String::from_utf8_lossy(&sample[..sample.len().min(200)]),
+                            "payloads do not fit the stream's schema"
+                        );
+                    }
+                }
+                let Some(batch) = decoded.batch else { continue };
+                batch
             }
-        }
-        let Some(batch) = decoded.batch else { continue };
+        };
         counters
             .rows
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);

@@ -16,15 +16,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
-use fieldgate_rules::{ReloadPlan, RuleSet, StreamChange, StreamPipeline, plan_reload, rule_files};
+use fieldgate_rules::{
+    ReloadPlan, RuleSet, SqlError, StreamChange, StreamPipeline, plan_reload, rule_files,
+};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::ingest::Route;
+use crate::ingest::modbus::Groups;
+use crate::ingest::{Input, Route};
 use crate::pipeline::{self, Control, StreamCounters};
 use crate::queue::Queue;
 
@@ -49,7 +51,7 @@ pub struct ReloadCounters {
 
 /// One running stream task.
 struct StreamTask {
-    tx: mpsc::Sender<Vec<Bytes>>,
+    tx: mpsc::Sender<Input>,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
 }
@@ -58,6 +60,8 @@ struct StreamTask {
 pub struct LiveRules {
     dir: PathBuf,
     sinks: HashSet<String>,
+    /// The Modbus poll groups streams may read.
+    groups: Groups,
     queues: Arc<HashMap<String, Queue>>,
     running: RuleSet,
     streams: HashMap<String, StreamTask>,
@@ -73,6 +77,7 @@ impl LiveRules {
     pub async fn start(
         dir: &Path,
         sinks: HashSet<String>,
+        groups: Groups,
         queues: Arc<HashMap<String, Queue>>,
     ) -> anyhow::Result<LiveRules> {
         rule_files(&[dir.to_path_buf()]).context("cannot list the rules directory")?;
@@ -80,6 +85,7 @@ impl LiveRules {
         let mut live = LiveRules {
             dir: dir.to_path_buf(),
             sinks,
+            groups,
             queues,
             running: RuleSet::default(),
             streams: HashMap::new(),
@@ -103,7 +109,15 @@ impl LiveRules {
     }
 
     async fn plan(&self) -> ReloadPlan {
-        let (loaded, errors) = RuleSet::load(std::slice::from_ref(&self.dir));
+        let (mut loaded, mut errors) = RuleSet::load(std::slice::from_ref(&self.dir));
+        // A stream on a Modbus group that is not configured is an error in its file.
+        loaded.streams.retain(|s| match self.groups.check(s) {
+            Ok(()) => true,
+            Err(message) => {
+                errors.push(SqlError::new(&s.file, s.source_pos, message));
+                false
+            }
+        });
         plan_reload(&self.running, loaded, errors, |s| self.sinks.contains(s)).await
     }
 
@@ -217,7 +231,8 @@ impl LiveRules {
             .filter_map(|s| {
                 self.streams.get(&s.name).map(|t| Route {
                     stream: s.name.clone(),
-                    filter: s.topic.clone(),
+                    source: s.source.clone(),
+                    schema: s.schema.clone(),
                     tx: t.tx.clone(),
                 })
             })

@@ -153,7 +153,12 @@ fn route(
         let targets: Vec<usize> = pipelines
             .iter()
             .enumerate()
-            .filter(|(_, p)| topic_matches(&p.stream.topic, topic))
+            .filter(|(_, p)| {
+                p.stream
+                    .source
+                    .mqtt_filter()
+                    .is_some_and(|f| topic_matches(f, topic))
+            })
             .map(|(i, _)| i)
             .collect();
         if targets.is_empty() {

@@ -3,7 +3,7 @@
 //! to a running [`StreamPipeline`].
 //!
 //! "Unchanged" compares declarations, not files: a rule is unchanged when its name,
-//! stream, sinks, late sink, window and query text are; a stream when its schema, topic,
+//! stream, sinks, late sink, window and query text are; a stream when its schema, source,
 //! format, event time and idle timeout are. Moving a declaration to another file or
 //! reformatting it does not restart it.
 
@@ -21,7 +21,7 @@ use crate::stream::StreamDef;
 pub fn same_stream(a: &StreamDef, b: &StreamDef) -> bool {
     a.name == b.name
         && a.schema == b.schema
-        && a.topic == b.topic
+        && a.source == b.source
         && a.format == b.format
         && a.event_time == b.event_time
         && a.idle_timeout == b.idle_timeout

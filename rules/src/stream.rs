@@ -17,8 +17,10 @@ pub struct StreamDef {
     pub name: String,
     /// The typed columns; payloads are decoded straight into this schema.
     pub schema: SchemaRef,
-    /// MQTT topic filter the stream reads, e.g. `sensors/+/telemetry`.
-    pub topic: String,
+    /// Where the stream's rows come from.
+    pub source: Source,
+    /// Where `DATASOURCE` is written, for errors about the source.
+    pub source_pos: Pos,
     pub format: PayloadFormat,
     /// Event time, when the stream declares one; without it, windows run on the time
     /// rows arrive (processing time).
@@ -28,6 +30,35 @@ pub struct StreamDef {
     pub idle_timeout: Option<std::time::Duration>,
     pub file: PathBuf,
     pub pos: Pos,
+}
+
+/// Where a stream's rows come from (`TYPE` and `DATASOURCE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Messages of the embedded broker whose topic matches this filter,
+    /// e.g. `sensors/+/telemetry`.
+    Mqtt { filter: String },
+    /// The rows of one Modbus poll group, one per poll.
+    Modbus { device: String, group: String },
+}
+
+impl Source {
+    /// The MQTT topic filter, for an MQTT stream.
+    pub fn mqtt_filter(&self) -> Option<&str> {
+        match self {
+            Source::Mqtt { filter } => Some(filter),
+            Source::Modbus { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Mqtt { filter } => write!(f, "MQTT topic filter `{filter}`"),
+            Source::Modbus { device, group } => write!(f, "Modbus group `{device}/{group}`"),
+        }
+    }
 }
 
 /// How a stream's payloads are encoded.

@@ -32,6 +32,54 @@ async fn assert_error(text: &str, at: &str, words: &[&str]) {
 }
 
 #[tokio::test]
+async fn modbus_stream_declarations() {
+    let (set, errors) = RuleSet::parse(
+        Path::new("rules/plc.sql"),
+        "CREATE STREAM line1 (device STRING, timestamp BIGINT, speed DOUBLE)\n\
+         WITH (TYPE = 'modbus', DATASOURCE = 'plc1/fast', TIMESTAMP = 'timestamp');",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        set.streams[0].source,
+        fieldgate_rules::Source::Modbus {
+            device: "plc1".into(),
+            group: "fast".into()
+        }
+    );
+    assert_eq!(
+        (
+            set.streams[0].source_pos.line,
+            set.streams[0].source_pos.column
+        ),
+        (2, 37)
+    );
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (TYPE = 'modbus', DATASOURCE = 'plc1');",
+        "1:64",
+        &["device/group", "plc1"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (TYPE = 'modbus', DATASOURCE = 'a/b/c');",
+        "1:64",
+        &["device/group"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (TYPE = 'opcua', DATASOURCE = 'a/b');",
+        "1:41",
+        &["opcua", "mqtt or modbus"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (TYPE = 'modbus', FORMAT = 'json', DATASOURCE = 'a/b');",
+        "1:60",
+        &["FORMAT"],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn stream_declaration_errors() {
     assert_error(
         "CREATE STREAM t (a STRNG) WITH (DATASOURCE = 'x');",

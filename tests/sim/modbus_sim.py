@@ -3,6 +3,9 @@
 
 Usage: modbus_sim.py PORT [UNIT_ID]        Modbus TCP on 127.0.0.1:PORT, one unit
        modbus_sim.py --rtu PATH BAUD        Modbus RTU on serial port PATH, units 1 and 2
+       modbus_sim.py --rtu-bad-crc PATH BAUD
+                                            a serial device whose every answer to a
+                                            read of holding registers has a wrong CRC
 
 Serves the register map below: values of every type in every word
 order, encoded here with Python's struct module so the Rust tests decode them
@@ -107,7 +110,37 @@ def device(unit_id):
     )
 
 
+def crc16(frame):
+    """Modbus CRC-16 (polynomial 0xA001 reflected, initial 0xFFFF), computed here."""
+    crc = 0xFFFF
+    for byte in frame:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def serve_bad_crc(path, baud):
+    """Answers each 8-byte FC3 request with the right registers (zeros) and a wrong CRC."""
+    import serial  # pyserial, installed with pymodbus[serial]
+
+    port = serial.Serial(path, baudrate=baud, timeout=0.05)
+    print("READY", flush=True)
+    while True:
+        request = port.read(8)
+        if len(request) < 8:
+            continue
+        unit, fc, count = request[0], request[1], int.from_bytes(request[4:6], "big")
+        print(f"REQ fc={fc} addr={int.from_bytes(request[2:4], 'big')} unit={unit}", flush=True)
+        body = bytes([unit, fc, 2 * count]) + bytes(2 * count)
+        crc = crc16(body) ^ 0x5A5A
+        port.write(body + crc.to_bytes(2, "little"))
+
+
 async def main():
+    if sys.argv[1] == "--rtu-bad-crc":
+        await asyncio.to_thread(serve_bad_crc, sys.argv[2], int(sys.argv[3]))
+        return
     if sys.argv[1] == "--rtu":
         server = ModbusSerialServer(
             [device(1), device(2)], port=sys.argv[2], baudrate=int(sys.argv[3])

@@ -8,6 +8,7 @@
 pub mod encode;
 pub mod file;
 pub mod http;
+pub mod modbus;
 pub mod mqtt;
 
 use std::future::Future;

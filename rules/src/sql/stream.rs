@@ -8,7 +8,14 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::{Cursor, types};
 use crate::error::SqlError;
-use crate::stream::{EventTime, PayloadFormat, StreamDef, TimeEncoding};
+use crate::stream::{EventTime, PayloadFormat, Source, StreamDef, TimeEncoding};
+
+/// The source types `TYPE` names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SourceType {
+    Mqtt,
+    Modbus,
+}
 
 pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
     let (name, pos) = c.ident("a stream name")?;
@@ -27,8 +34,9 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
         c.expect_token(&Token::RParen, "`,` or `)`")?;
         break;
     }
-    let mut topic = None;
-    let mut format = PayloadFormat::Json;
+    let mut datasource: Option<(String, crate::Pos)> = None;
+    let mut source_type = (SourceType::Mqtt, None);
+    let mut format = (PayloadFormat::Json, None);
     let mut ts_col = None;
     let mut ts_format = None;
     let mut lateness = Duration::ZERO;
@@ -41,9 +49,19 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
         c.expect_token(&Token::Eq, "`=`")?;
         let (value, value_pos) = c.string_value(&format!("the value of {key}"))?;
         match key.to_ascii_uppercase().as_str() {
-            "DATASOURCE" | "TOPIC" => {
-                validate_filter(&value).map_err(|m| c.error_at(value_pos, m))?;
-                topic = Some(value);
+            "DATASOURCE" | "TOPIC" => datasource = Some((value, value_pos)),
+            "TYPE" => {
+                let t = match value.to_ascii_lowercase().as_str() {
+                    "mqtt" => SourceType::Mqtt,
+                    "modbus" => SourceType::Modbus,
+                    _ => {
+                        return Err(c.error_at(
+                            value_pos,
+                            format!("unknown source TYPE `{value}` (use mqtt or modbus)"),
+                        ));
+                    }
+                };
+                source_type = (t, Some(value_pos));
             }
             "FORMAT" => {
                 if !value.eq_ignore_ascii_case("json") {
@@ -52,7 +70,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
                         format!("unsupported FORMAT `{value}` (supported: json)"),
                     ));
                 }
-                format = PayloadFormat::Json;
+                format = (PayloadFormat::Json, Some(value_pos));
             }
             "TIMESTAMP" => ts_col = Some((value, value_pos)),
             "TIMESTAMP_FORMAT" => {
@@ -87,8 +105,8 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
                 return Err(c.error_at(
                     key_pos,
                     format!(
-                        "unknown stream option `{key}` (known: DATASOURCE, FORMAT, TIMESTAMP, \
-                         TIMESTAMP_FORMAT, LATENESS, IDLE_TIMEOUT)"
+                        "unknown stream option `{key}` (known: DATASOURCE, TYPE, FORMAT, \
+                         TIMESTAMP, TIMESTAMP_FORMAT, LATENESS, IDLE_TIMEOUT)"
                     ),
                 ));
             }
@@ -102,12 +120,28 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
     if !c.at_end() {
         return Err(c.error_here("expected `;` after the stream declaration"));
     }
-    let topic = topic.ok_or_else(|| {
-        c.error_at(
-            pos,
-            format!("stream `{name}` needs DATASOURCE = 'topic/filter'"),
-        )
+    let (datasource, source_pos) = datasource.ok_or_else(|| {
+        let want = match source_type.0 {
+            SourceType::Mqtt => "DATASOURCE = 'topic/filter'",
+            SourceType::Modbus => "DATASOURCE = 'device/group'",
+        };
+        c.error_at(pos, format!("stream `{name}` needs {want}"))
     })?;
+    let source = match source_type.0 {
+        SourceType::Mqtt => {
+            validate_filter(&datasource).map_err(|m| c.error_at(source_pos, m))?;
+            Source::Mqtt { filter: datasource }
+        }
+        SourceType::Modbus => {
+            if let (_, Some(p)) = format {
+                return Err(c.error_at(
+                    p,
+                    "FORMAT applies to MQTT payloads; a Modbus stream's rows come decoded",
+                ));
+            }
+            modbus_group(&datasource).map_err(|m| c.error_at(source_pos, m))?
+        }
+    };
     let event_time = match ts_col {
         None => {
             if let Some((_, p)) = ts_format {
@@ -160,8 +194,9 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
     Ok(StreamDef {
         name,
         schema: Arc::new(Schema::new(fields)),
-        topic,
-        format,
+        source,
+        source_pos,
+        format: format.0,
         event_time,
         idle_timeout,
         file: c.file().to_path_buf(),
@@ -188,6 +223,24 @@ fn undeclared_time_column(fields: &[Field], col: &str) -> String {
         )
     } else {
         format!("TIMESTAMP column `{col}` is not declared")
+    }
+}
+
+/// A Modbus stream's `DATASOURCE`: `device/group`, as named in the gateway's config.
+fn modbus_group(datasource: &str) -> Result<Source, String> {
+    match datasource.split_once('/') {
+        Some((device, group))
+            if !device.is_empty() && !group.is_empty() && !group.contains('/') =>
+        {
+            Ok(Source::Modbus {
+                device: device.into(),
+                group: group.into(),
+            })
+        }
+        _ => Err(format!(
+            "a Modbus DATASOURCE is `device/group` (the names in the gateway's [modbus] \
+             config), not `{datasource}`"
+        )),
     }
 }
 

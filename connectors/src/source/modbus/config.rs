@@ -246,6 +246,13 @@ impl Tag {
     }
 }
 
+/// Whether `s` can name a device or group: it goes into `device/group` and topics.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn default_unit_id() -> u8 {
     1
 }
@@ -403,8 +410,11 @@ impl DeviceConfig {
     /// Checks the device and resolves its tags, group by group.
     pub fn validate(&self) -> Result<Vec<Vec<Tag>>, String> {
         let dev = &self.name;
-        if dev.is_empty() {
-            return Err("device `name` is empty".into());
+        if !is_name(dev) {
+            return Err(format!(
+                "device name {dev:?} must be non-empty letters, digits, `-`, `_` or `.` \
+                 (streams name it in `device/group`, topics in `modbus/<device>/<group>`)"
+            ));
         }
         match &self.transport {
             Transport::Tcp { host, .. } if host.is_empty() => {
@@ -459,8 +469,11 @@ impl DeviceConfig {
         }
         let mut groups = Vec::with_capacity(self.groups.len());
         for (i, g) in self.groups.iter().enumerate() {
-            if g.name.is_empty() {
-                return Err(format!("device `{dev}`: group {i} has an empty `name`"));
+            if !is_name(&g.name) {
+                return Err(format!(
+                    "device `{dev}`: group name {:?} must be non-empty letters, digits, `-`, `_` or `.`",
+                    g.name
+                ));
             }
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 return Err(format!(

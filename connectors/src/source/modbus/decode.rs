@@ -61,6 +61,8 @@ pub enum WriteData {
     Coil(bool),
     /// Function code 6 for one register, 16 for more.
     Registers(Vec<u16>),
+    /// Bit `.0` of a holding register set to `.1`: read, change, write back (3, then 6).
+    Bit(u8, bool),
 }
 
 /// Reorders bytes between wire order and big-endian (each order is its own inverse).

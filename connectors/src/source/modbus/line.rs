@@ -2,8 +2,13 @@
 //! polled through it, with reconnect backoff. Requests on a line take turns.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::time::Instant;
 use tokio_modbus::client::Context;
@@ -36,6 +41,9 @@ pub struct Line {
     reconnect_max: Duration,
     /// Silence after each RTU transaction (3.5 character times); zero over TCP.
     frame_gap: Duration,
+    /// Bytes read from the serial port so far, so that a request that timed out can be
+    /// told apart: silence, or an answer the RTU decoder threw away (CRC or framing).
+    received: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Line {
@@ -68,7 +76,13 @@ impl Line {
             reconnect_min,
             reconnect_max,
             frame_gap,
+            received: Arc::default(),
         }
+    }
+
+    /// Bytes received on a serial line since it was created; always 0 over TCP.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Wraps the line for sharing.
@@ -94,7 +108,12 @@ impl Line {
             {
                 return Err(ConnectFailure::Io);
             }
-            let result = match tokio::time::timeout(timeout, open(self.transport.clone())).await {
+            let result = match tokio::time::timeout(
+                timeout,
+                open(self.transport.clone(), self.received.clone()),
+            )
+            .await
+            {
                 Ok(Ok(ctx)) => Ok(ctx),
                 Ok(Err(e)) => {
                     tracing::debug!(transport = ?self.transport, error = %e, "Modbus connect failed");
@@ -128,7 +147,7 @@ impl Line {
 }
 
 /// Opens a connection (the line itself is not `Sync`, so this takes the transport alone).
-async fn open(transport: Transport) -> io::Result<Context> {
+async fn open(transport: Transport, received: Arc<AtomicU64>) -> io::Result<Context> {
     match &transport {
         Transport::Tcp { host, port } => {
             let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
@@ -166,7 +185,50 @@ async fn open(transport: Transport) -> io::Result<Context> {
                     StopBits::One
                 });
             let port = tokio_serial::SerialStream::open(&builder).map_err(io::Error::from)?;
-            Ok(rtu::attach(port))
+            Ok(rtu::attach(Counted {
+                inner: port,
+                received,
+            }))
         }
+    }
+}
+
+/// A serial port that counts the bytes read from it.
+struct Counted<S> {
+    inner: S,
+    received: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            self.received.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

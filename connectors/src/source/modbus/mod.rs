@@ -15,4 +15,4 @@ pub mod poller;
 
 pub use config::{DeviceConfig, ModbusConfig, Tag};
 pub use decode::Value;
-pub use poller::{DeviceCounters, DevicePoller, ModbusError, Quality, pollers};
+pub use poller::{DeviceCounters, DevicePoller, ModbusError, PollRow, Quality, pollers};

@@ -31,20 +31,29 @@ pub enum Quality {
     Timeout,
     /// The device answered with this Modbus exception code.
     Exception(u8),
-    /// The connection failed, was refused or is waiting out its reconnect backoff, or the
-    /// answer was malformed.
+    /// An answer came but was unusable: a bad CRC, a broken frame, or a response that
+    /// does not match the request.
+    BadFrame,
+    /// The connection failed, was refused or is waiting out its reconnect backoff.
     IoError,
 }
 
 impl Quality {
-    /// The text in `<tag>_quality` columns: `ok`, `timeout`, `exception:<code>`, `io_error`.
+    /// The text in `<tag>_quality` columns: `ok`, `timeout`, `exception:<code>`,
+    /// `bad_frame`, `io_error`.
     pub fn as_str(&self) -> std::borrow::Cow<'static, str> {
         match self {
             Quality::Ok => "ok".into(),
             Quality::Timeout => "timeout".into(),
             Quality::Exception(c) => format!("exception:{c}").into(),
+            Quality::BadFrame => "bad_frame".into(),
             Quality::IoError => "io_error".into(),
         }
+    }
+
+    /// Whether the device answered at all (with data or an exception).
+    fn answered(&self) -> bool {
+        matches!(self, Quality::Ok | Quality::Exception(_))
     }
 }
 
@@ -66,6 +75,8 @@ pub struct DeviceCounters {
     pub requests: AtomicU64,
     pub errors_timeout: AtomicU64,
     pub errors_exception: AtomicU64,
+    /// Answers with a bad CRC or frame, or not matching the request.
+    pub errors_frame: AtomicU64,
     pub errors_io: AtomicU64,
     /// Round trips of answered requests: sum in microseconds and count.
     pub latency_us_sum: AtomicU64,
@@ -90,6 +101,27 @@ pub enum ModbusError {
     Encode(#[from] EncodeError),
     #[error("write to `{tag}` failed: {}", quality.as_str())]
     WriteFailed { tag: String, quality: Quality },
+    #[error("tags `{0}` and `{1}` overlap; one write cannot set both")]
+    Overlap(String, String),
+}
+
+/// One poll of one group: a one-row batch of the group's schema.
+#[derive(Debug, Clone)]
+pub struct PollRow {
+    pub device: Arc<str>,
+    pub group: Arc<str>,
+    pub batch: RecordBatch,
+}
+
+/// What a failed request says about the device.
+fn failure_quality(e: &tokio_modbus::Error) -> Quality {
+    match e {
+        tokio_modbus::Error::Protocol(_) => Quality::BadFrame,
+        tokio_modbus::Error::Transport(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            Quality::BadFrame
+        }
+        tokio_modbus::Error::Transport(_) => Quality::IoError,
+    }
 }
 
 /// One poll group, planned.
@@ -240,6 +272,7 @@ impl DevicePoller {
     async fn read(&self, line: &mut Line, req: &ReadRequest) -> (Quality, Option<ReadData>) {
         let mut quality = Quality::IoError;
         for _ in 0..=self.retries {
+            let received = line.bytes_received();
             let ctx = match line.context(self.timeout).await {
                 Ok(ctx) => ctx,
                 // No connection: further attempts would only wait for the backoff.
@@ -289,18 +322,29 @@ impl DevicePoller {
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(device = %self.name, error = %e, "Modbus request failed");
-                    self.counters.errors_io.fetch_add(1, Ordering::Relaxed);
-                    quality = Quality::IoError;
+                    quality = failure_quality(&e);
                 }
-                Err(_) => {
-                    self.counters.errors_timeout.fetch_add(1, Ordering::Relaxed);
-                    quality = Quality::Timeout;
-                }
+                // Bytes that came and made no frame: a garbled answer, not silence.
+                Err(_) if line.bytes_received() != received => quality = Quality::BadFrame,
+                Err(_) => quality = Quality::Timeout,
             }
+            self.count_failure(quality);
             // A late or garbled answer would confuse the next request: start afresh.
             line.reset();
         }
         (quality, None)
+    }
+
+    fn count_failure(&self, q: Quality) {
+        let c = &self.counters;
+        let counter = match q {
+            Quality::Ok => return,
+            Quality::Timeout => &c.errors_timeout,
+            Quality::Exception(_) => &c.errors_exception,
+            Quality::BadFrame => &c.errors_frame,
+            Quality::IoError => &c.errors_io,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn record_latency(&self, sent: Instant) {
@@ -325,7 +369,7 @@ impl DevicePoller {
             let mut line = self.line.lock().await;
             for req in &g.reads {
                 let (q, data) = self.read(&mut line, req).await;
-                answered |= matches!(q, Quality::Ok | Quality::Exception(_));
+                answered |= q.answered();
                 for &i in &req.tags {
                     let tag = &g.tags[i];
                     let off = usize::from(tag.address - req.start);
@@ -369,50 +413,115 @@ impl DevicePoller {
         Ok(RecordBatch::try_new(g.schema.clone(), cols)?)
     }
 
-    /// Writes `value` (in engineering units) to the tag named `tag`: function code 5 for a
-    /// coil, 6 for a one-register value, 16 for longer ones. Non-writable tags and values
-    /// that do not fit are refused before anything is sent.
+    /// Writes `value` (in engineering units) to the tag named `tag`; see [`Self::write_all`].
     pub async fn write(&self, tag: &str, value: &Value) -> Result<(), ModbusError> {
-        let result = self.try_write(tag, value).await;
+        self.write_all(&[(tag, value.clone())]).await
+    }
+
+    /// Writes several tags of this device, as one rule result asks: adjacent coils go
+    /// in one request (function code 15, or 5 for a single coil), adjacent registers in
+    /// one request (16, or 6 for a single register), and `bit` tags by reading their
+    /// register and writing it back with the bits changed (3 then 6). Every value is
+    /// checked first (tag known and writable, value of the tag's type and in range); if
+    /// one is refused, nothing is sent. Requests go out in address order; the first
+    /// that fails ends the write.
+    pub async fn write_all<S: AsRef<str> + Sync>(
+        &self,
+        writes: &[(S, Value)],
+    ) -> Result<(), ModbusError> {
+        let result = self.try_write_all(writes).await;
         let counter = match result {
             Ok(()) => &self.counters.writes,
             Err(_) => &self.counters.write_errors,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(writes.len() as u64, Ordering::Relaxed);
         result
     }
 
-    async fn try_write(&self, name: &str, value: &Value) -> Result<(), ModbusError> {
-        let tag = self
-            .groups
+    fn tag(&self, name: &str) -> Result<&Tag, ModbusError> {
+        self.groups
             .iter()
             .flat_map(|g| &g.tags)
             .find(|t| t.name == name)
             .ok_or_else(|| ModbusError::UnknownTag {
                 device: self.name.to_string(),
                 tag: name.into(),
-            })?;
-        let data = super::decode::encode(tag, value)?;
-        let failed = |quality| ModbusError::WriteFailed {
-            tag: name.into(),
-            quality,
-        };
+            })
+    }
+
+    async fn try_write_all<S: AsRef<str> + Sync>(
+        &self,
+        writes: &[(S, Value)],
+    ) -> Result<(), ModbusError> {
+        let mut planned = Vec::with_capacity(writes.len());
+        for (name, value) in writes {
+            let tag = self.tag(name.as_ref())?;
+            let data = match tag.kind {
+                TagType::Bit => {
+                    if !tag.writable {
+                        return Err(EncodeError::NotWritable(tag.name.clone()).into());
+                    }
+                    match value {
+                        Value::Bool(b) => WriteData::Bit(tag.bit, *b),
+                        other => {
+                            return Err(EncodeError::WrongType {
+                                tag: tag.name.clone(),
+                                value: format!("{other:?}"),
+                                kind: tag.kind,
+                            }
+                            .into());
+                        }
+                    }
+                }
+                _ => super::decode::encode(tag, value)?,
+            };
+            planned.push((tag, data));
+        }
+        let ops = write_ops(planned)?;
         let mut line = self.line.lock().await;
-        let ctx = line
-            .context(self.timeout)
-            .await
-            .map_err(|f| failed(f.into()))?;
+        for op in &ops {
+            self.send_write(&mut line, op)
+                .await
+                .map_err(|quality| ModbusError::WriteFailed {
+                    tag: op.tags.join(", "),
+                    quality,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Sends one write request (two for a read-modify-write) and waits for its answer.
+    async fn send_write(&self, line: &mut Line, op: &WriteOp) -> Result<(), Quality> {
+        let received = line.bytes_received();
+        let ctx = line.context(self.timeout).await.map_err(Quality::from)?;
         ctx.set_slave(Slave(self.unit_id));
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
-        let addr = tag.address;
-        let answer = tokio::time::timeout(self.timeout, async {
-            match &data {
-                WriteData::Coil(b) => ctx.write_single_coil(addr, *b).await,
-                WriteData::Registers(r) if r.len() == 1 => {
+        let addr = op.address;
+        let requests = if matches!(op.kind, WriteKind::Bits { .. }) {
+            2
+        } else {
+            1
+        };
+        self.counters
+            .requests
+            .fetch_add(requests, Ordering::Relaxed);
+        let answer = tokio::time::timeout(self.timeout * requests as u32, async {
+            match &op.kind {
+                WriteKind::Coils(c) if c.len() == 1 => ctx.write_single_coil(addr, c[0]).await,
+                WriteKind::Coils(c) => ctx.write_multiple_coils(addr, c).await,
+                WriteKind::Registers(r) if r.len() == 1 => {
                     ctx.write_single_register(addr, r[0]).await
                 }
-                WriteData::Registers(r) => ctx.write_multiple_registers(addr, r).await,
+                WriteKind::Registers(r) => ctx.write_multiple_registers(addr, r).await,
+                WriteKind::Bits { set, clear } => {
+                    let old = match ctx.read_holding_registers(addr, 1).await? {
+                        Ok(regs) => regs.first().copied().ok_or_else(|| {
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, "no register")
+                        })?,
+                        Err(exc) => return Ok(Err(exc)),
+                    };
+                    ctx.write_single_register(addr, (old & !clear) | set).await
+                }
             }
         })
         .await;
@@ -420,29 +529,24 @@ impl DevicePoller {
         if !gap.is_zero() {
             tokio::time::sleep(gap).await;
         }
-        match answer {
+        let quality = match answer {
             Ok(Ok(Ok(()))) => {
                 self.record_latency(sent);
-                Ok(())
+                return Ok(());
             }
             Ok(Ok(Err(exc))) => {
                 self.record_latency(sent);
-                self.counters
-                    .errors_exception
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(failed(Quality::Exception(exc.into())))
+                let q = Quality::Exception(exc.into());
+                self.count_failure(q);
+                return Err(q);
             }
-            Ok(Err(_)) => {
-                self.counters.errors_io.fetch_add(1, Ordering::Relaxed);
-                line.reset();
-                Err(failed(Quality::IoError))
-            }
-            Err(_) => {
-                self.counters.errors_timeout.fetch_add(1, Ordering::Relaxed);
-                line.reset();
-                Err(failed(Quality::Timeout))
-            }
-        }
+            Ok(Err(e)) => failure_quality(&e),
+            Err(_) if line.bytes_received() != received => Quality::BadFrame,
+            Err(_) => Quality::Timeout,
+        };
+        self.count_failure(quality);
+        line.reset();
+        Err(quality)
     }
 
     /// Polls every group at its interval and sends each row to `rows`, until `shutdown`
@@ -450,7 +554,7 @@ impl DevicePoller {
     /// the line.
     pub async fn run(
         self: Arc<Self>,
-        rows: mpsc::Sender<RecordBatch>,
+        rows: mpsc::Sender<PollRow>,
         shutdown: watch::Receiver<bool>,
     ) {
         let mut tasks = tokio::task::JoinSet::new();
@@ -465,7 +569,12 @@ impl DevicePoller {
                         _ = shutdown.wait_for(|stop| *stop) => return,
                     }
                     match me.poll(i).await {
-                        Ok(row) => {
+                        Ok(batch) => {
+                            let row = PollRow {
+                                device: me.name.clone(),
+                                group: me.groups[i].name.clone(),
+                                batch,
+                            };
                             if rows.send(row).await.is_err() {
                                 return;
                             }
@@ -478,6 +587,117 @@ impl DevicePoller {
         while tasks.join_next().await.is_some() {}
     }
 }
+
+/// One write request (or read-modify-write) and the tags it carries.
+#[derive(Debug, PartialEq)]
+struct WriteOp {
+    address: u16,
+    kind: WriteKind,
+    tags: Vec<String>,
+}
+
+#[derive(Debug, PartialEq)]
+enum WriteKind {
+    Coils(Vec<bool>),
+    Registers(Vec<u16>),
+    /// Bits of one holding register to set and to clear.
+    Bits {
+        set: u16,
+        clear: u16,
+    },
+}
+
+/// Joins encoded writes into the fewest requests: runs of adjacent coils, runs of
+/// adjacent registers, and the bits of each register. Overlapping tags are refused.
+fn write_ops(mut planned: Vec<(&Tag, WriteData)>) -> Result<Vec<WriteOp>, ModbusError> {
+    planned.sort_by_key(|(t, d)| (matches!(d, WriteData::Bit(..)), t.area, t.address));
+    let mut ops: Vec<WriteOp> = Vec::new();
+    let mut last: Option<(&Tag, u32)> = None;
+    for (tag, data) in planned {
+        let width = match &data {
+            WriteData::Registers(r) => r.len() as u32,
+            _ => 1,
+        };
+        let end = u32::from(tag.address) + width;
+        if let Some((prev, prev_end)) = last
+            && prev.area == tag.area
+            && u32::from(tag.address) < prev_end
+            && !matches!(data, WriteData::Bit(..))
+        {
+            return Err(ModbusError::Overlap(prev.name.clone(), tag.name.clone()));
+        }
+        let joined = match (ops.last_mut(), &data) {
+            (Some(op), WriteData::Coil(b)) => match &mut op.kind {
+                WriteKind::Coils(c)
+                    if tag.area == Area::Coil
+                        && u32::from(op.address) + c.len() as u32 == u32::from(tag.address)
+                        && c.len() < usize::from(MAX_WRITE_COILS) =>
+                {
+                    c.push(*b);
+                    op.tags.push(tag.name.clone());
+                    true
+                }
+                _ => false,
+            },
+            (Some(op), WriteData::Registers(r)) => match &mut op.kind {
+                WriteKind::Registers(regs)
+                    if u32::from(op.address) + regs.len() as u32 == u32::from(tag.address)
+                        && regs.len() + r.len() <= usize::from(MAX_WRITE_REGISTERS) =>
+                {
+                    regs.extend_from_slice(r);
+                    op.tags.push(tag.name.clone());
+                    true
+                }
+                _ => false,
+            },
+            (Some(op), WriteData::Bit(bit, on)) => match &mut op.kind {
+                WriteKind::Bits { set, clear } if op.address == tag.address => {
+                    let mask = 1u16 << bit;
+                    if (*set | *clear) & mask != 0 {
+                        return Err(ModbusError::Overlap(
+                            op.tags.last().cloned().unwrap_or_default(),
+                            tag.name.clone(),
+                        ));
+                    }
+                    if *on {
+                        *set |= mask;
+                    } else {
+                        *clear |= mask;
+                    }
+                    op.tags.push(tag.name.clone());
+                    true
+                }
+                _ => false,
+            },
+            (None, _) => false,
+        };
+        if !joined {
+            let kind = match data {
+                WriteData::Coil(b) => WriteKind::Coils(vec![b]),
+                WriteData::Registers(r) => WriteKind::Registers(r),
+                WriteData::Bit(bit, on) => {
+                    let mask = 1u16 << bit;
+                    WriteKind::Bits {
+                        set: if on { mask } else { 0 },
+                        clear: if on { 0 } else { mask },
+                    }
+                }
+            };
+            ops.push(WriteOp {
+                address: tag.address,
+                kind,
+                tags: vec![tag.name.clone()],
+            });
+        }
+        last = Some((tag, end));
+    }
+    Ok(ops)
+}
+
+/// Coils one write request may set (function code 15).
+const MAX_WRITE_COILS: u16 = 1968;
+/// Registers one write request may set (function code 16).
+const MAX_WRITE_REGISTERS: u16 = 123;
 
 /// Pollers for every device of `cfg`; devices on the same serial port share one line
 /// (and must agree on its settings), so their requests take turns.

@@ -1,4 +1,4 @@
-//! Ingest: the in-process subscriber of the embedded broker. It routes every message
+//! MQTT ingest: the in-process subscriber of the embedded broker. It routes every message
 //! to the streams whose topic filter matches and hands them over in micro-batches
 //! (up to `batch_rows` messages or `batch_delay` old), so the broker link is never
 //! held up by decoding or rule work. The routes come from a watch channel: a rules
@@ -12,15 +12,27 @@ use bytes::Bytes;
 use fieldgate_connectors::source::mqtt::topic_matches;
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Where one stream's messages go.
-#[derive(Clone)]
-pub struct Route {
-    pub stream: String,
-    pub filter: String,
-    pub tx: mpsc::Sender<Vec<Bytes>>,
+use super::{Input, Route};
+
+/// A route of an MQTT stream, with its topic filter.
+struct MqttRoute {
+    filter: String,
+    route: Route,
+}
+
+fn mqtt_routes(routes: &[Route]) -> Vec<MqttRoute> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            r.source.mqtt_filter().map(|f| MqttRoute {
+                filter: f.to_string(),
+                route: r.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Ingest counters.
@@ -51,7 +63,7 @@ pub async fn run(
         tracing::error!(error = %e, "cannot subscribe to the embedded broker");
         return;
     }
-    let mut routes = routes_rx.borrow_and_update().clone();
+    let mut routes = mqtt_routes(&routes_rx.borrow_and_update());
     let mut pending: Vec<Vec<Bytes>> = routes.iter().map(|_| Vec::new()).collect();
     let mut deadline: Option<Instant> = None;
     let mut routes_open = true;
@@ -116,7 +128,7 @@ pub async fn run(
                     send(r, p).await;
                 }
                 deadline = None;
-                routes = routes_rx.borrow_and_update().clone();
+                routes = mqtt_routes(&routes_rx.borrow_and_update());
                 pending = routes.iter().map(|_| Vec::new()).collect();
                 tracing::debug!(routes = routes.len(), "ingest routes replaced");
             }
@@ -144,12 +156,12 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn send(route: &Route, pending: &mut Vec<Bytes>) {
+async fn send(route: &MqttRoute, pending: &mut Vec<Bytes>) {
     if pending.is_empty() {
         return;
     }
-    let batch = std::mem::take(pending);
-    if route.tx.send(batch).await.is_err() {
-        tracing::error!(stream = %route.stream, "stream task is gone; messages dropped");
+    let batch = Input::Payloads(std::mem::take(pending));
+    if route.route.tx.send(batch).await.is_err() {
+        tracing::error!(stream = %route.route.stream, "stream task is gone; messages dropped");
     }
 }

@@ -1,0 +1,211 @@
+//! Writing results: each queued result is a JSON object whose fields name tags; its
+//! non-null fields are written to the device in one go.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::time::Instant;
+
+use super::config::ModbusSinkConfig;
+use crate::sink::{Message, Sink, SinkError, SinkEvent};
+use crate::source::modbus::{DevicePoller, ModbusError, Quality, Value};
+
+/// Field of a result that names the device, when the sink has no `device`.
+const DEVICE_FIELD: &str = "device";
+/// The device a result goes to and its tags' new values.
+type Writes = (Arc<DevicePoller>, Vec<(String, Value)>);
+
+/// Wait before trying an unreachable device again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// At most one log line per this long about refused results.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Counters of a Modbus sink.
+#[derive(Debug, Default)]
+pub struct ModbusSinkCounters {
+    /// Results written.
+    pub written: AtomicU64,
+    /// Results refused before anything was sent: not an object, unknown device or tag,
+    /// a tag not writable, a value of the wrong type or out of range.
+    pub refused: AtomicU64,
+    /// Results the device answered with a Modbus exception.
+    pub failed: AtomicU64,
+}
+
+/// Writes results to Modbus devices.
+pub struct ModbusSink {
+    name: String,
+    device: Option<String>,
+    devices: HashMap<String, Arc<DevicePoller>>,
+    events: VecDeque<SinkEvent>,
+    /// When the device was unreachable: when to report ready again.
+    retry_at: Option<Instant>,
+    counters: Arc<ModbusSinkCounters>,
+    last_log: Option<Instant>,
+    held_logs: u64,
+}
+
+impl ModbusSink {
+    /// A sink writing through these pollers (by device name). A configured `device`
+    /// must be one of them.
+    pub fn new(
+        name: &str,
+        cfg: &ModbusSinkConfig,
+        devices: HashMap<String, Arc<DevicePoller>>,
+    ) -> Result<Self, SinkError> {
+        if let Some(d) = &cfg.device
+            && !devices.contains_key(d)
+        {
+            return Err(SinkError::Config(format!(
+                "device `{d}` is not a [modbus] device"
+            )));
+        }
+        Ok(ModbusSink {
+            name: name.into(),
+            device: cfg.device.clone(),
+            devices,
+            events: VecDeque::from([SinkEvent::Ready]),
+            retry_at: None,
+            counters: Arc::default(),
+            last_log: None,
+            held_logs: 0,
+        })
+    }
+
+    pub fn counters(&self) -> &Arc<ModbusSinkCounters> {
+        &self.counters
+    }
+
+    /// The device and the writes a result asks for.
+    fn writes(&self, msg: &Message) -> Result<Writes, String> {
+        let row: serde_json::Map<String, Json> = serde_json::from_slice(&msg.payload)
+            .map_err(|e| format!("result is not a JSON object: {e}"))?;
+        let device = match (&self.device, row.get(DEVICE_FIELD)) {
+            (Some(d), _) => d.as_str(),
+            (None, Some(Json::String(d))) => d.as_str(),
+            (None, _) => {
+                return Err(format!(
+                    "result has no `{DEVICE_FIELD}` and the sink names no device"
+                ));
+            }
+        };
+        let poller = self
+            .devices
+            .get(device)
+            .ok_or_else(|| format!("no [modbus] device `{device}`"))?
+            .clone();
+        let mut writes = Vec::with_capacity(row.len());
+        for (field, value) in row {
+            if self.device.is_none() && field == DEVICE_FIELD {
+                continue;
+            }
+            let value = match value {
+                Json::Null => continue,
+                Json::Bool(b) => Value::Bool(b),
+                Json::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                    (Some(u), _, _) => Value::U64(u),
+                    (None, Some(i), _) => Value::I64(i),
+                    (None, None, Some(f)) => Value::F64(f),
+                    _ => return Err(format!("`{field}`: number {n} is out of range")),
+                },
+                Json::String(s) => Value::Str(s),
+                other => {
+                    return Err(format!("`{field}`: {other} is not a value a tag can take"));
+                }
+            };
+            writes.push((field, value));
+        }
+        if writes.is_empty() {
+            return Err("result has no value to write".into());
+        }
+        Ok((poller, writes))
+    }
+
+    fn log_refused(&mut self, rule: &str, reason: &str) {
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|l| now.duration_since(l) < LOG_EVERY)
+        {
+            self.held_logs += 1;
+            return;
+        }
+        self.last_log = Some(now);
+        let held = std::mem::take(&mut self.held_logs);
+        tracing::warn!(sink = %self.name, %rule, %reason, not_logged_before = held, "Modbus write refused");
+    }
+}
+
+impl Sink for ModbusSink {
+    fn max_in_flight(&self) -> usize {
+        64
+    }
+
+    async fn send(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
+        let mut done = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let result = match self.writes(msg) {
+                Ok((poller, writes)) => poller.write_all(&writes).await.map_err(|e| match e {
+                    ModbusError::WriteFailed {
+                        quality: Quality::Exception(_),
+                        ..
+                    } => Failure::Exception(e.to_string()),
+                    ModbusError::WriteFailed { .. } => Failure::Unreachable(e.to_string()),
+                    other => Failure::Refused(other.to_string()),
+                }),
+                Err(reason) => Err(Failure::Refused(reason)),
+            };
+            match result {
+                Ok(()) => {
+                    self.counters.written.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Failure::Refused(reason)) => {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    self.log_refused(&msg.rule, &reason);
+                }
+                Err(Failure::Exception(reason)) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    self.log_refused(&msg.rule, &reason);
+                }
+                Err(Failure::Unreachable(reason)) => {
+                    // Kept in the queue; tried again after a pause, until `max_age`.
+                    if !done.is_empty() {
+                        self.events.push_back(SinkEvent::Confirmed(done));
+                    }
+                    self.events.push_back(SinkEvent::Down(reason));
+                    self.retry_at = Some(Instant::now() + RETRY_DELAY);
+                    return Ok(());
+                }
+            }
+            done.push(msg.seq);
+        }
+        self.events.push_back(SinkEvent::Confirmed(done));
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> SinkEvent {
+        if let Some(e) = self.events.pop_front() {
+            return e;
+        }
+        match self.retry_at.take() {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                SinkEvent::Ready
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Why a result was not written.
+enum Failure {
+    /// The result cannot be written as it is; dropped.
+    Refused(String),
+    /// The device answered with an exception; dropped.
+    Exception(String),
+    /// No answer; kept and tried again.
+    Unreachable(String),
+}

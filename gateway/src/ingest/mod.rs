@@ -1,0 +1,36 @@
+//! Ingest: what comes in, on its way to the streams.
+//!
+//! - [`mqtt`]: the in-process subscriber of the embedded broker, routing messages to the
+//!   streams whose topic filter matches, in micro-batches of raw payloads;
+//! - [`modbus`]: the Modbus pollers, whose rows (already Arrow) go to the streams that
+//!   read their poll group, and optionally out to the broker as JSON.
+//!
+//! Both read the same [`Route`] list, which a rules reload replaces.
+
+pub mod modbus;
+pub mod mqtt;
+
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use fieldgate_rules::Source;
+use tokio::sync::mpsc;
+
+/// What a stream task is handed.
+#[derive(Debug)]
+pub enum Input {
+    /// Raw MQTT payloads, decoded by the stream.
+    Payloads(Vec<Bytes>),
+    /// Rows already in the stream's schema.
+    Rows(RecordBatch),
+}
+
+/// Where one stream's input goes.
+#[derive(Clone)]
+pub struct Route {
+    pub stream: String,
+    pub source: Source,
+    /// The stream's columns.
+    pub schema: SchemaRef,
+    pub tx: mpsc::Sender<Input>,
+}
