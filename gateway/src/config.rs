@@ -368,6 +368,55 @@ mod tests {
     }
 
     #[test]
+    fn the_connector_reference_examples_are_valid() {
+        let doc = include_str!("../../docs/connectors.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        assert!(blocks.len() >= 2, "{blocks:?}");
+        let (source, sink) = (blocks[0], blocks[1]);
+        let text = format!("rules_dir = 'r'\n{source}\n{sink}");
+        let c = Config::parse(&text, "docs/connectors.md", Path::new("")).unwrap();
+        assert_eq!(c.modbus.devices.len(), 2);
+        assert!(matches!(c.sinks["press_ctl"], SinkConfig::Modbus(_)));
+    }
+
+    #[test]
+    fn modbus_devices_and_sinks_are_checked() {
+        let base = Path::new("/etc/fg");
+        let device = "[[modbus.devices]]\nname = 'plc/1'\n\
+                      transport = { type = 'tcp', host = 'h' }\n\
+                      [[modbus.devices.groups]]\nname = 'g'\ninterval = '1s'\n\
+                      tags = [{ name = 'x', register = 40001 }]\n";
+        let e = Config::parse(&format!("rules_dir = 'r'\n{device}"), "gw.toml", base)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gw.toml") && e.contains("modbus.devices") && e.contains("plc/1"),
+            "{e}"
+        );
+        let good = device.replace("plc/1", "plc1");
+        let c = Config::parse(
+            &format!("rules_dir = 'r'\n[sinks.ctl]\ntype = 'modbus'\ndevice = 'plc1'\n{good}"),
+            "gw.toml",
+            base,
+        )
+        .unwrap();
+        assert_eq!(c.modbus.devices.len(), 1);
+        assert_eq!(c.modbus.republish_topic, "modbus/{device}/{group}");
+        let e = Config::parse(
+            &format!("rules_dir = 'r'\n[sinks.ctl]\ntype = 'modbus'\ndevice = 'plc2'\n{good}"),
+            "gw.toml",
+            base,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sinks.ctl") && e.contains("plc2"), "{e}");
+    }
+
+    #[test]
     fn human_durations_and_relative_paths() {
         let c = Config::parse(
             "rules_dir = 'rules'\ndata_dir = 'd'\n[ingest]\nbatch_delay = '250ms'\n\

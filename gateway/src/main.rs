@@ -62,7 +62,8 @@ enum RulesCommand {
         /// Rule files or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Also check that the sinks the rules name exist in this config.
+        /// Also check the rules against this config: the sinks they name, and the
+        /// Modbus groups their streams read.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -136,13 +137,21 @@ fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
         .build()?;
     match cmd {
         RulesCommand::Check { paths, config } => {
-            let sinks = match config {
-                Some(c) => Some(config::Config::load(&c)?.sinks),
-                None => None,
+            let (sinks, groups) = match config {
+                Some(c) => {
+                    let cfg = config::Config::load(&c)?;
+                    let pollers =
+                        fieldgate_connectors::source::modbus::pollers(&cfg.modbus.source())?;
+                    let pollers: Vec<_> = pollers.into_iter().map(std::sync::Arc::new).collect();
+                    (Some(cfg.sinks), Some(ingest::modbus::Groups::of(&pollers)))
+                }
+                None => (None, None),
             };
-            runtime.block_on(rules_cli::check(&paths, |s| {
-                sinks.as_ref().is_none_or(|k| k.contains_key(s))
-            }))
+            runtime.block_on(rules_cli::check(
+                &paths,
+                |s| sinks.as_ref().is_none_or(|k| k.contains_key(s)),
+                groups.as_ref(),
+            ))
         }
         RulesCommand::Test {
             paths,

@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use fieldgate_rules::{
-    ReloadPlan, RuleSet, SqlError, StreamChange, StreamPipeline, plan_reload, rule_files,
-};
+use fieldgate_rules::{ReloadPlan, RuleSet, StreamChange, StreamPipeline, plan_reload, rule_files};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -111,13 +109,7 @@ impl LiveRules {
     async fn plan(&self) -> ReloadPlan {
         let (mut loaded, mut errors) = RuleSet::load(std::slice::from_ref(&self.dir));
         // A stream on a Modbus group that is not configured is an error in its file.
-        loaded.streams.retain(|s| match self.groups.check(s) {
-            Ok(()) => true,
-            Err(message) => {
-                errors.push(SqlError::new(&s.file, s.source_pos, message));
-                false
-            }
-        });
+        self.groups.retain_known(&mut loaded, &mut errors);
         plan_reload(&self.running, loaded, errors, |s| self.sinks.contains(s)).await
     }
 

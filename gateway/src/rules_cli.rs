@@ -10,10 +10,20 @@ use fieldgate_connectors::source::mqtt::{JsonDecoder, topic_matches};
 use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline, now_millis};
 use serde_json::Value;
 
+use crate::ingest::modbus::Groups;
+
 /// Parses and plans every stream and rule under `paths`; prints each error as
-/// `file:line:col: message`. Returns whether all of them are valid.
-pub async fn check(paths: &[PathBuf], sink_exists: impl Fn(&str) -> bool) -> anyhow::Result<bool> {
-    let (set, mut errors) = RuleSet::load(paths);
+/// `file:line:col: message`. With `groups`, Modbus streams are checked against the
+/// configured poll groups. Returns whether all of them are valid.
+pub async fn check(
+    paths: &[PathBuf],
+    sink_exists: impl Fn(&str) -> bool,
+    groups: Option<&Groups>,
+) -> anyhow::Result<bool> {
+    let (mut set, mut errors) = RuleSet::load(paths);
+    if let Some(g) = groups {
+        g.retain_known(&mut set, &mut errors);
+    }
     let (pipelines, build_errors) = set.build(sink_exists).await;
     errors.extend(build_errors);
     for e in &errors {

@@ -247,3 +247,20 @@ WITH (TYPE = 'modbus', DATASOURCE = 'plc1/line');
     );
     sim.stop();
 }
+
+#[test]
+fn the_factory_example_config_and_its_rules_check_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(fieldgate_binary())
+        .current_dir(&root)
+        .args(["rules", "check", "--config", "configs/factory.toml"])
+        .arg("configs/factory/rules")
+        .output()
+        .expect("fieldgate runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok: 4 streams, 6 rules"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

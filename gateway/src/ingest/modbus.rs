@@ -18,7 +18,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use fieldgate_connectors::sink::encode::json_rows;
 use fieldgate_connectors::source::modbus::{DevicePoller, PollRow};
-use fieldgate_rules::{Source, StreamDef};
+use fieldgate_rules::{RuleSet, Source, SqlError, StreamDef};
 use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -92,6 +92,20 @@ impl Groups {
             }
         }
         Ok(())
+    }
+}
+
+impl Groups {
+    /// Takes the Modbus streams that [`Self::check`] refuses out of `set`, adding an
+    /// error at each one's `DATASOURCE`. Their rules then fail for want of a stream.
+    pub fn retain_known(&self, set: &mut RuleSet, errors: &mut Vec<SqlError>) {
+        set.streams.retain(|s| match self.check(s) {
+            Ok(()) => true,
+            Err(message) => {
+                errors.push(SqlError::new(&s.file, s.source_pos, message));
+                false
+            }
+        });
     }
 }
 

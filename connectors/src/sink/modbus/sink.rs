@@ -84,7 +84,13 @@ impl ModbusSink {
         let row: serde_json::Map<String, Json> = serde_json::from_slice(&msg.payload)
             .map_err(|e| format!("result is not a JSON object: {e}"))?;
         let device = match (&self.device, row.get(DEVICE_FIELD)) {
-            (Some(d), _) => d.as_str(),
+            (Some(d), None) => d.as_str(),
+            (Some(d), Some(Json::String(named))) if named == d => d.as_str(),
+            (Some(d), Some(named)) => {
+                return Err(format!(
+                    "result is for device {named}; this sink writes to `{d}`"
+                ));
+            }
             (None, Some(Json::String(d))) => d.as_str(),
             (None, _) => {
                 return Err(format!(
@@ -99,7 +105,8 @@ impl ModbusSink {
             .clone();
         let mut writes = Vec::with_capacity(row.len());
         for (field, value) in row {
-            if self.device.is_none() && field == DEVICE_FIELD {
+            // No tag is called `device`: the field names the device.
+            if field == DEVICE_FIELD {
                 continue;
             }
             let value = match value {
@@ -208,4 +215,131 @@ enum Failure {
     Exception(String),
     /// No answer; kept and tried again.
     Unreachable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::source::modbus::ModbusConfig;
+
+    /// A sink for device `plc` whose TCP port nothing listens on.
+    fn sink(device: Option<&str>) -> ModbusSink {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let cfg: ModbusConfig = toml::from_str(&format!(
+            r#"
+            [[devices]]
+            name = "plc"
+            transport = {{ type = "tcp", host = "127.0.0.1", port = {port} }}
+            timeout = "200ms"
+            [[devices.groups]]
+            name = "g"
+            interval = "1s"
+            tags = [
+              {{ name = "pump", area = "coil", address = 0, writable = true }},
+              {{ name = "speed", register = 40001, writable = true }},
+              {{ name = "fixed", register = 40002 }},
+            ]
+            "#
+        ))
+        .unwrap();
+        let p = Arc::new(DevicePoller::standalone(&cfg.devices[0]).unwrap());
+        let cfg = ModbusSinkConfig {
+            device: device.map(Into::into),
+            max_age: Duration::from_secs(10),
+        };
+        ModbusSink::new("ctl", &cfg, HashMap::from([("plc".to_string(), p)])).unwrap()
+    }
+
+    fn msg(seq: u64, body: &str) -> Message {
+        Message {
+            seq,
+            rule: Arc::from("r"),
+            payload: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn results_name_tags_and_the_device() {
+        let s = sink(None);
+        let (p, w) = s
+            .writes(&msg(
+                1,
+                r#"{"device":"plc","pump":true,"speed":7,"x":null}"#,
+            ))
+            .unwrap();
+        assert_eq!(p.name(), "plc");
+        assert_eq!(
+            w,
+            [
+                ("pump".into(), Value::Bool(true)),
+                ("speed".into(), Value::U64(7))
+            ]
+        );
+        for (body, why) in [
+            (r#"{"pump":true}"#, "no `device`"),
+            (
+                r#"{"device":"other","pump":true}"#,
+                "no [modbus] device `other`",
+            ),
+            (r#"{"device":"plc","x":null}"#, "no value"),
+            (r#"{"device":"plc","pump":[1]}"#, "not a value"),
+            ("[1,2]", "not a JSON object"),
+        ] {
+            let e = s.writes(&msg(1, body)).map(|_| ()).unwrap_err();
+            assert!(e.contains(why), "{body}: {e}");
+        }
+        let s = sink(Some("plc"));
+        assert!(s.writes(&msg(1, r#"{"pump":false}"#)).is_ok());
+        assert!(
+            s.writes(&msg(1, r#"{"device":"plc","pump":false}"#))
+                .is_ok()
+        );
+        let e = s
+            .writes(&msg(1, r#"{"device":"plc2","pump":false}"#))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.contains("writes to `plc`"), "{e}");
+        assert!(
+            ModbusSink::new(
+                "x",
+                &ModbusSinkConfig {
+                    device: Some("nope".into()),
+                    max_age: Duration::from_secs(1)
+                },
+                HashMap::new()
+            )
+            .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_rows_are_dropped_and_unanswered_ones_kept() {
+        let mut s = sink(Some("plc"));
+        assert_eq!(s.next_event().await, SinkEvent::Ready);
+        // Refused before anything is sent: confirmed (dropped) and counted.
+        s.send(&[
+            msg(1, r#"{"fixed":3}"#),
+            msg(2, r#"{"speed":70000}"#),
+            msg(3, r#"{"nope":1}"#),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(s.next_event().await, SinkEvent::Confirmed(vec![1, 2, 3]));
+        assert_eq!(s.counters().refused.load(Ordering::Relaxed), 3);
+        // The device does not answer: the row stays queued, the sink goes down and
+        // comes back after a pause to try again.
+        s.send(&[msg(4, r#"{"pump":true}"#), msg(5, r#"{"pump":false}"#)])
+            .await
+            .unwrap();
+        assert!(matches!(s.next_event().await, SinkEvent::Down(_)));
+        let waited = Instant::now();
+        assert_eq!(s.next_event().await, SinkEvent::Ready);
+        assert!(waited.elapsed() >= RETRY_DELAY / 2);
+        assert_eq!(s.counters().written.load(Ordering::Relaxed), 0);
+    }
 }

@@ -686,14 +686,4 @@ mod tests {
         bad.unit_id = 0;
         assert!(bad.validate().unwrap_err().contains("`unit_id`"));
     }
-
-    #[test]
-    fn the_reference_example_is_valid() {
-        let doc = include_str!("../../../../docs/connectors.md");
-        let start = doc.find("```toml\n").expect("a toml example") + 8;
-        let len = doc[start..].find("```").expect("closing fence");
-        let cfg: ModbusConfig = toml::from_str(&doc[start..start + len]).unwrap();
-        cfg.validate().unwrap();
-        assert_eq!(cfg.devices.len(), 2);
-    }
 }
