@@ -1,22 +1,7 @@
-//! `fieldgate`: an IoT edge gateway in one binary.
-//!
-//! Data flows through the modules in this order: [`broker`] (the embedded MQTT broker)
-//! → [`ingest`] (routing messages to streams in micro-batches) → [`pipeline`] (decoding
-//! and the SQL rules) → [`queue`] (durable, per sink) → [`uplink`] (delivery to the
-//! sinks). [`app`] wires them; [`reload`] keeps the rules live; [`config`] reads the
-//! TOML configuration; [`admin`] serves the health probes.
+//! The `fieldgate` command line: `run` starts the gateway; `rules check` and
+//! `rules test` are the rule author's tools.
 
-mod admin;
-mod app;
-mod broker;
-mod config;
-mod ingest;
-mod pipeline;
-mod queue;
-mod reload;
-mod rules_cli;
-mod uplink;
-
+use fieldgate::{app, config, ingest, rules_cli};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -124,11 +109,6 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     // Listener and router threads of the broker do not stop on their own.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     Ok(())
-}
-
-/// Resolves once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {

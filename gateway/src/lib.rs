@@ -1,0 +1,25 @@
+//! `fieldgate`: an IoT edge gateway in one binary; this library is that binary's
+//! inside, also used by its benchmarks.
+//!
+//! Data flows through the modules in this order: [`broker`] (the embedded MQTT broker)
+//! and the Modbus pollers → [`ingest`] (routing messages and poll rows to streams) →
+//! [`pipeline`] (decoding and the SQL rules) → [`queue`] (durable, per sink) →
+//! [`uplink`] (delivery to the sinks). [`app`] wires them; [`reload`] keeps the rules
+//! live; [`config`] reads the TOML configuration; [`admin`] serves the health probes;
+//! [`rules_cli`] holds the rule author's offline tools.
+
+pub mod admin;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod ingest;
+pub mod pipeline;
+pub mod queue;
+pub mod reload;
+pub mod rules_cli;
+pub mod uplink;
+
+/// Resolves once the stop flag is set (or its sender is gone).
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
