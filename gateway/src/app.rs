@@ -14,6 +14,7 @@ use fieldgate_connectors::sink::file::FileSink;
 use fieldgate_connectors::sink::http::HttpSink;
 use fieldgate_connectors::sink::modbus::ModbusSink;
 use fieldgate_connectors::sink::mqtt::MqttSink;
+use fieldgate_connectors::sink::republish::{Publish, RepublishSink};
 use fieldgate_connectors::source::modbus::{DevicePoller, pollers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,6 +47,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if !cfg.rules_dir.is_dir() {
         bail!("rules directory {} does not exist", cfg.rules_dir.display());
     }
+
+    // The broker's router (its listeners open last): republish sinks publish into it.
+    let mut broker = broker::start(&cfg.broker)?;
 
     // Modbus pollers, before the sinks: Modbus sinks write through them.
     let pollers: Vec<Arc<DevicePoller>> = pollers(&cfg.modbus.source())
@@ -111,6 +115,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     .with_context(|| format!("sink `{name}`"))?;
                 tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
             }
+            SinkConfig::Republish(r) => {
+                let mut link = broker
+                    .publisher(&format!("fieldgate-sink-{name}"))
+                    .with_context(|| format!("sink `{name}`"))?;
+                let publish: Publish =
+                    Box::new(move |topic, payload| broker::publish(&mut link, topic, payload));
+                let sink = RepublishSink::new(r, &cfg.gateway_id, ids, publish);
+                tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
+            }
         };
         uplinks.push(task);
         queues.insert(name.clone(), q);
@@ -131,8 +144,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let reload_counters = rules.counters.clone();
     let reload_task = tokio::spawn(triggers.run(rules, stop_rx.clone()));
 
-    // The broker and the in-process subscriber feeding the streams.
-    let (mut broker, link_tx, link_rx) = broker::start(&cfg.broker)?;
+    // The in-process subscriber feeding the streams subscribes before devices can
+    // connect, so nothing they publish goes unrouted.
+    let (mut link_tx, link_rx) = broker.link(broker::INGEST_CLIENT_ID)?;
+    link_tx
+        .subscribe("#")
+        .context("cannot subscribe to the embedded broker")?;
     let ingest_counters = Arc::new(IngestCounters::default());
     let modbus_counters = Arc::new(ModbusIngestCounters::default());
     let modbus_task = if pollers.is_empty() {
@@ -141,7 +158,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let republish = match cfg.modbus.republish {
             true => Some(Republish {
                 topic: cfg.modbus.republish_topic.clone(),
-                link: broker.link("fieldgate-modbus")?,
+                link: broker.publisher("fieldgate-modbus")?,
             }),
             false => None,
         };
@@ -163,6 +180,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ingest_counters.clone(),
         stop_rx.clone(),
     ));
+    broker.listen();
     readiness.ready.store(true, Ordering::Relaxed);
     tracing::info!(gateway = %cfg.gateway_id, "fieldgate running");
 

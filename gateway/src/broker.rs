@@ -11,29 +11,59 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use bytes::BytesMut;
-use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{self, Packet, Protocol, v4::V4, v5::V5};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 
-/// Client id of the gateway's own in-process link.
-const INGEST_CLIENT_ID: &str = "fieldgate-ingest";
+/// Client id of the gateway's own in-process subscriber.
+pub const INGEST_CLIENT_ID: &str = "fieldgate-ingest";
 
 /// Opens an in-process link to the router under a client id.
 type LinkFactory = Box<dyn Fn(&str) -> anyhow::Result<(LinkTx, LinkRx)> + Send + Sync>;
 
-/// The running broker's listener tasks, and a way to open more in-process links.
+/// The running broker: its router, the listener tasks once started, and a way to open
+/// in-process links.
 pub struct Broker {
     listeners: Vec<JoinHandle<()>>,
     links: LinkFactory,
+    /// Starts the listeners; taken by [`Broker::listen`].
+    start_listeners: Option<Box<dyn FnOnce() -> Vec<JoinHandle<()>> + Send>>,
 }
 
 impl Broker {
-    /// A further in-process link, e.g. to publish into the broker.
+    /// An in-process link, e.g. the ingest's subscription.
     pub fn link(&self, client_id: &str) -> anyhow::Result<(LinkTx, LinkRx)> {
         (self.links)(client_id)
+    }
+
+    /// A link that only publishes: what the broker sends back to it is taken and
+    /// dropped by a task of its own, so the router never waits on it.
+    pub fn publisher(&self, client_id: &str) -> anyhow::Result<LinkTx> {
+        let (tx, mut rx) = self.link(client_id)?;
+        tokio::spawn(async move {
+            loop {
+                match rx.next().await {
+                    Ok(Some(rumqttd::Notification::Unschedule)) => {
+                        if rx.wake().await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Starts the configured listeners: devices can connect from now on. Once.
+    pub fn listen(&mut self) {
+        if let Some(start) = self.start_listeners.take() {
+            self.listeners = start();
+        }
     }
 
     /// Stops accepting connections and drops the existing ones.
@@ -41,6 +71,16 @@ impl Broker {
         for l in self.listeners.drain(..) {
             l.abort();
         }
+    }
+}
+
+/// Publishes through an in-process link at QoS 0 without waiting. When the router's
+/// queue is full the message stays in the link and goes with its next wake-up, so only a
+/// router that is gone is an error.
+pub fn publish(link: &mut LinkTx, topic: String, payload: bytes::Bytes) -> Result<(), String> {
+    match link.try_publish(topic, payload) {
+        Ok(_) | Err(LinkError::TrySend(flume::TrySendError::Full(_))) => Ok(()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -68,10 +108,10 @@ impl<P: Protocol> Protocol for AcceptZeroKeepAlive<P> {
     }
 }
 
-/// Starts the router and the configured listeners, and returns the gateway's
-/// in-process link. Must run inside a Tokio runtime.
-pub fn start(cfg: &BrokerConfig) -> anyhow::Result<(Broker, LinkTx, LinkRx)> {
-    // Fail early and clearly when a port is taken; rumqttd would only log it.
+/// Starts the router (no listeners yet; see [`Broker::listen`]). Fails early and clearly when a
+/// listener's port is taken. Must run inside a Tokio runtime.
+pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
+    // rumqttd would only log a port that is taken.
     for addr in [cfg.listen, cfg.listen_v5].into_iter().flatten() {
         std::net::TcpListener::bind(addr)
             .with_context(|| format!("broker cannot listen on {addr}"))?;
@@ -89,50 +129,9 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<(Broker, LinkTx, LinkRx)> {
         },
     );
     let router_tx = router.spawn();
-    let settings = |name: &str, listen: SocketAddr| ServerSettings {
-        name: name.to_string(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: ConnectionSettings {
-            connection_timeout_ms: u16::try_from(cfg.connect_timeout.as_millis())
-                .unwrap_or(u16::MAX),
-            max_payload_size: cfg.max_payload_size,
-            max_inflight_count: cfg.max_inflight,
-            auth: None::<HashMap<String, String>>,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let mut listeners = Vec::new();
-    if let Some(addr) = cfg.listen {
-        let mut server = Server::new(
-            settings("mqtt-v4", addr),
-            router_tx.clone(),
-            AcceptZeroKeepAlive(V4),
-        );
-        listeners.push(tokio::spawn(async move {
-            if let Err(e) = server.start(LinkType::Remote).await {
-                tracing::error!(%addr, error = %e, "MQTT 3.1.1 listener stopped");
-            }
-        }));
-        tracing::info!(%addr, "MQTT 3.1.1 listener started");
-    }
-    if let Some(addr) = cfg.listen_v5 {
-        let mut server = Server::new(
-            settings("mqtt-v5", addr),
-            router_tx.clone(),
-            AcceptZeroKeepAlive(V5),
-        );
-        listeners.push(tokio::spawn(async move {
-            if let Err(e) = server.start(LinkType::Remote).await {
-                tracing::error!(%addr, error = %e, "MQTT 5 listener stopped");
-            }
-        }));
-        tracing::info!(%addr, "MQTT 5 listener started");
-    }
+    let for_links = router_tx.clone();
     let links: LinkFactory = Box::new(move |client_id: &str| {
-        let (tx, rx, _ack) = LinkBuilder::new(client_id, router_tx.clone())
+        let (tx, rx, _ack) = LinkBuilder::new(client_id, for_links.clone())
             .clean_session(true)
             .build()
             .with_context(|| {
@@ -140,6 +139,55 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<(Broker, LinkTx, LinkRx)> {
             })?;
         Ok((tx, rx))
     });
-    let (link_tx, link_rx) = links(INGEST_CLIENT_ID)?;
-    Ok((Broker { listeners, links }, link_tx, link_rx))
+    let cfg = cfg.clone();
+    let start_listeners = Box::new(move || {
+        let settings = |name: &str, listen: SocketAddr| ServerSettings {
+            name: name.to_string(),
+            listen,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections: ConnectionSettings {
+                connection_timeout_ms: u16::try_from(cfg.connect_timeout.as_millis())
+                    .unwrap_or(u16::MAX),
+                max_payload_size: cfg.max_payload_size,
+                max_inflight_count: cfg.max_inflight,
+                auth: None::<HashMap<String, String>>,
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        };
+        let mut listeners = Vec::new();
+        if let Some(addr) = cfg.listen {
+            let mut server = Server::new(
+                settings("mqtt-v4", addr),
+                router_tx.clone(),
+                AcceptZeroKeepAlive(V4),
+            );
+            listeners.push(tokio::spawn(async move {
+                if let Err(e) = server.start(LinkType::Remote).await {
+                    tracing::error!(%addr, error = %e, "MQTT 3.1.1 listener stopped");
+                }
+            }));
+            tracing::info!(%addr, "MQTT 3.1.1 listener started");
+        }
+        if let Some(addr) = cfg.listen_v5 {
+            let mut server = Server::new(
+                settings("mqtt-v5", addr),
+                router_tx.clone(),
+                AcceptZeroKeepAlive(V5),
+            );
+            listeners.push(tokio::spawn(async move {
+                if let Err(e) = server.start(LinkType::Remote).await {
+                    tracing::error!(%addr, error = %e, "MQTT 5 listener stopped");
+                }
+            }));
+            tracing::info!(%addr, "MQTT 5 listener started");
+        }
+        listeners
+    });
+    Ok(Broker {
+        listeners: Vec::new(),
+        links,
+        start_listeners: Some(start_listeners),
+    })
 }

@@ -11,6 +11,7 @@ use fieldgate_connectors::sink::file::FileSinkConfig;
 use fieldgate_connectors::sink::http::HttpSinkConfig;
 use fieldgate_connectors::sink::modbus::ModbusSinkConfig;
 use fieldgate_connectors::sink::mqtt::MqttSinkConfig;
+use fieldgate_connectors::sink::republish::RepublishSinkConfig;
 use fieldgate_connectors::source::modbus::{DeviceConfig, ModbusConfig};
 use serde::Deserialize;
 
@@ -206,6 +207,8 @@ pub enum SinkConfig {
     Http(Box<HttpSinkConfig>),
     File(FileSinkConfig),
     Modbus(ModbusSinkConfig),
+    /// Publishes to the embedded broker, for applications on the box.
+    Republish(RepublishSinkConfig),
 }
 
 fn default_gateway_id() -> String {
@@ -244,7 +247,7 @@ impl Config {
                     }
                 }
                 SinkConfig::Http(h) => h.rebase(base),
-                SinkConfig::Modbus(_) => {}
+                SinkConfig::Modbus(_) | SinkConfig::Republish(_) => {}
             }
         }
         Ok(cfg)
@@ -281,6 +284,7 @@ impl Config {
                 SinkConfig::Mqtt(m) => m.validate(),
                 SinkConfig::Http(h) => h.validate(),
                 SinkConfig::File(f) => f.validate(),
+                SinkConfig::Republish(r) => r.validate(),
                 SinkConfig::Modbus(m) => m.validate().and_then(|()| match &m.device {
                     Some(d) if !self.modbus.devices.iter().any(|x| &x.name == d) => {
                         Err(format!("device `{d}` is not a [[modbus.devices]] entry"))
@@ -375,12 +379,12 @@ mod tests {
             .skip(1)
             .filter_map(|b| b.split("```").next())
             .collect();
-        assert!(blocks.len() >= 2, "{blocks:?}");
-        let (source, sink) = (blocks[0], blocks[1]);
-        let text = format!("rules_dir = 'r'\n{source}\n{sink}");
+        assert_eq!(blocks.len(), 3, "{blocks:?}");
+        let text = format!("rules_dir = 'r'\n{}", blocks.join("\n"));
         let c = Config::parse(&text, "docs/connectors.md", Path::new("")).unwrap();
         assert_eq!(c.modbus.devices.len(), 2);
         assert!(matches!(c.sinks["press_ctl"], SinkConfig::Modbus(_)));
+        assert!(matches!(&c.sinks["cloud"], SinkConfig::Mqtt(m) if m.tls.is_some()));
     }
 
     #[test]

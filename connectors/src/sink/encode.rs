@@ -29,6 +29,20 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Bytes>, ArrowError> {
     Ok(rows)
 }
 
+/// Results (each a JSON object) as one JSON array.
+pub fn json_array(rows: &[Bytes]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(r);
+    }
+    out.push(b']');
+    out
+}
+
 /// Name of the field that carries a result's message id.
 pub const MESSAGE_ID_FIELD: &str = "_msg_id";
 

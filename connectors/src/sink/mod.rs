@@ -10,6 +10,8 @@ pub mod file;
 pub mod http;
 pub mod modbus;
 pub mod mqtt;
+pub mod republish;
+pub mod topic;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub enum SinkError {
     Client(#[from] rumqttc::ClientError),
     #[error("{0}")]
     Config(String),
+    #[error("embedded broker: {0}")]
+    Broker(String),
 }
 
 /// A destination for queued results.

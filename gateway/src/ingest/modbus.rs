@@ -19,7 +19,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use fieldgate_connectors::sink::encode::json_rows;
 use fieldgate_connectors::source::modbus::{DevicePoller, PollRow};
 use fieldgate_rules::{RuleSet, Source, SqlError, StreamDef};
-use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::local::LinkTx;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -182,7 +182,8 @@ pub struct ModbusIngestCounters {
 pub struct Republish {
     /// Topic template with `{device}` and `{group}`.
     pub topic: String,
-    pub link: (LinkTx, LinkRx),
+    /// A publishing link ([`crate::broker::Broker::publisher`]).
+    pub link: LinkTx,
 }
 
 /// Starts every poller and the router between them and the streams; returns once the
@@ -201,13 +202,7 @@ pub async fn run(
     }
     drop(rows_tx);
     let (topic, mut link) = match republish {
-        Some(Republish {
-            topic,
-            link: (tx, rx),
-        }) => {
-            tasks.spawn(drain_link(rx));
-            (topic, Some(tx))
-        }
+        Some(Republish { topic, link }) => (topic, Some(link)),
         None => (String::new(), None),
     };
     let mut routes = routes_rx.borrow_and_update().clone();
@@ -245,24 +240,7 @@ pub async fn run(
             publish(tx, &topic, &row, &counters);
         }
     }
-    tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-}
-
-/// Takes what the broker sends the publishing link (it subscribes to nothing), so
-/// the router never waits on it.
-async fn drain_link(mut rx: LinkRx) {
-    loop {
-        match rx.next().await {
-            Ok(Some(rumqttd::Notification::Unschedule)) => {
-                if rx.wake().await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
-    }
 }
 
 fn publish(tx: &mut LinkTx, template: &str, row: &PollRow, counters: &ModbusIngestCounters) {
@@ -277,10 +255,12 @@ fn publish(tx: &mut LinkTx, template: &str, row: &PollRow, counters: &ModbusInge
         }
     };
     for p in payloads {
-        // A busy router takes the message with its next wake-up; it is not lost.
-        if let Err(e) = tx.try_publish(topic.clone(), p) {
-            tracing::debug!(%topic, error = %e, "Modbus row republish delayed");
-        }
-        counters.republished.fetch_add(1, Ordering::Relaxed);
+        match crate::broker::publish(tx, topic.clone(), p) {
+            Ok(()) => counters.republished.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "Modbus row not republished");
+                return;
+            }
+        };
     }
 }

@@ -44,12 +44,13 @@ pub struct IngestCounters {
     pub unrouted: AtomicU64,
 }
 
-/// Subscribes to every topic and feeds the routes until `stop` turns true; then takes
+/// Feeds the routes from `link_rx`, subscribed to `#` (one subscription to everything:
+/// each message arrives once, whatever number of streams it matches) until `stop` turns true; then takes
 /// what the broker still forwards (until it is quiet), hands over what it holds and
 /// returns, closing the routes' channels. When `routes` changes, what is pending goes
 /// to the old routes before the new ones take over.
 pub async fn run(
-    mut link_tx: LinkTx,
+    _link_tx: LinkTx,
     mut link_rx: LinkRx,
     mut routes_rx: watch::Receiver<Vec<Route>>,
     batch_rows: usize,
@@ -57,12 +58,6 @@ pub async fn run(
     counters: Arc<IngestCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // One subscription to everything: each message arrives once, whatever number of
-    // streams it matches, and is routed here.
-    if let Err(e) = link_tx.subscribe("#") {
-        tracing::error!(error = %e, "cannot subscribe to the embedded broker");
-        return;
-    }
     let mut routes = mqtt_routes(&routes_rx.borrow_and_update());
     let mut pending: Vec<Vec<Bytes>> = routes.iter().map(|_| Vec::new()).collect();
     let mut deadline: Option<Instant> = None;

@@ -8,26 +8,16 @@ use super::HttpFormat;
 
 /// The body for `rows` (each a JSON object) and its content type.
 pub fn body(rows: &[Bytes], format: HttpFormat) -> (Vec<u8>, &'static str) {
-    let mut out = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
     match format {
         HttpFormat::Ndjson => {
+            let mut out = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>());
             for r in rows {
                 out.extend_from_slice(r);
                 out.push(b'\n');
             }
             (out, "application/x-ndjson")
         }
-        HttpFormat::JsonArray => {
-            out.push(b'[');
-            for (i, r) in rows.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(r);
-            }
-            out.push(b']');
-            (out, "application/json")
-        }
+        HttpFormat::JsonArray => (crate::sink::encode::json_array(rows), "application/json"),
     }
 }
 

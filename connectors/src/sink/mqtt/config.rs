@@ -39,6 +39,24 @@ pub struct MqttSinkConfig {
     /// TLS to the broker; without it, plain TCP.
     #[serde(default)]
     pub tls: Option<MqttTlsConfig>,
+    /// `message` (default): one publish per result. `json_array`: consecutive results for
+    /// the same topic go out as one JSON array per publish, up to `batch_max` of them.
+    #[serde(default)]
+    pub format: MqttFormat,
+    /// Results per publish in `json_array` format, at most.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+}
+
+/// How results are laid out in publishes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttFormat {
+    /// Each result is one publish: a JSON object.
+    #[default]
+    Message,
+    /// Each publish is a JSON array of results.
+    JsonArray,
 }
 
 fn default_port() -> u16 {
@@ -51,6 +69,9 @@ fn default_keepalive() -> Duration {
     Duration::from_secs(30)
 }
 fn default_in_flight() -> u16 {
+    100
+}
+fn default_batch_max() -> usize {
     100
 }
 fn default_reconnect_min() -> Duration {
@@ -78,12 +99,9 @@ impl MqttSinkConfig {
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
-        if self.topic.is_empty() || self.topic.contains(['+', '#']) {
-            return Err(format!(
-                "`topic` = {:?} must be a non-empty topic without wildcards",
-                self.topic
-            ));
+        if self.batch_max == 0 {
+            return Err("`batch_max` must be at least 1".into());
         }
-        Ok(())
+        crate::sink::topic::validate(&self.topic)
     }
 }

@@ -8,13 +8,15 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use bytes::Bytes;
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 
-use super::{MqttSinkConfig, TlsError};
-use crate::sink::encode::MessageIds;
+use super::{MqttFormat, MqttSinkConfig, TlsError};
+use crate::sink::encode::{MessageIds, json_array};
+use crate::sink::topic::TopicTemplate;
 use crate::sink::{Message, Sink, SinkError, SinkEvent, backoff};
 
 /// What the connection task reports.
@@ -27,17 +29,20 @@ enum Conn {
 
 /// Publishes results to a cloud MQTT broker with QoS 1.
 pub struct MqttSink {
-    topic: String,
+    topic: TopicTemplate,
     ids: MessageIds,
     gateway: String,
     max_in_flight: usize,
+    /// Results per publish: 1, or `batch_max` in `json_array` format.
+    per_publish: usize,
     rx: mpsc::UnboundedReceiver<Conn>,
     client: Option<AsyncClient>,
     generation: u64,
-    /// Sequences sent, waiting for the event loop to report their packet id.
-    unassigned: VecDeque<u64>,
-    /// Packet id → sequence, for publishes waiting for their PUBACK.
-    by_pkid: HashMap<u16, u64>,
+    /// The sequences of each publish sent, waiting for the event loop to report its
+    /// packet id.
+    unassigned: VecDeque<Vec<u64>>,
+    /// Packet id → the sequences its publish carries, waiting for its PUBACK.
+    by_pkid: HashMap<u16, Vec<u64>>,
     /// A connection change to report after the confirmations returned before it.
     pending: Option<SinkEvent>,
     /// Publishes handed to the client, written by it, and acknowledged, over all
@@ -97,10 +102,14 @@ impl MqttSink {
             tx,
         ));
         Ok(Self {
-            topic: cfg.topic.replace("{gateway}", gateway),
+            topic: TopicTemplate::new(&cfg.topic, gateway),
             ids,
             gateway: gateway.to_string(),
             max_in_flight: usize::from(cfg.max_in_flight),
+            per_publish: match cfg.format {
+                MqttFormat::Message => 1,
+                MqttFormat::JsonArray => cfg.batch_max,
+            },
             rx,
             client: None,
             generation: 0,
@@ -115,11 +124,7 @@ impl MqttSink {
     }
 
     fn topic_for(&self, rule: &str, payload: &[u8]) -> String {
-        let topic = self.topic.replace("{rule}", rule);
-        if !topic.contains("{device}") {
-            return topic;
-        }
-        topic.replace("{device}", &device_of(payload))
+        self.topic.render(rule, payload)
     }
 
     /// The gateway id this sink publishes for.
@@ -176,20 +181,36 @@ async fn connection(
 
 impl Sink for MqttSink {
     fn max_in_flight(&self) -> usize {
-        self.max_in_flight
+        self.max_in_flight * self.per_publish
     }
 
     async fn send(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
-        for m in msgs {
-            let topic = self.topic_for(&m.rule, &m.payload);
+        let mut rest = msgs;
+        while let Some(first) = rest.first() {
+            let topic = self.topic_for(&first.rule, &first.payload);
+            // Consecutive results for the same topic share a publish, in order.
+            let mut n = 1;
+            while n < rest.len().min(self.per_publish)
+                && self.topic_for(&rest[n].rule, &rest[n].payload) == topic
+            {
+                n += 1;
+            }
+            let (batch, tail) = rest.split_at(n);
+            rest = tail;
+            let payload = match self.per_publish {
+                1 => self.ids.stamp(&first.payload, first.seq),
+                _ => {
+                    let rows: Vec<Bytes> = batch
+                        .iter()
+                        .map(|m| self.ids.stamp(&m.payload, m.seq))
+                        .collect();
+                    Bytes::from(json_array(&rows))
+                }
+            };
             let client = self.client.as_ref().ok_or(SinkError::NotConnected)?;
-            client.try_publish(
-                topic,
-                QoS::AtLeastOnce,
-                false,
-                self.ids.stamp(&m.payload, m.seq),
-            )?;
-            self.unassigned.push_back(m.seq);
+            client.try_publish(topic, QoS::AtLeastOnce, false, payload)?;
+            self.unassigned
+                .push_back(batch.iter().map(|m| m.seq).collect());
             self.handed += 1;
         }
         Ok(())
@@ -220,17 +241,17 @@ impl Sink for MqttSink {
                 }
                 Conn::Published(g, pkid) if g == self.generation => {
                     self.written += 1;
-                    if let Some(seq) = self.unassigned.pop_front()
-                        && let Some(old) = self.by_pkid.insert(pkid, seq)
+                    if let Some(seqs) = self.unassigned.pop_front()
+                        && let Some(old) = self.by_pkid.insert(pkid, seqs)
                     {
-                        tracing::warn!(pkid, old, seq, "packet id reused before its PUBACK");
+                        tracing::warn!(pkid, ?old, "packet id reused before its PUBACK");
                     }
                     continue;
                 }
                 Conn::Acked(g, pkid) if g == self.generation => {
                     self.acknowledged += 1;
-                    if let Some(seq) = self.by_pkid.remove(&pkid) {
-                        confirmed.push(seq);
+                    if let Some(seqs) = self.by_pkid.remove(&pkid) {
+                        confirmed.extend(seqs);
                     }
                     continue;
                 }
@@ -258,40 +279,5 @@ impl MqttSink {
         self.generation = generation;
         self.unassigned.clear();
         self.by_pkid.clear();
-    }
-}
-
-/// The result's `device` field as a topic level: text or a number, with characters
-/// MQTT reserves in topic levels (`/`, `+`, `#`) replaced by `_`; `unknown` without one.
-fn device_of(payload: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Device {
-        device: Option<serde_json::Value>,
-    }
-    let value = serde_json::from_slice::<Device>(payload)
-        .ok()
-        .and_then(|d| d.device);
-    let text = match value {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => s,
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        _ => return "unknown".into(),
-    };
-    text.chars()
-        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::device_of;
-
-    #[test]
-    fn the_device_field_becomes_one_safe_topic_level() {
-        assert_eq!(device_of(br#"{"device":"press-7","t":1}"#), "press-7");
-        assert_eq!(device_of(br#"{"t":1,"device":42}"#), "42");
-        assert_eq!(device_of(br#"{"device":"a/b+c#"}"#), "a_b_c_");
-        assert_eq!(device_of(br#"{"device":null}"#), "unknown");
-        assert_eq!(device_of(br#"{"t":1}"#), "unknown");
-        assert_eq!(device_of(b"not json"), "unknown");
     }
 }

@@ -1,0 +1,73 @@
+//! Topic templates of the sinks that publish: `{gateway}`, `{rule}` and `{device}`.
+
+/// A template with `{gateway}` already filled in.
+#[derive(Debug, Clone)]
+pub struct TopicTemplate(String);
+
+impl TopicTemplate {
+    pub fn new(template: &str, gateway: &str) -> Self {
+        TopicTemplate(template.replace("{gateway}", gateway))
+    }
+
+    /// The topic of one result: `{rule}` is the rule's name, `{device}` the result's
+    /// `device` field (see [`device_level`]).
+    pub fn render(&self, rule: &str, payload: &[u8]) -> String {
+        let topic = self.0.replace("{rule}", rule);
+        if !topic.contains("{device}") {
+            return topic;
+        }
+        topic.replace("{device}", &device_level(payload))
+    }
+}
+
+/// The result's `device` field as a topic level: text or a number, with characters
+/// MQTT reserves in topic levels (`/`, `+`, `#`) replaced by `_`; `unknown` without one.
+pub fn device_level(payload: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Device {
+        device: Option<serde_json::Value>,
+    }
+    let value = serde_json::from_slice::<Device>(payload)
+        .ok()
+        .and_then(|d| d.device);
+    let text = match value {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s,
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => return "unknown".into(),
+    };
+    text.chars()
+        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .collect()
+}
+
+/// Checks a configured template: a topic name (no wildcards), not empty.
+pub fn validate(template: &str) -> Result<(), String> {
+    if template.is_empty() || template.contains(['+', '#']) {
+        return Err(format!(
+            "`topic` = {template:?} must be a non-empty topic without wildcards"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_field_becomes_one_safe_topic_level() {
+        assert_eq!(device_level(br#"{"device":"press-7","t":1}"#), "press-7");
+        assert_eq!(device_level(br#"{"t":1,"device":42}"#), "42");
+        assert_eq!(device_level(br#"{"device":"a/b+c#"}"#), "a_b_c_");
+        assert_eq!(device_level(br#"{"device":null}"#), "unknown");
+        assert_eq!(device_level(br#"{"t":1}"#), "unknown");
+        assert_eq!(device_level(b"not json"), "unknown");
+    }
+
+    #[test]
+    fn templates_fill_gateway_rule_and_device() {
+        let t = TopicTemplate::new("site/{gateway}/{rule}/{device}", "gw1");
+        assert_eq!(t.render("hot", br#"{"device":"m1"}"#), "site/gw1/hot/m1");
+        assert!(validate("a/+/b").is_err() && validate("").is_err() && validate("a/b").is_ok());
+    }
+}
