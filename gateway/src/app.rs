@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use fieldgate_connectors::sink::Sink;
 use fieldgate_connectors::sink::encode::MessageIds;
 use fieldgate_connectors::sink::file::FileSink;
 use fieldgate_connectors::sink::http::HttpSink;
@@ -19,26 +20,88 @@ use fieldgate_connectors::source::modbus::{DevicePoller, pollers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Readiness};
+use crate::admin::ops::{Running, SinkExtra, SinkView};
+use crate::admin::{self, Ops};
 use crate::config::{Config, SinkConfig};
 use crate::ingest::modbus::{self, Groups, ModbusIngestCounters, Republish};
 use crate::ingest::mqtt::{self, IngestCounters};
 use crate::queue::{Queue, QueueOptions};
 use crate::reload::{LiveRules, Triggers};
+use crate::uplink::UplinkCounters;
 use crate::{broker, uplink};
+
+/// What an uplink worker needs besides its sink.
+struct Uplink {
+    name: String,
+    queue: Queue,
+    counters: Arc<UplinkCounters>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+}
+
+impl Uplink {
+    fn spawn<S: Sink + 'static>(self, sink: S) -> JoinHandle<()> {
+        tokio::spawn(uplink::run(
+            self.name,
+            sink,
+            self.queue,
+            self.counters,
+            self.stop,
+            self.drain,
+        ))
+    }
+}
+
+/// Starts one sink and its uplink worker; returns the worker, the sink's kind and its
+/// own counters.
+fn start_sink(
+    cfg: &Config,
+    sink_cfg: &SinkConfig,
+    ids: MessageIds,
+    up: Uplink,
+    broker: &broker::Broker,
+    devices: &HashMap<String, Arc<DevicePoller>>,
+) -> anyhow::Result<(JoinHandle<()>, &'static str, SinkExtra)> {
+    let name = up.name.clone();
+    Ok(match sink_cfg {
+        SinkConfig::Mqtt(m) => {
+            let sink = MqttSink::start(&name, &cfg.gateway_id, m, ids).context("TLS")?;
+            (up.spawn(sink), "mqtt", SinkExtra::None)
+        }
+        SinkConfig::Http(h) => {
+            let sink = HttpSink::new(&name, h, ids)?;
+            let counters = sink.counters();
+            (up.spawn(sink), "http", SinkExtra::Http(counters))
+        }
+        SinkConfig::File(f) => (up.spawn(FileSink::new(f, ids)), "file", SinkExtra::None),
+        SinkConfig::Modbus(m) => {
+            let sink = ModbusSink::new(&name, m, devices.clone())?;
+            let counters = sink.counters().clone();
+            (up.spawn(sink), "modbus", SinkExtra::Modbus(counters))
+        }
+        SinkConfig::Republish(r) => {
+            let mut link = broker.publisher(&format!("fieldgate-sink-{name}"))?;
+            let publish: Publish =
+                Box::new(move |topic, payload| broker::publish(&mut link, topic, payload));
+            let sink = RepublishSink::new(r, &cfg.gateway_id, ids, publish);
+            (up.spawn(sink), "republish", SinkExtra::None)
+        }
+    })
+}
 
 /// Runs the gateway until a termination signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let readiness = Arc::new(Readiness::default());
+    let ops = Arc::new(Ops::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Admin first, so probes answer (not ready) while the rest starts.
+    let token = cfg.admin.resolve_token()?;
     let admin_task = {
         let addr = cfg.admin.listen;
-        let r = readiness.clone();
+        let ops = ops.clone();
         let stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = admin::serve(addr, r, stop).await {
+            if let Err(e) = admin::serve(addr, ops, token, stop).await {
                 tracing::error!(error = %e, "admin HTTP stopped");
             }
         })
@@ -66,6 +129,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let queue_dir = cfg.data_dir.join("queue");
     let mut queues = HashMap::new();
     let mut uplinks: Vec<JoinHandle<()>> = Vec::new();
+    let mut sink_views = Vec::new();
     for (name, sink_cfg) in &cfg.sinks {
         let mut limits = cfg.queue.limits(name);
         if let SinkConfig::Modbus(m) = sink_cfg {
@@ -90,41 +154,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 "resuming delivery of queued results"
             );
         }
-        let stop = stop_rx.clone();
-        let drain = cfg.queue.drain_timeout;
         let ids = MessageIds::new(&cfg.gateway_id, name, q.epoch()?);
-        let task = match sink_cfg {
-            SinkConfig::Mqtt(m) => {
-                let sink = MqttSink::start(name, &cfg.gateway_id, m, ids)
-                    .with_context(|| format!("sink `{name}`: TLS"))?;
-                tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
-            }
-            SinkConfig::Http(h) => {
-                let sink = HttpSink::new(name, h, ids).with_context(|| format!("sink `{name}`"))?;
-                tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
-            }
-            SinkConfig::File(f) => tokio::spawn(uplink::run(
-                name.clone(),
-                FileSink::new(f, ids),
-                q.clone(),
-                stop,
-                drain,
-            )),
-            SinkConfig::Modbus(m) => {
-                let sink = ModbusSink::new(name, m, devices.clone())
-                    .with_context(|| format!("sink `{name}`"))?;
-                tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
-            }
-            SinkConfig::Republish(r) => {
-                let mut link = broker
-                    .publisher(&format!("fieldgate-sink-{name}"))
-                    .with_context(|| format!("sink `{name}`"))?;
-                let publish: Publish =
-                    Box::new(move |topic, payload| broker::publish(&mut link, topic, payload));
-                let sink = RepublishSink::new(r, &cfg.gateway_id, ids, publish);
-                tokio::spawn(uplink::run(name.clone(), sink, q.clone(), stop, drain))
-            }
+        let counters = Arc::new(UplinkCounters::default());
+        let link = Uplink {
+            name: name.clone(),
+            queue: q.clone(),
+            counters: counters.clone(),
+            stop: stop_rx.clone(),
+            drain: cfg.queue.drain_timeout,
         };
+        let (task, kind, extra) = start_sink(&cfg, sink_cfg, ids, link, &broker, &devices)
+            .with_context(|| format!("sink `{name}`"))?;
+        sink_views.push(SinkView {
+            name: name.clone(),
+            kind,
+            queue: q.clone(),
+            uplink: counters,
+            extra,
+        });
         uplinks.push(task);
         queues.insert(name.clone(), q);
     }
@@ -132,7 +179,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Rules, one task per stream: a broken rule is reported and left out; the others
     // run. Watching for changes starts before loading, so none is missed.
-    let triggers = Triggers::start(&cfg.rules_dir)?;
+    let (triggers, reload_requests) = Triggers::start(&cfg.rules_dir)?;
     let rules = LiveRules::start(
         &cfg.rules_dir,
         cfg.sinks.keys().cloned().collect(),
@@ -142,6 +189,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await?;
     let routes = rules.routes();
     let reload_counters = rules.counters.clone();
+    let rules_view = rules.view.clone();
     let reload_task = tokio::spawn(triggers.run(rules, stop_rx.clone()));
 
     // The in-process subscriber feeding the streams subscribes before devices can
@@ -181,12 +229,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     broker.listen();
-    readiness.ready.store(true, Ordering::Relaxed);
+    let _ = ops.running.set(Running {
+        gateway_id: cfg.gateway_id.clone(),
+        broker: broker.counters.clone(),
+        mqtt: ingest_counters.clone(),
+        modbus: modbus_counters.clone(),
+        devices: devices.into_values().collect(),
+        sinks: sink_views,
+        rules: rules_view,
+        reloads: reload_counters.clone(),
+        reload: reload_requests,
+    });
+    ops.ready.store(true, Ordering::Relaxed);
     tracing::info!(gateway = %cfg.gateway_id, "fieldgate running");
 
     wait_for_signal().await?;
     tracing::info!("shutting down: stopping ingest");
-    readiness.ready.store(false, Ordering::Relaxed);
+    ops.ready.store(false, Ordering::Relaxed);
     broker.stop_listeners();
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;

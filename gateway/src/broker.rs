@@ -4,10 +4,12 @@
 //! that each listener's protocol codec can be wrapped: rumqttd refuses a CONNECT with
 //! keepalive 0, which MQTT allows ("no keepalive") and some devices send. The wrapper
 //! turns keepalive 0 into the largest keepalive MQTT can express (65535 s), which the
-//! broker enforces as an idle limit of about 27 hours.
+//! broker enforces as an idle limit of about 27 hours. It also counts connections.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use anyhow::Context;
 use bytes::BytesMut;
@@ -27,6 +29,7 @@ type LinkFactory = Box<dyn Fn(&str) -> anyhow::Result<(LinkTx, LinkRx)> + Send +
 /// The running broker: its router, the listener tasks once started, and a way to open
 /// in-process links.
 pub struct Broker {
+    pub counters: Arc<BrokerCounters>,
     listeners: Vec<JoinHandle<()>>,
     links: LinkFactory,
     /// Starts the listeners; taken by [`Broker::listen`].
@@ -84,27 +87,75 @@ pub fn publish(link: &mut LinkTx, topic: String, payload: bytes::Bytes) -> Resul
     }
 }
 
-/// A protocol codec that accepts CONNECT packets with keepalive 0.
-#[derive(Clone)]
-struct AcceptZeroKeepAlive<P>(P);
+/// Device connections, counted by the listeners' codecs.
+#[derive(Debug, Default)]
+pub struct BrokerCounters {
+    /// Connections open now (past their CONNECT).
+    pub connections: AtomicI64,
+    /// Connections accepted (CONNECT received) since start.
+    pub accepted: AtomicU64,
+}
 
-impl<P: Protocol> Protocol for AcceptZeroKeepAlive<P> {
+/// A listener's protocol codec, one copy per connection: accepts CONNECT packets with
+/// keepalive 0, and counts the connection from its CONNECT until the copy is dropped
+/// with the connection.
+struct Codec<P> {
+    inner: P,
+    counters: Arc<BrokerCounters>,
+    counted: bool,
+}
+
+impl<P> Codec<P> {
+    fn new(inner: P, counters: &Arc<BrokerCounters>) -> Self {
+        Codec {
+            inner,
+            counters: counters.clone(),
+            counted: false,
+        }
+    }
+}
+
+impl<P: Clone> Clone for Codec<P> {
+    /// A fresh copy for a new connection: not counted yet.
+    fn clone(&self) -> Self {
+        Codec {
+            inner: self.inner.clone(),
+            counters: self.counters.clone(),
+            counted: false,
+        }
+    }
+}
+
+impl<P> Drop for Codec<P> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<P: Protocol + Clone> Protocol for Codec<P> {
     fn read_mut(
         &mut self,
         stream: &mut BytesMut,
         max_size: usize,
     ) -> Result<Packet, protocol::Error> {
-        let mut packet = self.0.read_mut(stream, max_size)?;
-        if let Packet::Connect(connect, ..) = &mut packet
-            && connect.keep_alive == 0
-        {
-            connect.keep_alive = u16::MAX;
+        let mut packet = self.inner.read_mut(stream, max_size)?;
+        if let Packet::Connect(connect, ..) = &mut packet {
+            if connect.keep_alive == 0 {
+                connect.keep_alive = u16::MAX;
+            }
+            if !self.counted {
+                self.counted = true;
+                self.counters.connections.fetch_add(1, Ordering::Relaxed);
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(packet)
     }
 
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
-        self.0.write(packet, write)
+        self.inner.write(packet, write)
     }
 }
 
@@ -140,6 +191,8 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
         Ok((tx, rx))
     });
     let cfg = cfg.clone();
+    let counters = Arc::new(BrokerCounters::default());
+    let for_codecs = counters.clone();
     let start_listeners = Box::new(move || {
         let settings = |name: &str, listen: SocketAddr| ServerSettings {
             name: name.to_string(),
@@ -161,7 +214,7 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
             let mut server = Server::new(
                 settings("mqtt-v4", addr),
                 router_tx.clone(),
-                AcceptZeroKeepAlive(V4),
+                Codec::new(V4, &for_codecs),
             );
             listeners.push(tokio::spawn(async move {
                 if let Err(e) = server.start(LinkType::Remote).await {
@@ -174,7 +227,7 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
             let mut server = Server::new(
                 settings("mqtt-v5", addr),
                 router_tx.clone(),
-                AcceptZeroKeepAlive(V5),
+                Codec::new(V5, &for_codecs),
             );
             listeners.push(tokio::spawn(async move {
                 if let Err(e) = server.start(LinkType::Remote).await {
@@ -186,6 +239,7 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
         listeners
     });
     Ok(Broker {
+        counters,
         listeners: Vec::new(),
         links,
         start_listeners: Some(start_listeners),

@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
     pub ingest: IngestConfig,
     #[serde(default)]
     pub queue: QueueConfig,
@@ -86,16 +88,63 @@ impl Default for BrokerConfig {
 }
 
 /// The admin HTTP endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Bearer token `/metrics` and `/api` require. Needed when `listen` is not loopback.
+    pub token: Option<String>,
+    /// The name of an environment variable holding the token instead.
+    pub token_env: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_env", &self.token_env)
+            .finish()
+    }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token, read from the environment when `token_env` names a variable.
+    pub fn resolve_token(&self) -> anyhow::Result<Option<String>> {
+        match (&self.token, &self.token_env) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Ok(Some(t)),
+                _ => bail!("key `admin.token_env`: environment variable `{var}` is not set"),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or filter (`info`, `debug`, `info,fieldgate::queue=debug`); `RUST_LOG`
+    /// overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
         }
     }
 }
@@ -265,6 +314,26 @@ impl Config {
                 self.gateway_id
             );
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bail!(
+                "key `log.level`: {:?} is not a level or filter: {e}",
+                self.log.level
+            );
+        }
+        let a = &self.admin;
+        if a.token.is_some() && a.token_env.is_some() {
+            bail!("keys `admin.token` and `admin.token_env`: set one, not both");
+        }
+        if a.token.as_deref() == Some("") {
+            bail!("key `admin.token` is empty");
+        }
+        if !a.listen.ip().is_loopback() && a.token.is_none() && a.token_env.is_none() {
+            bail!(
+                "key `admin.listen`: {} is reachable from other hosts, so `admin.token` or \
+                 `admin.token_env` must be set (the API can stop rules)",
+                a.listen
+            );
+        }
         if self.broker.listen.is_none() && self.broker.listen_v5.is_none() {
             bail!("key `broker`: set `listen` or `listen_v5`");
         }
@@ -385,6 +454,35 @@ mod tests {
         assert_eq!(c.modbus.devices.len(), 2);
         assert!(matches!(c.sinks["press_ctl"], SinkConfig::Modbus(_)));
         assert!(matches!(&c.sinks["cloud"], SinkConfig::Mqtt(m) if m.tls.is_some()));
+    }
+
+    #[test]
+    fn an_admin_endpoint_off_loopback_needs_a_token() {
+        let base = Path::new("/etc/fg");
+        let e = Config::parse(
+            "rules_dir = 'r'\n[admin]\nlisten = '0.0.0.0:9180'\n",
+            "gw.toml",
+            base,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("admin") && e.contains("token"), "{e}");
+        let c = Config::parse(
+            "rules_dir = 'r'\n[admin]\nlisten = '0.0.0.0:9180'\ntoken = 's3cret'\n",
+            "gw.toml",
+            base,
+        )
+        .unwrap();
+        assert_eq!(c.admin.resolve_token().unwrap().as_deref(), Some("s3cret"));
+        assert!(!format!("{:?}", c.admin).contains("s3cret"));
+        let c = Config::parse(
+            "rules_dir = 'r'\n[admin]\nlisten = '0.0.0.0:9180'\ntoken_env = 'FG_TEST_NO_SUCH_VAR'\n",
+            "gw.toml",
+            base,
+        )
+        .unwrap();
+        let e = c.admin.resolve_token().unwrap_err().to_string();
+        assert!(e.contains("FG_TEST_NO_SUCH_VAR"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check a config file and its rules without running them: exits non-zero with
+    /// the errors (`file:line:col: message` for rules).
+    Validate {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Check or test SQL rule files offline.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -74,33 +81,48 @@ enum RulesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     match cli.command {
         // The gateway reports through its log (text or JSON, as configured).
-        Command::Run { config } => match run(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                ExitCode::FAILURE
+        Command::Run { config } => {
+            let cfg = match &config {
+                Some(path) => config::Config::load(path),
+                None => config::Config::embedded(),
+            };
+            let level = cfg.as_ref().map_or("info", |c| c.log.level.as_str());
+            init_logging(cli.log_format, level);
+            match cfg.and_then(run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
+        Command::Validate { config } => {
+            init_logging(cli.log_format, "warn");
+            exit_code(validate(&config))
+        }
         // The rule author's tools talk to a terminal or a CI log.
-        Command::Rules(cmd) => match rules(cmd) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("fieldgate: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Rules(cmd) => {
+            init_logging(cli.log_format, "warn");
+            exit_code(rules(cmd))
+        }
     }
 }
 
-fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg = match &config {
-        Some(path) => config::Config::load(path)?,
-        None => config::Config::embedded()?,
-    };
+/// The exit code of a checking command: its error goes to stderr.
+fn exit_code(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("fieldgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cfg: config::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fieldgate")
@@ -109,6 +131,50 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     // Listener and router threads of the broker do not stop on their own.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     Ok(())
+}
+
+/// `fieldgate validate`: the config, then its rules against its sinks and Modbus groups.
+fn validate(path: &std::path::Path) -> anyhow::Result<bool> {
+    let cfg = config::Config::load(path)?;
+    if !cfg.rules_dir.is_dir() {
+        anyhow::bail!(
+            "{}: key `rules_dir`: {} is not a directory",
+            path.display(),
+            cfg.rules_dir.display()
+        );
+    }
+    cfg.admin.token_env.iter().for_each(|var| {
+        if std::env::var_os(var).is_none() {
+            eprintln!(
+                "note: `admin.token_env` names `{var}`, which is not set here; `run` needs it"
+            );
+        }
+    });
+    let groups = modbus_groups(&cfg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ok = runtime.block_on(rules_cli::check(
+        std::slice::from_ref(&cfg.rules_dir),
+        |s| cfg.sinks.contains_key(s),
+        Some(&groups),
+    ))?;
+    if ok {
+        println!(
+            "ok: config {} ({} sinks, {} Modbus devices)",
+            path.display(),
+            cfg.sinks.len(),
+            cfg.modbus.devices.len()
+        );
+    }
+    Ok(ok)
+}
+
+/// The poll groups a config's Modbus devices define.
+fn modbus_groups(cfg: &config::Config) -> anyhow::Result<ingest::modbus::Groups> {
+    let pollers = fieldgate_connectors::source::modbus::pollers(&cfg.modbus.source())?;
+    let pollers: Vec<_> = pollers.into_iter().map(std::sync::Arc::new).collect();
+    Ok(ingest::modbus::Groups::of(&pollers))
 }
 
 fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
@@ -149,10 +215,15 @@ fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs at `level` (a level or filter, as `[log] level` says) unless `RUST_LOG` is set.
+fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttd::router::routing=off"));
+    // rumqttd reports every client that goes away at error level; keep it to warnings.
+    let quiet_broker = "rumqttd=warn,rumqttd::router::routing=off";
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::try_new(format!("{level},{quiet_broker}"))
+            .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet_broker}")))
+    });
     // Colours only on a terminal: files and container logs get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

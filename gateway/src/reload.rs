@@ -11,18 +11,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use fieldgate_rules::{ReloadPlan, RuleSet, StreamChange, StreamPipeline, plan_reload, rule_files};
+use fieldgate_rules::{
+    ReloadPlan, Rule, RuleCounters, RuleSet, RuleSlot, StreamChange, StreamPipeline, plan_reload,
+    rule_files,
+};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::admin::ops::{ReloadReport, RuleView, RulesView, StreamView};
 use crate::ingest::modbus::Groups;
 use crate::ingest::{Input, Route};
 use crate::pipeline::{self, Control, StreamCounters};
@@ -49,6 +53,7 @@ pub struct ReloadCounters {
 
 /// One running stream task.
 struct StreamTask {
+    counters: Arc<StreamCounters>,
     tx: mpsc::Sender<Input>,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
@@ -67,6 +72,8 @@ pub struct LiveRules {
     retired: Vec<JoinHandle<()>>,
     routes: watch::Sender<Vec<Route>>,
     pub counters: Arc<ReloadCounters>,
+    /// What runs, for the operations surface.
+    pub view: Arc<RwLock<RulesView>>,
 }
 
 impl LiveRules {
@@ -90,6 +97,7 @@ impl LiveRules {
             retired: Vec::new(),
             routes,
             counters: Arc::default(),
+            view: Arc::default(),
         };
         let plan = live.plan().await;
         for e in &plan.errors {
@@ -113,19 +121,23 @@ impl LiveRules {
         plan_reload(&self.running, loaded, errors, |s| self.sinks.contains(s)).await
     }
 
-    /// Reads the rule files again and applies what changed.
-    pub async fn reload(&mut self, trigger: &str) {
+    /// Reads the rule files again and applies what changed; returns what it did.
+    pub async fn reload(&mut self, trigger: &str) -> ReloadReport {
         // Without a listing nothing can be compared; everything keeps running.
         if let Err(e) = rule_files(std::slice::from_ref(&self.dir)) {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%trigger, error = %e, "rules not reloaded; the running rules stay");
-            return;
+            return ReloadReport::from_summary(vec![e.to_string()], &Default::default());
         }
         let plan = self.plan().await;
         for e in &plan.errors {
             tracing::error!(error = %e, "rule file error");
         }
+        let report = ReloadReport::from_summary(
+            plan.errors.iter().map(|e| e.to_string()).collect(),
+            &plan.summary,
+        );
         let s = plan.summary.clone();
         let errors = plan.errors.len();
         let changed = s.changes_anything();
@@ -174,10 +186,31 @@ impl LiveRules {
         } else {
             tracing::info!(%trigger, reload = reloads, "rules reloaded; nothing changed");
         }
+        report
     }
 
     async fn apply(&mut self, plan: ReloadPlan) {
         self.retired.retain(|t| !t.is_finished());
+        // Handles of newly planned rules, taken before the rules move into their tasks.
+        let mut fresh: HashMap<String, (Arc<RuleCounters>, Arc<AtomicBool>)> = HashMap::new();
+        for change in &plan.streams {
+            let new_rules: Vec<&Rule> = match change {
+                StreamChange::Update { rules, .. } => rules
+                    .iter()
+                    .filter_map(|slot| match slot {
+                        RuleSlot::New(rule) => Some(&**rule),
+                        RuleSlot::Keep(_) => None,
+                    })
+                    .collect(),
+                StreamChange::Start { pipeline, .. } => pipeline.rules.iter().collect(),
+            };
+            for rule in new_rules {
+                fresh.insert(
+                    rule.name().to_string(),
+                    (rule.counters.clone(), rule.paused.clone()),
+                );
+            }
+        }
         for name in &plan.removed_streams {
             if let Some(old) = self.streams.remove(name) {
                 tracing::info!(stream = %name, "stream removed; its task stops after what it was sent");
@@ -216,6 +249,7 @@ impl LiveRules {
             }
         }
         self.running = plan.running;
+        self.update_view(fresh);
         let routes = self
             .running
             .streams
@@ -232,6 +266,45 @@ impl LiveRules {
         self.routes.send_replace(routes);
     }
 
+    /// Rebuilds the view of what runs: kept rules keep their handles.
+    fn update_view(&self, mut fresh: HashMap<String, (Arc<RuleCounters>, Arc<AtomicBool>)>) {
+        let Ok(mut view) = self.view.write() else {
+            return;
+        };
+        let old = view.by_name();
+        view.rules = self
+            .running
+            .rules
+            .iter()
+            .filter_map(|def| {
+                let (counters, paused) = fresh.remove(&def.name).or_else(|| {
+                    old.get(&def.name)
+                        .map(|r| (r.counters.clone(), r.paused.clone()))
+                })?;
+                Some(RuleView {
+                    name: def.name.clone(),
+                    stream: def.stream.clone(),
+                    sinks: def.sinks.clone(),
+                    file: def.file.display().to_string(),
+                    counters,
+                    paused,
+                })
+            })
+            .collect();
+        view.streams = self
+            .running
+            .streams
+            .iter()
+            .filter_map(|s| {
+                self.streams.get(&s.name).map(|t| StreamView {
+                    name: s.name.clone(),
+                    source: s.source.to_string(),
+                    counters: t.counters.clone(),
+                })
+            })
+            .collect();
+    }
+
     fn spawn(&self, p: StreamPipeline) -> StreamTask {
         let (tx, rx) = mpsc::channel(STREAM_CHANNEL_BATCHES);
         let (control, control_rx) = mpsc::channel(4);
@@ -241,9 +314,14 @@ impl LiveRules {
             rx,
             control_rx,
             self.queues.clone(),
-            counters,
+            counters.clone(),
         ));
-        StreamTask { tx, control, task }
+        StreamTask {
+            counters,
+            tx,
+            control,
+            task,
+        }
     }
 
     /// Stops every stream task once ingest has stopped: each processes what it was sent
@@ -272,6 +350,8 @@ impl LiveRules {
 /// before the gateway reports ready, so no change or signal after that is missed.
 pub struct Triggers {
     files: mpsc::Receiver<()>,
+    /// Reloads asked for through the admin API, each with where to send the report.
+    requests: mpsc::Receiver<oneshot::Sender<ReloadReport>>,
     /// Kept alive for as long as events are wanted.
     _watcher: Option<notify::RecommendedWatcher>,
     hangup: Signal,
@@ -279,8 +359,12 @@ pub struct Triggers {
 
 impl Triggers {
     /// Watches `dir` (not recursively) and SIGHUP. A directory that cannot be watched
-    /// is logged; SIGHUP still reloads.
-    pub fn start(dir: &Path) -> anyhow::Result<Triggers> {
+    /// is logged; SIGHUP still reloads. Also returns the sender for reloads asked for
+    /// through the admin API.
+    pub fn start(
+        dir: &Path,
+    ) -> anyhow::Result<(Triggers, mpsc::Sender<oneshot::Sender<ReloadReport>>)> {
+        let (ask, requests) = mpsc::channel(4);
         let hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let (tx, files) = mpsc::channel(1);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -302,11 +386,15 @@ impl Triggers {
                 None
             }
         };
-        Ok(Triggers {
-            files,
-            _watcher: watcher,
-            hangup,
-        })
+        Ok((
+            Triggers {
+                files,
+                requests,
+                _watcher: watcher,
+                hangup,
+            },
+            ask,
+        ))
     }
 
     /// Reloads `rules` on every trigger until `stop` turns true; then hands them back.
@@ -317,7 +405,12 @@ impl Triggers {
                     settle(&mut self.files).await;
                     rules.reload("file change").await;
                 }
-                _ = self.hangup.recv() => rules.reload("SIGHUP").await,
+                _ = self.hangup.recv() => {
+                    rules.reload("SIGHUP").await;
+                }
+                Some(reply) = self.requests.recv() => {
+                    let _ = reply.send(rules.reload("admin API").await);
+                }
                 _ = crate::stopped(&mut stop) => break,
             }
         }

@@ -6,6 +6,8 @@
 //! sent again: delivery is at least once, in queue order.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use fieldgate_connectors::sink::{Sink, SinkError, SinkEvent};
@@ -19,11 +21,23 @@ const READ_BATCH: usize = 512;
 /// Delay before retrying a sink whose send failed while it claimed to be ready.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// What an uplink counts, for the operations surface.
+#[derive(Debug, Default)]
+pub struct UplinkCounters {
+    /// Results the sink confirmed (and the queue deleted).
+    pub delivered: AtomicU64,
+    /// Failed sends and lost connections, each followed by a retry.
+    pub retries: AtomicU64,
+    /// Whether the sink is reachable and sending.
+    pub up: AtomicBool,
+}
+
 /// Runs until `stop` turns true and then until the queue is delivered or `drain` passed.
 pub async fn run<S: Sink>(
     name: String,
     mut sink: S,
     queue: Queue,
+    counters: Arc<UplinkCounters>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -56,7 +70,9 @@ pub async fn run<S: Sink>(
                     Err(e) => {
                         ready = false;
                         in_flight.clear();
+                        counters.up.store(false, Ordering::Relaxed);
                         if !matches!(e, SinkError::NotConnected) {
+                            counters.retries.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(sink = %name, error = %e, "send failed; retrying");
                             retry_at = Some(Instant::now() + RETRY_DELAY);
                         }
@@ -74,6 +90,7 @@ pub async fn run<S: Sink>(
                     tracing::debug!(sink = %name, "sink ready; sending from the oldest queued entry");
                     last_down = None;
                     ready = true;
+                    counters.up.store(true, Ordering::Relaxed);
                     cursor = 0;
                     in_flight.clear();
                 }
@@ -81,6 +98,9 @@ pub async fn run<S: Sink>(
                     for s in &seqs {
                         in_flight.remove(s);
                     }
+                    counters
+                        .delivered
+                        .fetch_add(seqs.len() as u64, Ordering::Relaxed);
                     if let Err(e) = queue.remove(seqs).await {
                         tracing::error!(sink = %name, error = %e, "cannot delete delivered entries");
                     }
@@ -91,6 +111,8 @@ pub async fn run<S: Sink>(
                     }
                     last_down = Some(reason);
                     ready = false;
+                    counters.up.store(false, Ordering::Relaxed);
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
                     in_flight.clear();
                 }
             },

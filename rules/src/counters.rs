@@ -19,6 +19,8 @@ pub struct RuleCounters {
     pub batches: AtomicU64,
     /// Time the rule took per micro-batch.
     pub latency: LatencyHistogram,
+    /// Why the rule stopped for good (a panic in its execution), once it did.
+    pub failure: std::sync::OnceLock<String>,
 }
 
 /// Upper bounds of the latency buckets, in microseconds (Prometheus `le` values).

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt32Array};
@@ -105,6 +105,8 @@ pub struct Rule {
     windowed: Option<Windowed>,
     /// Set when a panic stopped the rule.
     stopped: Option<String>,
+    /// While set, the rule is offered no rows and closes no windows; its state waits.
+    pub paused: Arc<AtomicBool>,
 }
 
 /// How a windowed rule holds its open windows.
@@ -262,6 +264,7 @@ impl Rule {
             query,
             windowed,
             stopped: None,
+            paused: Arc::default(),
         })
     }
 
@@ -443,11 +446,17 @@ impl Rule {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let _ = self.counters.failure.set(message.clone());
         self.stopped = Some(message.clone());
         ExecError::Stopped {
             rule: self.name.to_string(),
             message,
         }
+    }
+
+    /// Whether the rule is paused (see [`Rule::paused`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     /// Why the rule stopped, if a panic stopped it.
@@ -471,7 +480,7 @@ async fn close_guarded(
     outputs: &mut Vec<RuleOutput>,
     errors: &mut Vec<ExecError>,
 ) {
-    if rule.stopped.is_some() {
+    if rule.stopped.is_some() || rule.is_paused() {
         return;
     }
     match AssertUnwindSafe(rule.close(watermark)).catch_unwind().await {
@@ -530,7 +539,7 @@ impl StreamPipeline {
         let mut errors = Vec::new();
         for rule in &mut self.rules {
             let started = Instant::now();
-            if rule.stopped.is_some() {
+            if rule.stopped.is_some() || rule.is_paused() {
                 continue;
             }
             match AssertUnwindSafe(rule.push(batch, &self.watermark, now))

@@ -184,6 +184,16 @@ pub struct GatewaySetup {
 impl GatewaySetup {
     /// Writes a config whose sinks are `sinks_toml` and rules are `rules_sql`.
     pub fn new(dir: &Path, sinks_toml: &str, rules_sql: &str) -> GatewaySetup {
+        Self::with_admin(dir, "", sinks_toml, rules_sql)
+    }
+
+    /// Like [`GatewaySetup::new`], with more keys (`admin_toml`) in the `[admin]` table.
+    pub fn with_admin(
+        dir: &Path,
+        admin_toml: &str,
+        sinks_toml: &str,
+        rules_sql: &str,
+    ) -> GatewaySetup {
         let s = GatewaySetup {
             dir: dir.to_path_buf(),
             mqtt_port: free_port(),
@@ -197,7 +207,7 @@ impl GatewaySetup {
             format!(
                 "gateway_id = \"gw-test\"\ndata_dir = \"data\"\nrules_dir = \"rules\"\n\
                  [broker]\nlisten = \"127.0.0.1:{}\"\nlisten_v5 = \"127.0.0.1:{}\"\n\
-                 [admin]\nlisten = \"127.0.0.1:{}\"\n[ingest]\nbatch_delay = \"5ms\"\n\
+                 [admin]\nlisten = \"127.0.0.1:{}\"\n{admin_toml}\n[ingest]\nbatch_delay = \"5ms\"\n\
                  [queue]\ndrain_timeout = \"1s\"\n{sinks_toml}",
                 s.mqtt_port, s.mqtt5_port, s.admin_port
             ),
@@ -330,6 +340,53 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One HTTP/1.1 request on loopback, with `Authorization: Bearer <token>` when given:
+/// its status and body. Panics when nothing answers.
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin endpoint answers");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("response read");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {buf}"));
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// The samples of a `/metrics` scrape: `name{labels}` (as exposed) to value.
+pub fn scrape(port: u16, token: Option<&str>) -> HashMap<String, f64> {
+    let (status, body) = http(port, "GET", "/metrics", token);
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not a sample line: {l}"));
+            let v = match v {
+                "+Inf" => f64::INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad value in {l}: {e}")),
+            };
+            (k.to_string(), v)
+        })
+        .collect()
 }
 
 /// Publishes with QoS 1 over TCP and returns once every publish was acknowledged.

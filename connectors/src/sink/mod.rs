@@ -11,6 +11,7 @@ pub mod http;
 pub mod modbus;
 pub mod mqtt;
 pub mod republish;
+pub mod secret;
 pub mod topic;
 
 use std::future::Future;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sink::secret::Secret;
+
 /// How a batch is written in the request body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,7 +32,7 @@ pub struct HttpSinkConfig {
     pub gzip: bool,
     /// Value of the `Authorization` header, e.g. `"Bearer abc"`.
     #[serde(default)]
-    pub auth: Option<String>,
+    pub auth: Option<Secret>,
     /// Name of an environment variable holding the `Authorization` value instead.
     #[serde(default)]
     pub auth_env: Option<String>,

@@ -49,7 +49,7 @@ impl HttpSink {
     /// A sink for `cfg`; fails when `auth_env` names a variable that is not set.
     pub fn new(name: &str, cfg: &HttpSinkConfig, ids: MessageIds) -> Result<Self, SinkError> {
         let auth = match (&cfg.auth, &cfg.auth_env) {
-            (Some(a), _) => Some(a.clone()),
+            (Some(a), _) => Some(a.expose().to_string()),
             (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
                 SinkError::Config(format!(
                     "environment variable `{var}` (auth_env) is not set"

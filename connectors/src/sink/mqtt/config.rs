@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::MqttTlsConfig;
+use crate::sink::secret::Secret;
 
 /// `[sinks.NAME]` with `type = "mqtt"`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -27,7 +28,7 @@ pub struct MqttSinkConfig {
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Publishes sent and not yet acknowledged, at most.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: u16,

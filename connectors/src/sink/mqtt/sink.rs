@@ -91,7 +91,10 @@ impl MqttSink {
             )));
         }
         if let Some(user) = &cfg.username {
-            opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+            opts.set_credentials(
+                user.clone(),
+                cfg.password.as_ref().map_or("", |p| p.expose()),
+            );
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(connection(

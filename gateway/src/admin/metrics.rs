@@ -1,0 +1,467 @@
+//! `/metrics`: every counter of the running gateway in the Prometheus text format, read
+//! at scrape time from the parts that keep them (nothing is copied in between).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fieldgate_connectors::source::modbus::DevicePoller;
+use fieldgate_rules::LatencySnapshot;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::ops::{Ops, Running, SinkExtra};
+
+/// Label pairs of one sample.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// The Prometheus text of everything `ops` can see.
+pub fn render(ops: Arc<Ops>) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(OpsCollector(ops)));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct OpsCollector(Arc<Ops>);
+
+impl Collector for OpsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut e,
+            "fieldgate_build_info",
+            "The running build: 1, with its version as a label.",
+            [(vec![("version", env!("CARGO_PKG_VERSION"))], 1)],
+        )?;
+        gauge(
+            &mut e,
+            "fieldgate_ready",
+            "1 once the broker listens, the rules are loaded and the queues are open.",
+            [(vec![], i64::from(self.0.is_ready()))],
+        )?;
+        process(&mut e)?;
+        if let Some(r) = self.0.running.get() {
+            ingest(&mut e, r)?;
+            rules(&mut e, r)?;
+            sinks(&mut e, r)?;
+            modbus(&mut e, r)?;
+        }
+        Ok(())
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn counter<'a>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    // The encoder appends `_total` to counters.
+    let base = name.strip_suffix("_total").unwrap_or(name);
+    let mut m = e.encode_descriptor(base, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<'a, V>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, V)>,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<V>: EncodeMetric,
+{
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A histogram from cumulative `(upper bound, count)` pairs, a count and a sum.
+fn histogram<'a>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, f64, u64, Vec<(f64, u64)>)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, sum, count, cumulative) in samples {
+        // The encoder takes counts per bucket and adds them up itself.
+        let mut previous = 0;
+        let buckets: Vec<(f64, u64)> = cumulative
+            .into_iter()
+            .map(|(bound, c)| {
+                let here = c.saturating_sub(previous);
+                previous = c;
+                (bound, here)
+            })
+            .collect();
+        m.encode_family(&labels)?
+            .encode_histogram::<Labels>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+fn latency_seconds(s: &LatencySnapshot) -> (f64, u64, Vec<(f64, u64)>) {
+    let buckets = s
+        .cumulative
+        .iter()
+        .map(|(us, c)| (*us as f64 / 1e6, *c))
+        .collect();
+    (s.sum_ns as f64 / 1e9, s.count, buckets)
+}
+
+fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> {
+    counter(
+        e,
+        "fieldgate_mqtt_messages_received_total",
+        "Messages the embedded broker forwarded to the gateway's streams.",
+        [(vec![], load(&r.mqtt.messages))],
+    )?;
+    counter(
+        e,
+        "fieldgate_mqtt_messages_unrouted_total",
+        "Messages whose topic matched no stream.",
+        [(vec![], load(&r.mqtt.unrouted))],
+    )?;
+    gauge(
+        e,
+        "fieldgate_broker_connections",
+        "MQTT connections open on the embedded broker.",
+        [(vec![], r.broker.connections.load(Ordering::Relaxed))],
+    )?;
+    counter(
+        e,
+        "fieldgate_broker_connections_accepted_total",
+        "MQTT connections the embedded broker accepted (CONNECT received).",
+        [(vec![], load(&r.broker.accepted))],
+    )?;
+    let view = r.rules.read().map_err(|_| std::fmt::Error)?;
+    counter(
+        e,
+        "fieldgate_stream_rows_total",
+        "Rows decoded (MQTT) or received (Modbus) per stream.",
+        view.streams
+            .iter()
+            .map(|s| (vec![("stream", s.name.as_str())], load(&s.counters.rows))),
+    )?;
+    counter(
+        e,
+        "fieldgate_stream_decode_errors_total",
+        "Payloads that did not fit the stream's columns.",
+        view.streams.iter().map(|s| {
+            (
+                vec![("stream", s.name.as_str())],
+                load(&s.counters.decode_errors),
+            )
+        }),
+    )?;
+    Ok(())
+}
+
+fn rules(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> {
+    let view = r.rules.read().map_err(|_| std::fmt::Error)?;
+    let each = |f: &dyn Fn(&fieldgate_rules::RuleCounters) -> u64| {
+        view.rules
+            .iter()
+            .map(|rule| {
+                (
+                    vec![
+                        ("rule", rule.name.as_str()),
+                        ("stream", rule.stream.as_str()),
+                    ],
+                    f(&rule.counters),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    counter(
+        e,
+        "fieldgate_rule_records_in_total",
+        "Rows offered to the rule.",
+        each(&|c| load(&c.records_in)),
+    )?;
+    counter(
+        e,
+        "fieldgate_rule_records_out_total",
+        "Result rows the rule produced.",
+        each(&|c| load(&c.records_out)),
+    )?;
+    counter(
+        e,
+        "fieldgate_rule_late_records_total",
+        "Rows that arrived after their window was complete.",
+        each(&|c| load(&c.late)),
+    )?;
+    counter(
+        e,
+        "fieldgate_rule_errors_total",
+        "Rows without an event time and failed executions.",
+        each(&|c| load(&c.errors)),
+    )?;
+    gauge(
+        e,
+        "fieldgate_rule_running",
+        "1 while the rule runs; 0 when stopped through the API or failed.",
+        view.rules.iter().map(|rule| {
+            (
+                vec![
+                    ("rule", rule.name.as_str()),
+                    ("stream", rule.stream.as_str()),
+                ],
+                i64::from(rule.status() == "running"),
+            )
+        }),
+    )?;
+    histogram(
+        e,
+        "fieldgate_rule_batch_duration_seconds",
+        "Time the rule took per micro-batch.",
+        view.rules.iter().map(|rule| {
+            let (sum, count, buckets) = latency_seconds(&rule.counters.latency.snapshot());
+            (
+                vec![
+                    ("rule", rule.name.as_str()),
+                    ("stream", rule.stream.as_str()),
+                ],
+                sum,
+                count,
+                buckets,
+            )
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_rules_reloads_total",
+        "Rule reloads, by whether they found errors in the rule files.",
+        [
+            (vec![("result", "ok")], load(&r.reloads.succeeded)),
+            (vec![("result", "error")], load(&r.reloads.failed)),
+        ],
+    )?;
+    Ok(())
+}
+
+fn sinks(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> {
+    fn sink(s: &super::ops::SinkView) -> Labels<'_> {
+        vec![("sink", s.name.as_str())]
+    }
+    let stats: Vec<_> = r.sinks.iter().map(|s| s.queue.stats().clone()).collect();
+    gauge(
+        e,
+        "fieldgate_queue_entries",
+        "Results waiting in the sink's durable queue.",
+        r.sinks
+            .iter()
+            .zip(&stats)
+            .map(|(s, st)| (sink(s), load(&st.entries) as i64)),
+    )?;
+    gauge(
+        e,
+        "fieldgate_queue_bytes",
+        "Bytes of the results waiting in the queue.",
+        r.sinks
+            .iter()
+            .zip(&stats)
+            .map(|(s, st)| (sink(s), load(&st.bytes) as i64)),
+    )?;
+    gauge(
+        e,
+        "fieldgate_queue_file_bytes",
+        "Size of the queue's file on disk.",
+        r.sinks
+            .iter()
+            .map(|s| (sink(s), s.queue.file_bytes() as i64)),
+    )?;
+    gauge(
+        e,
+        "fieldgate_queue_oldest_age_seconds",
+        "Age of the oldest result waiting in the queue; 0 when empty.",
+        r.sinks.iter().map(|s| {
+            let age = s.queue.oldest_age().ok().flatten().unwrap_or_default();
+            (sink(s), age.as_secs_f64())
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_queue_dropped_total",
+        "Results the queue dropped or refused, by reason.",
+        r.sinks.iter().zip(&stats).flat_map(|(s, st)| {
+            [
+                ("oldest", load(&st.dropped_oldest)),
+                ("rejected", load(&st.rejected)),
+                ("expired", load(&st.expired)),
+            ]
+            .map(|(reason, v)| (vec![("sink", s.name.as_str()), ("reason", reason)], v))
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_sink_delivered_total",
+        "Results the sink's destination confirmed.",
+        r.sinks.iter().map(|s| (sink(s), load(&s.uplink.delivered))),
+    )?;
+    counter(
+        e,
+        "fieldgate_sink_retries_total",
+        "Failed sends and lost connections, each followed by a retry.",
+        r.sinks.iter().map(|s| (sink(s), load(&s.uplink.retries))),
+    )?;
+    gauge(
+        e,
+        "fieldgate_sink_up",
+        "1 while the sink's destination is reachable.",
+        r.sinks
+            .iter()
+            .map(|s| (sink(s), i64::from(s.uplink.up.load(Ordering::Relaxed)))),
+    )?;
+    counter(
+        e,
+        "fieldgate_sink_dropped_total",
+        "Results a sink gave up on, by reason: refused by an HTTP receiver (dead_letter), \
+         not writable to a Modbus device (refused), or answered with a Modbus exception.",
+        r.sinks.iter().flat_map(|s| {
+            let by_reason: Vec<(&'static str, u64)> = match &s.extra {
+                SinkExtra::None => vec![],
+                SinkExtra::Http(h) => vec![("dead_letter", load(&h.dead_lettered))],
+                SinkExtra::Modbus(m) => vec![
+                    ("refused", load(&m.refused)),
+                    ("device_exception", load(&m.failed)),
+                ],
+            };
+            by_reason
+                .into_iter()
+                .map(|(reason, v)| (vec![("sink", s.name.as_str()), ("reason", reason)], v))
+        }),
+    )?;
+    Ok(())
+}
+
+fn modbus(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> {
+    counter(
+        e,
+        "fieldgate_modbus_rows_total",
+        "Poll rows from all Modbus devices.",
+        [(vec![], load(&r.modbus.rows))],
+    )?;
+    fn dev(p: &DevicePoller) -> Labels<'_> {
+        vec![("device", p.name())]
+    }
+    counter(
+        e,
+        "fieldgate_modbus_polls_total",
+        "Poll cycles, one row each.",
+        r.devices
+            .iter()
+            .map(|p| (dev(p), load(&p.counters().polls))),
+    )?;
+    counter(
+        e,
+        "fieldgate_modbus_requests_total",
+        "Requests sent, retries included.",
+        r.devices
+            .iter()
+            .map(|p| (dev(p), load(&p.counters().requests))),
+    )?;
+    counter(
+        e,
+        "fieldgate_modbus_errors_total",
+        "Failed requests by kind.",
+        r.devices.iter().flat_map(|p| {
+            let c = p.counters();
+            [
+                ("timeout", load(&c.errors_timeout)),
+                ("exception", load(&c.errors_exception)),
+                ("bad_frame", load(&c.errors_frame)),
+                ("io", load(&c.errors_io)),
+            ]
+            .map(|(kind, v)| (vec![("device", p.name()), ("kind", kind)], v))
+        }),
+    )?;
+    histogram(
+        e,
+        "fieldgate_modbus_request_duration_seconds",
+        "Round trips of answered requests.",
+        r.devices.iter().map(|p| {
+            let c = p.counters();
+            let count = load(&c.latency_count);
+            (dev(p), load(&c.latency_us_sum) as f64 / 1e6, count, vec![])
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_modbus_writes_total",
+        "Tags written.",
+        r.devices
+            .iter()
+            .map(|p| (dev(p), load(&p.counters().writes))),
+    )?;
+    counter(
+        e,
+        "fieldgate_modbus_write_errors_total",
+        "Tag writes refused or failed.",
+        r.devices
+            .iter()
+            .map(|p| (dev(p), load(&p.counters().write_errors))),
+    )?;
+    gauge(
+        e,
+        "fieldgate_modbus_device_degraded",
+        "1 while the device has failed its last poll cycles.",
+        r.devices
+            .iter()
+            .map(|p| (dev(p), i64::from(p.is_degraded()))),
+    )?;
+    Ok(())
+}
+
+/// The process's resident memory and CPU time, from `/proc/self` (Linux).
+fn process(e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    // Linux's usual page size and clock tick (USER_HZ).
+    let page = 4096.0;
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|pages| pages * page);
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start at `)`.
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        });
+    if let Some(rss) = rss {
+        gauge(
+            e,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            [(vec![], rss)],
+        )?;
+    }
+    if let Some(cpu) = cpu {
+        let mut m = e.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent in seconds.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(cpu).encode(m.encode_family(&Labels::new())?)?;
+    }
+    Ok(())
+}
