@@ -441,6 +441,20 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_config_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\ngateway_id")
+            .expect("README has the example config")
+            + 8;
+        let len = readme[start..].find("```").expect("closing fence");
+        let c = Config::parse(&readme[start..start + len], "README.md", Path::new("/etc/fg"))
+            .unwrap();
+        assert_eq!(c.sinks.len(), 4);
+        assert_eq!(c.admin.token_env.as_deref(), Some("FIELDGATE_ADMIN_TOKEN"));
+    }
+
+    #[test]
     fn the_connector_reference_examples_are_valid() {
         let doc = include_str!("../../docs/connectors.md");
         let blocks: Vec<&str> = doc
