@@ -448,8 +448,12 @@ mod tests {
             .expect("README has the example config")
             + 8;
         let len = readme[start..].find("```").expect("closing fence");
-        let c = Config::parse(&readme[start..start + len], "README.md", Path::new("/etc/fg"))
-            .unwrap();
+        let c = Config::parse(
+            &readme[start..start + len],
+            "README.md",
+            Path::new("/etc/fg"),
+        )
+        .unwrap();
         assert_eq!(c.sinks.len(), 4);
         assert_eq!(c.admin.token_env.as_deref(), Some("FIELDGATE_ADMIN_TOKEN"));
     }

@@ -6,7 +6,7 @@
 //! [`pipeline`] (decoding and the SQL rules) → [`queue`] (durable, per sink) →
 //! [`uplink`] (delivery to the sinks). [`app`] wires them; [`reload`] keeps the rules
 //! live; [`config`] reads the TOML configuration; [`admin`] serves the health probes;
-//! [`rules_cli`] holds the rule author's offline tools.
+//! [`rules_cli`] holds the rule author's offline tools; [`simulate`] is a load generator.
 
 pub mod admin;
 pub mod app;
@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod reload;
 pub mod rules_cli;
+pub mod simulate;
 pub mod uplink;
 
 /// Resolves once the stop flag is set (or its sender is gone).

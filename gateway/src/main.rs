@@ -45,6 +45,42 @@ enum Command {
     /// Check or test SQL rule files offline.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Generate load: simulated sensors publishing JSON readings over MQTT.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Simulated devices, each on its own topic.
+    #[arg(long, default_value_t = 100)]
+    devices: u32,
+    /// MQTT connections the devices share.
+    #[arg(long, default_value_t = 4)]
+    connections: u32,
+    /// Messages per second in all; 0 for as fast as the broker takes them.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Stop after this many messages (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Stop after this long (`30s`, `5m`); 0 for no limit. One of the two must be set.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// MQTT QoS: 0 or 1.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Topic; `{device}` becomes the device's name (`dev-<n>`).
+    #[arg(long, default_value = "sensors/{device}/telemetry")]
+    topic: String,
+    /// Extra numeric fields per payload (`f0`, `f1`, ...), for larger messages.
+    #[arg(long, default_value_t = 0)]
+    fields: u32,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -107,7 +143,48 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, "warn");
             exit_code(rules(cmd))
         }
+        Command::Simulate(args) => {
+            init_logging(cli.log_format, "warn");
+            exit_code(simulate(args).map(|()| true))
+        }
     }
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let (host, port) = args
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("--broker {:?} is not host:port", args.broker))?;
+    let opts = fieldgate::simulate::Options {
+        host,
+        port,
+        devices: args.devices,
+        connections: args.connections,
+        rate: args.rate,
+        count: args.count,
+        duration: args.duration,
+        qos: if args.qos == 1 {
+            rumqttc::QoS::AtLeastOnce
+        } else {
+            rumqttc::QoS::AtMostOnce
+        },
+        topic: args.topic,
+        fields: args.fields,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(fieldgate::simulate::run(opts))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "sent {} messages ({} acknowledged) in {:.2} s: {:.0} msgs/s",
+            report.sent, report.acknowledged, report.seconds, report.rate
+        );
+    }
+    Ok(())
 }
 
 /// The exit code of a checking command: its error goes to stderr.
