@@ -274,14 +274,17 @@ def lay_out_pod_files(docs: list, tmp: pathlib.Path) -> pathlib.Path:
     """Writes the ConfigMaps' files where the pod sees them, under tmp, and returns the
     config file; the config's absolute pod paths are moved under tmp too."""
     config_mount, config_cm, _, rules_cm = mounted_configmaps(docs)
+    return lay_out_files(config_cm["data"][config_mount["subPath"]], rules_cm["data"], tmp)
+
+
+def lay_out_files(config_text: str, rules: dict, tmp: pathlib.Path) -> pathlib.Path:
     etc = tmp / "etc" / "fieldgate"
     data = tmp / "var" / "lib" / "fieldgate"
     (etc / "rules").mkdir(parents=True)
     data.mkdir(parents=True)
-    for name, text in rules_cm["data"].items():
+    for name, text in rules.items():
         (etc / "rules" / name).write_text(text)
-    text = config_cm["data"][config_mount["subPath"]]
-    text = text.replace(RULES_PATH, str(etc / "rules")).replace(DATA_PATH, str(data))
+    text = config_text.replace(RULES_PATH, str(etc / "rules")).replace(DATA_PATH, str(data))
     config = etc / "fieldgate.toml"
     config.write_text(text)
     return config
@@ -424,6 +427,19 @@ def test_overlay_validates(overlay, tmp_path):
     )
     assert out.returncode == 0, f"{name}: validate failed:\n{out.stdout}{out.stderr}"
     assert out.stdout.startswith("ok"), out.stdout
+
+
+def test_base_config_validates(tmp_path):
+    """The base's config and rules, which the image also carries: `fieldgate validate`."""
+    docs = render(K8S / "base")
+    config_cm = next(d for d in docs if d["kind"] == "ConfigMap" and unhash(d["metadata"]["name"]) == "fieldgate-config")
+    rules_cm = one(docs, "ConfigMap", "fieldgate-rules")
+    config = lay_out_files(config_cm["data"]["fieldgate.toml"], rules_cm["data"], tmp_path)
+    out = subprocess.run(
+        [str(binary()), "validate", "--config", str(config)],
+        capture_output=True, text=True, env=env_for(config.read_text()), timeout=120,
+    )
+    assert out.returncode == 0, f"base: validate failed:\n{out.stdout}{out.stderr}"
 
 
 @pytest.mark.parametrize("name", ["base"] + OVERLAYS)
