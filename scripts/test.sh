@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs fieldgate's whole test suite on a fresh machine: installs what the tests need
-# when it is missing (mosquitto and socat from Debian; paho-mqtt, pytest and pymodbus from
-# PyPI), builds the gateway once in the debug profile, then runs the Rust tests and the
+# when it is missing (mosquitto and socat from Debian; paho-mqtt, pytest, pymodbus and PyYAML
+# from PyPI), builds the gateway once in the debug profile, then runs the Rust tests and the
 # Python client tests against that binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,12 @@ fi
 if ! python3 -c 'import paho.mqtt.client, pytest' >/dev/null 2>&1; then
   echo "installing paho-mqtt and pytest"
   python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3' 'pytest>=8'
+fi
+# The deployment tests read the Kubernetes manifests and render them with `kubectl
+# kustomize` when kubectl is installed, with PyYAML alone otherwise.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+  echo "installing PyYAML"
+  python3 -m pip install --quiet --disable-pip-version-check 'PyYAML>=6,<7'
 fi
 # The Modbus tests use pymodbus's SimDevice simulator (new in 3.16) and its serial server
 # (pyserial, the `serial` extra).

@@ -1,0 +1,655 @@
+"""The deployment files: the container image's Dockerfile, the Kubernetes base and overlays
+under deploy/k8s/, and the Grafana dashboard under deploy/grafana/.
+
+- every overlay renders (`kubectl kustomize`, or, without kubectl, the same files read
+  with PyYAML and merged the way kustomize merges them), and its pod keeps the contract
+  the gateway and the docs rely on: probes, security context, resources, the rules
+  mounted as a directory, the admin token from a Secret;
+- the config and rules an overlay puts in its ConfigMaps, laid out as the pod mounts
+  them, pass `fieldgate rules check` and `fieldgate validate`;
+- the overlays' rules and configs are the ones in configs/;
+- every metric the dashboard queries is one the gateway exports (CONTRACT_METRICS).
+  `dashboard_metric_names()` is meant to be reused by a test that scrapes /metrics.
+"""
+
+import copy
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tomllib
+
+import pytest
+
+from conftest import ROOT, binary
+
+try:
+    import yaml
+except ImportError:  # scripts/test.sh installs PyYAML
+    yaml = None
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ["factory", "smart-city"]
+DASHBOARD = ROOT / "deploy" / "grafana" / "fieldgate.json"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+
+NAMESPACE = "fieldgate"
+CONFIG_PATH = "/etc/fieldgate/fieldgate.toml"
+RULES_PATH = "/etc/fieldgate/rules"
+DATA_PATH = "/var/lib/fieldgate"
+RUN_ARGS = ["run", "--config", CONFIG_PATH, "--log-format", "json"]
+USER_ID = 10001
+
+# The metrics the gateway exports on /metrics, by the name of their samples (counters
+# end in _total), with their type and label names. A histogram's samples are
+# <name>_bucket{le}, <name>_sum and <name>_count.
+CONTRACT_METRICS = {
+    "fieldgate_build_info": ("gauge", {"version"}),
+    "fieldgate_mqtt_messages_received_total": ("counter", set()),
+    "fieldgate_mqtt_messages_unrouted_total": ("counter", set()),
+    "fieldgate_broker_connections": ("gauge", set()),
+    "fieldgate_broker_connections_accepted_total": ("counter", set()),
+    "fieldgate_stream_rows_total": ("counter", {"stream"}),
+    "fieldgate_stream_decode_errors_total": ("counter", {"stream"}),
+    "fieldgate_rule_records_in_total": ("counter", {"rule", "stream"}),
+    "fieldgate_rule_records_out_total": ("counter", {"rule", "stream"}),
+    "fieldgate_rule_late_records_total": ("counter", {"rule", "stream"}),
+    "fieldgate_rule_errors_total": ("counter", {"rule", "stream"}),
+    "fieldgate_rule_running": ("gauge", {"rule", "stream"}),
+    "fieldgate_rule_batch_duration_seconds": ("histogram", {"rule", "stream"}),
+    "fieldgate_rules_reloads_total": ("counter", {"result"}),
+    "fieldgate_queue_entries": ("gauge", {"sink"}),
+    "fieldgate_queue_bytes": ("gauge", {"sink"}),
+    "fieldgate_queue_file_bytes": ("gauge", {"sink"}),
+    "fieldgate_queue_oldest_age_seconds": ("gauge", {"sink"}),
+    "fieldgate_queue_dropped_total": ("counter", {"sink", "reason"}),
+    "fieldgate_sink_delivered_total": ("counter", {"sink"}),
+    "fieldgate_sink_retries_total": ("counter", {"sink"}),
+    "fieldgate_sink_up": ("gauge", {"sink"}),
+    "fieldgate_sink_dropped_total": ("counter", {"sink", "reason"}),
+    "fieldgate_modbus_polls_total": ("counter", {"device"}),
+    "fieldgate_modbus_requests_total": ("counter", {"device"}),
+    "fieldgate_modbus_errors_total": ("counter", {"device", "kind"}),
+    "fieldgate_modbus_request_duration_seconds": ("histogram", {"device"}),
+    "fieldgate_modbus_writes_total": ("counter", {"device"}),
+    "fieldgate_modbus_write_errors_total": ("counter", {"device"}),
+    "fieldgate_modbus_device_degraded": ("gauge", {"device"}),
+    "fieldgate_modbus_rows_total": ("counter", set()),
+    "process_resident_memory_bytes": ("gauge", set()),
+    "process_cpu_seconds_total": ("counter", set()),
+}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# Labels Prometheus adds to every scraped series (target and Kubernetes discovery labels).
+TARGET_LABELS = {"instance", "job", "namespace", "pod", "node", "service", "container", "endpoint"}
+
+# What the dashboard must show (the metric families behind each required panel).
+DASHBOARD_REQUIRED = {
+    "fieldgate_mqtt_messages_received_total",
+    "fieldgate_rule_records_in_total",
+    "fieldgate_rule_records_out_total",
+    "fieldgate_rule_batch_duration_seconds",
+    "fieldgate_queue_entries",
+    "fieldgate_queue_oldest_age_seconds",
+    "fieldgate_queue_dropped_total",
+    "fieldgate_sink_dropped_total",
+    "fieldgate_sink_delivered_total",
+    "fieldgate_sink_up",
+    "fieldgate_modbus_polls_total",
+    "fieldgate_modbus_errors_total",
+    "fieldgate_modbus_request_duration_seconds",
+    "fieldgate_modbus_device_degraded",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+}
+
+
+def need_yaml():
+    if yaml is None:
+        pytest.fail("PyYAML is missing: `python3 -m pip install pyyaml` (scripts/test.sh installs it)")
+    return yaml
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering: kubectl kustomize, or the same merge done here when kubectl is not installed.
+
+
+def render(directory: pathlib.Path) -> list:
+    """The resources a kustomization renders to."""
+    need_yaml()
+    if shutil.which("kubectl"):
+        return render_with_kubectl(directory)
+    return render_without_kubectl(directory)
+
+
+def render_with_kubectl(directory: pathlib.Path) -> list:
+    out = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"kubectl kustomize {directory} failed:\n{out.stderr}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def smp_merge(base, patch):
+    """A strategic merge patch as kustomize applies these files: maps merge key by key,
+    lists of named maps (containers, volumes, mounts, env, ports) merge by name, other
+    lists are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            out[key] = smp_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    if (isinstance(base, list) and isinstance(patch, list)
+            and all(isinstance(i, dict) and "name" in i for i in base + patch)):
+        out = [copy.deepcopy(i) for i in base]
+        for item in patch:
+            for n, existing in enumerate(out):
+                if existing["name"] == item["name"]:
+                    out[n] = smp_merge(existing, item)
+                    break
+            else:
+                out.append(copy.deepcopy(item))
+        return out
+    return copy.deepcopy(patch)
+
+
+def _load_kustomization(directory: pathlib.Path) -> dict:
+    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+        if (directory / name).exists():
+            return yaml.safe_load((directory / name).read_text())
+    pytest.fail(f"{directory} has no kustomization.yaml")
+
+
+def _apply_patches(resources: list, directory: pathlib.Path, patches: list):
+    for entry in patches or []:
+        patch = yaml.safe_load((directory / entry["path"]).read_text())
+        target = entry.get("target") or {"kind": patch["kind"], "name": patch["metadata"]["name"]}
+        kind_re = re.compile(f"^(?:{target.get('kind', '.*')})$")
+        labels = dict(kv.split("=", 1) for kv in (target.get("labelSelector") or "").split(",") if kv)
+        for n, res in enumerate(resources):
+            if not kind_re.match(res["kind"]):
+                continue
+            if "name" in target and res["metadata"]["name"] != target["name"]:
+                continue
+            if any(res["metadata"].get("labels", {}).get(k) != v for k, v in labels.items()):
+                continue
+            body = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind", "metadata")}
+            if "metadata" in patch:
+                meta = {k: v for k, v in patch["metadata"].items() if k != "name"}
+                body["metadata"] = meta
+            resources[n] = smp_merge(res, body)
+
+
+def render_without_kubectl(directory: pathlib.Path) -> list:
+    """What `kubectl kustomize` renders for these files (resources, components, config
+    map generators with behavior replace, patches, namespace, images), without the
+    content-hash suffix of generated names."""
+    k = _load_kustomization(directory)
+    resources: list = []
+    for entry in k.get("resources", []):
+        path = directory / entry
+        if path.is_dir():
+            resources.extend(render_without_kubectl(path))
+        else:
+            resources.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    for entry in k.get("components", []):
+        component = _load_kustomization(directory / entry)
+        for res in component.get("resources", []):
+            resources.extend(d for d in yaml.safe_load_all((directory / entry / res).read_text()) if d)
+        _apply_patches(resources, directory / entry, component.get("patches"))
+    for gen in k.get("configMapGenerator", []):
+        data = {}
+        for f in gen.get("files", []):
+            key, _, path = f.rpartition("=") if "=" in f else (None, None, f)
+            data[key or pathlib.Path(path).name] = (directory / path).read_text()
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data}
+        if gen.get("behavior") in ("replace", "merge"):
+            for n, res in enumerate(resources):
+                if res["kind"] == "ConfigMap" and res["metadata"]["name"] == gen["name"]:
+                    if gen["behavior"] == "merge":
+                        cm["data"] = {**res.get("data", {}), **data}
+                    cm["metadata"] = res["metadata"]
+                    resources[n] = cm
+                    break
+            else:
+                pytest.fail(f"{directory}: generator {gen['name']} has behavior {gen['behavior']} but no base")
+        else:
+            resources.append(cm)
+    _apply_patches(resources, directory, k.get("patches"))
+    if "namespace" in k:
+        for res in resources:
+            if res["kind"] != "Namespace":
+                res["metadata"]["namespace"] = k["namespace"]
+    for image in k.get("images", []):
+        for res in resources:
+            for c in pod_spec(res).get("containers", []) + pod_spec(res).get("initContainers", []):
+                if c.get("image", "").split(":")[0] == image["name"]:
+                    c["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
+    return resources
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers over rendered resources
+
+
+def unhash(name: str) -> str:
+    """A generated ConfigMap's name without kustomize's content-hash suffix."""
+    return re.sub(r"^(fieldgate-config)-[a-z0-9]{10}$", r"\1", name)
+
+
+def pod_spec(res: dict) -> dict:
+    return res.get("spec", {}).get("template", {}).get("spec", {}) if res.get("kind") in ("Deployment", "DaemonSet") else {}
+
+
+def one(docs: list, kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def workload(docs: list) -> dict:
+    found = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    assert len(found) == 1, f"expected one workload, found {[(d['kind'], d['metadata']['name']) for d in found]}"
+    return found[0]
+
+
+def gateway_container(docs: list) -> dict:
+    containers = pod_spec(workload(docs))["containers"]
+    return next(c for c in containers if c["name"] == "fieldgate")
+
+
+def mounted_configmaps(docs: list) -> tuple:
+    """The ConfigMaps behind the config file and the rules directory, as the pod mounts them."""
+    spec = pod_spec(workload(docs))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in gateway_container(docs)["volumeMounts"]}
+    config_mount = mounts[CONFIG_PATH]
+    rules_mount = mounts[RULES_PATH]
+    config_cm = one(docs, "ConfigMap", volumes[config_mount["name"]]["configMap"]["name"])
+    rules_cm = one(docs, "ConfigMap", volumes[rules_mount["name"]]["configMap"]["name"])
+    return config_mount, config_cm, rules_mount, rules_cm
+
+
+def lay_out_pod_files(docs: list, tmp: pathlib.Path) -> pathlib.Path:
+    """Writes the ConfigMaps' files where the pod sees them, under tmp, and returns the
+    config file; the config's absolute pod paths are moved under tmp too."""
+    config_mount, config_cm, _, rules_cm = mounted_configmaps(docs)
+    return lay_out_files(config_cm["data"][config_mount["subPath"]], rules_cm["data"], tmp)
+
+
+def lay_out_files(config_text: str, rules: dict, tmp: pathlib.Path) -> pathlib.Path:
+    etc = tmp / "etc" / "fieldgate"
+    data = tmp / "var" / "lib" / "fieldgate"
+    (etc / "rules").mkdir(parents=True)
+    data.mkdir(parents=True)
+    for name, text in rules.items():
+        (etc / "rules" / name).write_text(text)
+    text = config_text.replace(RULES_PATH, str(etc / "rules")).replace(DATA_PATH, str(data))
+    config = etc / "fieldgate.toml"
+    config.write_text(text)
+    return config
+
+
+def env_for(config_text: str) -> dict:
+    """The environment the config reads its secrets from, with placeholder values."""
+    names = re.findall(r'^\s*(?:token_env|auth_env)\s*=\s*"([^"]+)"', config_text, re.M)
+    env = dict(os.environ)
+    for name in names:
+        env[name] = "Bearer test-placeholder" if "AUTH" in name else "test-placeholder-token"
+    return env
+
+
+# ---------------------------------------------------------------------------------------
+# The overlays
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request):
+    return request.param, render(K8S / "overlays" / request.param)
+
+
+def test_base_renders():
+    docs = render(K8S / "base")
+    kinds = {(d["kind"], unhash(d["metadata"]["name"])) for d in docs}
+    assert ("Service", "fieldgate-admin") in kinds
+    assert ("ServiceAccount", "fieldgate") in kinds
+    assert ("ConfigMap", "fieldgate-rules") in kinds
+    assert ("ConfigMap", "fieldgate-config") in kinds
+
+
+def test_overlay_renders(overlay):
+    name, docs = overlay
+    for d in docs:
+        assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), d
+        if d["kind"] != "Namespace":
+            assert d["metadata"].get("namespace") == NAMESPACE, (d["kind"], d["metadata"]["name"])
+    one(docs, "Namespace", NAMESPACE)
+    one(docs, "ServiceAccount", "fieldgate")
+    admin = one(docs, "Service", "fieldgate-admin")
+    assert [(p["name"], p["port"]) for p in admin["spec"]["ports"]] == [("admin", 9180)]
+    # Scrape annotations on the pods only: a Prometheus that discovers both pods and
+    # services would otherwise scrape every gateway twice.
+    for d in docs:
+        if d["kind"] == "Service":
+            assert "prometheus.io/scrape" not in d["metadata"].get("annotations", {}), d["metadata"]["name"]
+    w = workload(docs)
+    assert w["kind"] == {"factory": "DaemonSet", "smart-city": "Deployment"}[name]
+    selector = w["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
+    assert admin["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_pod_keeps_the_contract(overlay):
+    name, docs = overlay
+    w = workload(docs)
+    spec = pod_spec(w)
+    c = gateway_container(docs)
+    assert c["args"] == RUN_ARGS
+    assert c["image"].split("/")[-1].startswith("fieldgate:")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"mqtt": 1883, "mqtt-v5": 1884, "admin": 9180}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["resources"] == {"requests": {"cpu": "100m", "memory": "64Mi"},
+                              "limits": {"cpu": "1", "memory": "256Mi"}}
+    # Non-root, read-only root filesystem.
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == USER_ID
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    if c["securityContext"].get("privileged"):
+        # The API server refuses privileged together with allowPrivilegeEscalation: false.
+        assert c["securityContext"].get("allowPrivilegeEscalation") is not False
+    else:
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    annotations = w["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9180"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    # The admin token, and every other secret the config names, from the environment.
+    env = {e["name"]: e for e in c["env"]}
+    assert env["FIELDGATE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "fieldgate-admin", "key": "token"}
+    config_mount, config_cm, rules_mount, rules_cm = mounted_configmaps(docs)
+    config_text = config_cm["data"][config_mount["subPath"]]
+    for var in re.findall(r'^\s*(?:token_env|auth_env)\s*=\s*"([^"]+)"', config_text, re.M):
+        assert "secretKeyRef" in env.get(var, {}).get("valueFrom", {}), f"{var} is not set from a Secret"
+    # Rules: a directory mount of a ConfigMap with a stable name, so that updates reach
+    # the running pod; the config: read at start, under a content-hashed name.
+    assert "subPath" not in rules_mount
+    assert rules_cm["metadata"]["name"] == "fieldgate-rules"
+    assert rules_cm["data"] and all(k.endswith(".sql") for k in rules_cm["data"])
+    assert config_mount["subPath"] == "fieldgate.toml"
+    assert tomllib.loads(config_text)["rules_dir"] == RULES_PATH
+    assert tomllib.loads(config_text)["data_dir"] == DATA_PATH
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert DATA_PATH in mounts and not mounts[DATA_PATH].get("readOnly")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    data = volumes[mounts[DATA_PATH]["name"]]
+
+    if name == "factory":
+        assert spec["nodeSelector"] == {"fieldgate.io/role": "factory-edge"}
+        assert data["hostPath"]["path"] == DATA_PATH
+        tty = [v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == "/dev/ttyUSB0"]
+        assert len(tty) == 1 and tty[0]["hostPath"]["type"] == "CharDevice"
+        assert mounts["/dev/ttyUSB0"]["name"] == tty[0]["name"]
+        assert 20 in spec["securityContext"].get("supplementalGroups", [])
+        host_ports = {p["name"]: p.get("hostPort") for p in c["ports"]}
+        assert host_ports["mqtt"] == 1883 or spec.get("hostNetwork") is True
+    else:
+        assert w["spec"]["replicas"] == 1
+        assert w["spec"]["strategy"]["type"] == "Recreate"
+        pvc = one(docs, "PersistentVolumeClaim", data["persistentVolumeClaim"]["claimName"])
+        assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+        mqtt = one(docs, "Service", "fieldgate-mqtt")
+        assert mqtt["spec"]["type"] in ("LoadBalancer", "NodePort")
+        assert {p["port"] for p in mqtt["spec"]["ports"]} == {1883, 1884}
+
+
+def test_overlay_rules_check(overlay, tmp_path):
+    """The ConfigMaps' config and rules, where the pod mounts them: `fieldgate rules check`."""
+    name, docs = overlay
+    config = lay_out_pod_files(docs, tmp_path)
+    out = subprocess.run(
+        [str(binary()), "rules", "check", "--config", str(config), str(config.parent / "rules")],
+        capture_output=True, text=True, env=env_for(config.read_text()), timeout=120,
+    )
+    assert out.returncode == 0, f"{name}: rules check failed:\n{out.stdout}{out.stderr}"
+    assert out.stdout.startswith("ok:"), out.stdout
+
+
+def test_overlay_validates(overlay, tmp_path):
+    """The ConfigMaps' config and rules, where the pod mounts them: `fieldgate validate`."""
+    name, docs = overlay
+    config = lay_out_pod_files(docs, tmp_path)
+    out = subprocess.run(
+        [str(binary()), "validate", "--config", str(config)],
+        capture_output=True, text=True, env=env_for(config.read_text()), timeout=120,
+    )
+    assert out.returncode == 0, f"{name}: validate failed:\n{out.stdout}{out.stderr}"
+    assert out.stdout.startswith("ok"), out.stdout
+
+
+def test_base_config_validates(tmp_path):
+    """The base's config and rules, which the image also carries: `fieldgate validate`."""
+    docs = render(K8S / "base")
+    config_cm = next(d for d in docs if d["kind"] == "ConfigMap" and unhash(d["metadata"]["name"]) == "fieldgate-config")
+    rules_cm = one(docs, "ConfigMap", "fieldgate-rules")
+    config = lay_out_files(config_cm["data"]["fieldgate.toml"], rules_cm["data"], tmp_path)
+    out = subprocess.run(
+        [str(binary()), "validate", "--config", str(config)],
+        capture_output=True, text=True, env=env_for(config.read_text()), timeout=120,
+    )
+    assert out.returncode == 0, f"base: validate failed:\n{out.stdout}{out.stderr}"
+
+
+@pytest.mark.parametrize("name", ["base"] + OVERLAYS)
+def test_rules_and_config_match_configs(name):
+    """The copies under deploy/k8s (kustomize reads files only below a kustomization) are
+    configs/'s: the same rules, the same config but for the pod's rules path."""
+    if name == "base":
+        rules, source_rules, source_config = K8S / "base" / "rules", ROOT / "configs" / "rules", None
+    else:
+        rules = K8S / "overlays" / name / "rules"
+        source_rules = ROOT / "configs" / name / "rules"
+        source_config = ROOT / "configs" / f"{name}.toml"
+    ours = {p.name: p.read_text() for p in sorted(rules.glob("*.sql"))}
+    theirs = {p.name: p.read_text() for p in sorted(source_rules.glob("*.sql"))}
+    assert ours == theirs, f"{rules} differs from {source_rules}: copy them again"
+    if source_config is None:
+        return
+    k8s = tomllib.loads((K8S / "overlays" / name / "fieldgate.toml").read_text())
+    src = tomllib.loads(source_config.read_text())
+    assert k8s.pop("rules_dir") == RULES_PATH
+    src.pop("rules_dir")
+    for cfg in (k8s, src):
+        for key in ("token", "token_env"):
+            cfg.get("admin", {}).pop(key, None)
+    assert k8s == src, f"deploy/k8s/overlays/{name}/fieldgate.toml differs from {source_config}"
+
+
+def test_kubectl_and_fallback_render_alike():
+    """The PyYAML fallback renders what kubectl does (checked where kubectl is installed)."""
+    need_yaml()
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl is not installed: the fallback renders on its own")
+    for name in OVERLAYS:
+        a = render_with_kubectl(K8S / "overlays" / name)
+        b = render_without_kubectl(K8S / "overlays" / name)
+        key = lambda d: (d["kind"], unhash(d["metadata"]["name"]))
+        assert sorted(map(key, a)) == sorted(map(key, b)), name
+        for da in a:
+            db = next(d for d in b if key(d) == key(da))
+            if da["kind"] == "ConfigMap":
+                assert da["data"] == db["data"]
+            if da["kind"] in ("Deployment", "DaemonSet"):
+                ca, cb = gateway_container([da]), gateway_container([db])
+                for field in ("args", "livenessProbe", "readinessProbe", "resources", "securityContext", "image"):
+                    assert ca.get(field) == cb.get(field), (name, field)
+                by_name = lambda items: sorted(items, key=lambda i: i["name"])
+                assert by_name(ca["env"]) == by_name(cb["env"]), name
+                assert by_name(ca["ports"]) == by_name(cb["ports"]), name
+                assert sorted(m["mountPath"] for m in ca["volumeMounts"]) == sorted(m["mountPath"] for m in cb["volumeMounts"])
+
+
+def test_all_yaml_parses():
+    need_yaml()
+    files = sorted((ROOT / "deploy").rglob("*.yaml"))
+    assert files
+    for f in files:
+        for d in yaml.safe_load_all(f.read_text()):
+            if d is not None:
+                assert "kind" in d, f
+
+
+# ---------------------------------------------------------------------------------------
+# The smart-city rules on recorded readings
+
+
+def test_smart_city_rules_on_recorded_readings():
+    tests = ROOT / "configs" / "smart-city" / "tests"
+    out = subprocess.run(
+        [str(binary()), "rules", "test", str(ROOT / "configs" / "smart-city" / "rules"),
+         "--input", str(tests / "readings.input.jsonl"), "--expect", str(tests / "readings.expected.jsonl")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# The Dockerfile (no image is built here: that is a release build of 30 minutes and more)
+
+
+def dockerfile_instructions(path: pathlib.Path = DOCKERFILE) -> list:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out, current = [], ""
+    for line in path.read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if current and line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        word, _, rest = current.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        current = ""
+    return out
+
+
+def test_dockerfile():
+    ins = dockerfile_instructions()
+    stages = [i for i, (w, _) in enumerate(ins) if w == "FROM"]
+    assert len(stages) >= 2, "a build stage and a runtime stage"
+    build = ins[stages[0]:stages[-1]]
+    final = ins[stages[-1]:]
+    assert any(w == "RUN" and "cargo build --release -p fieldgate --locked" in a for w, a in build)
+    assert "debian" in final[0][1] or "distroless" in final[0][1]
+    user = [a for w, a in final if w == "USER"]
+    assert user and user[-1].split(":")[0] == str(USER_ID)
+    exposed = {p for w, a in final if w == "EXPOSE" for p in a.split()}
+    assert {"1883", "1884", "9180"} <= exposed
+    health = [a for w, a in final if w == "HEALTHCHECK"]
+    assert health and "/healthz" in health[0] and "9180" in health[0]
+    assert any(w == "VOLUME" and DATA_PATH in a for w, a in final)
+    entry = json.loads(next(a for w, a in final if w == "ENTRYPOINT"))
+    cmd = json.loads(next(a for w, a in final if w == "CMD"))
+    assert pathlib.PurePath(entry[0]).name == "fieldgate" and entry[1:] + cmd == RUN_ARGS
+    # Files copied from the build context exist, and the context leaves target/ out.
+    for w, a in ins:
+        if w == "COPY" and "--from" not in a:
+            for src in a.split()[:-1]:
+                if not src.startswith("--") and src != ".":
+                    assert (ROOT / src).exists(), src
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "target" in ignored and ".git" in ignored
+    # The image's config is the base's, which runs in the pod as is.
+    assert any(w == "COPY" and "deploy/k8s/base/fieldgate.toml" in a and CONFIG_PATH in a for w, a in final)
+
+
+# ---------------------------------------------------------------------------------------
+# The Grafana dashboard
+
+
+METRIC_RE = re.compile(r"(?<![A-Za-z0-9_:])((?:fieldgate|process)_[A-Za-z0-9_]+)")
+
+
+def family_of(sample_name: str) -> str:
+    """The metric family a sample name belongs to: a histogram's _bucket/_sum/_count
+    samples belong to the histogram; any other name is its own family."""
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = sample_name[: -len(suffix)]
+        if sample_name.endswith(suffix) and CONTRACT_METRICS.get(base, ("",))[0] == "histogram":
+            return base
+    return sample_name
+
+
+def dashboard_queries(path: pathlib.Path = DASHBOARD) -> list:
+    """Every PromQL expression in the dashboard: panel targets and template variables."""
+    dash = json.loads(path.read_text())
+    exprs = []
+
+    def panels(ps):
+        for p in ps:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    for p in panels(dash["panels"]):
+        for t in p.get("targets", []):
+            if t.get("expr"):
+                exprs.append(t["expr"])
+    for v in dash.get("templating", {}).get("list", []):
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        if v.get("type") == "query" and q:
+            exprs.append(q)
+    return exprs
+
+
+def dashboard_metric_names(path: pathlib.Path = DASHBOARD) -> set:
+    """The metric families the dashboard queries: names starting with fieldgate_ or
+    process_, a histogram's _bucket/_sum/_count samples counted as the histogram."""
+    return {family_of(m) for e in dashboard_queries(path) for m in METRIC_RE.findall(e)}
+
+
+def test_dashboard_queries_only_exported_metrics():
+    names = dashboard_metric_names()
+    unknown = sorted(names - CONTRACT_METRICS.keys())
+    assert not unknown, f"the dashboard queries metrics the gateway does not export: {unknown}"
+    missing = sorted(DASHBOARD_REQUIRED - names)
+    assert not missing, f"the dashboard shows nothing of {missing}"
+
+
+def test_dashboard_uses_exported_labels():
+    for expr in dashboard_queries():
+        families = {family_of(m) for m in METRIC_RE.findall(expr)}
+        known = set(TARGET_LABELS)
+        for f in families:
+            known |= CONTRACT_METRICS[f][1]
+        if "_bucket" in expr:
+            known.add("le")
+        for metric, matchers in re.findall(r"((?:fieldgate|process)_[A-Za-z0-9_]+)\{([^}]*)\}", expr):
+            labels = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", matchers))
+            allowed = CONTRACT_METRICS[family_of(metric)][1] | TARGET_LABELS | ({"le"} if metric.endswith("_bucket") else set())
+            assert labels <= allowed, f"{metric} has no label {labels - allowed}: {expr}"
+        for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+            labels = {l.strip() for l in group.split(",") if l.strip()}
+            assert labels <= known, f"no metric in the query has {labels - known}: {expr}"
+        for label in re.findall(r"label_values\([^,]+,\s*([A-Za-z_][A-Za-z0-9_]*)\)", expr):
+            assert label in known, expr
+
+
+def test_dashboard_is_importable():
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = set()
+    for p in dash["panels"]:
+        assert p["id"] not in ids
+        ids.add(p["id"])
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}", p["title"]
+            assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
