@@ -47,6 +47,7 @@ USER_ID = 10001
 # <name>_bucket{le}, <name>_sum and <name>_count.
 CONTRACT_METRICS = {
     "fieldgate_build_info": ("gauge", {"version"}),
+    "fieldgate_ready": ("gauge", set()),
     "fieldgate_mqtt_messages_received_total": ("counter", set()),
     "fieldgate_mqtt_messages_unrouted_total": ("counter", set()),
     "fieldgate_broker_connections": ("gauge", set()),
@@ -653,3 +654,89 @@ def test_dashboard_is_importable():
         if p["type"] != "row":
             assert p["datasource"]["uid"] == "${datasource}", p["title"]
             assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
+
+
+# ---------------------------------------------------------------------------------------
+# The contract against a running gateway
+
+
+def running_gateway_metrics(tmp: pathlib.Path) -> dict:
+    """Starts the gateway with a sink of every kind and an unreachable Modbus device,
+    scrapes /metrics once it is ready, stops it, and returns {family: (type, labels)}
+    from the exposition (# TYPE lines, and label names of the samples)."""
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    v4, v5, admin, dead = free_port(), free_port(), free_port(), free_port()
+    (tmp / "rules").mkdir()
+    (tmp / "rules" / "r.sql").write_text(
+        "CREATE STREAM s (device STRING, v BIGINT) WITH (DATASOURCE = 'sensors/+');\n"
+        "CREATE STREAM p (device STRING, x BIGINT) WITH (TYPE = 'modbus', DATASOURCE = 'plc/g');\n"
+        "CREATE RULE fwd INTO disk, cloud, api, bus AS SELECT device, v FROM s;\n"
+        "CREATE RULE act INTO plc_ctl AS SELECT true AS run FROM p WHERE x > 1;\n"
+    )
+    config = tmp / "fieldgate.toml"
+    config.write_text(
+        f'data_dir = "data"\nrules_dir = "rules"\n'
+        f'[broker]\nlisten = "127.0.0.1:{v4}"\nlisten_v5 = "127.0.0.1:{v5}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{admin}"\ntoken = "t0k"\n'
+        f"[[modbus.devices]]\nname = \"plc\"\n"
+        f'transport = {{ type = "tcp", host = "127.0.0.1", port = {dead} }}\ntimeout = "100ms"\n'
+        f'[[modbus.devices.groups]]\nname = "g"\ninterval = "100ms"\n'
+        f'tags = [{{ name = "x", register = 40001 }}, {{ name = "run", register = 1, writable = true }}]\n'
+        f'[sinks.disk]\ntype = "file"\npath = "out/{{rule}}.jsonl"\n'
+        f'[sinks.cloud]\ntype = "mqtt"\nhost = "127.0.0.1"\nport = {dead}\n'
+        f'[sinks.api]\ntype = "http"\nurl = "http://127.0.0.1:{dead}/in"\ndead_letter = "dead.jsonl"\n'
+        f'[sinks.bus]\ntype = "republish"\n'
+        f'[sinks.plc_ctl]\ntype = "modbus"\ndevice = "plc"\n'
+    )
+    log = tmp / "fieldgate.log"
+    proc = subprocess.Popen(
+        [str(binary()), "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=open(log, "w")
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"fieldgate did not become ready:\n{log.read_text()}")
+            time.sleep(0.05)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{admin}/metrics", headers={"Authorization": "Bearer t0k"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            text = r.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    families = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            families[name] = (kind, set())
+        elif line and not line.startswith("#"):
+            sample = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})? ", line)
+            assert sample, f"not a sample line: {line}"
+            name = sample.group(1)
+            family = next((f for f in families if name == f or name in (f + s for s in HISTOGRAM_SUFFIXES)), None)
+            assert family, f"a sample without its # TYPE line: {line}"
+            labels = set(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="', sample.group(2) or "")) - {"le"}
+            families[family][1].update(labels)
+    return families
+
+
+def test_a_running_gateway_exports_the_contract_and_the_dashboard_metrics(tmp_path):
+    exposed = running_gateway_metrics(tmp_path)
+    for name, (kind, labels) in CONTRACT_METRICS.items():
+        assert name in exposed, f"/metrics lacks {name}"
+        assert exposed[name][0] == kind, f"{name} is a {exposed[name][0]}, not a {kind}"
+        assert exposed[name][1] == labels, f"{name} has labels {exposed[name][1]}, not {labels}"
+    missing = sorted(dashboard_metric_names() - exposed.keys())
+    assert not missing, f"the dashboard queries metrics /metrics does not have: {missing}"
