@@ -101,7 +101,7 @@ impl LiveRules {
         };
         let plan = live.plan().await;
         for e in &plan.errors {
-            tracing::error!(error = %e, "rule not loaded");
+            tracing::error!(error = %e, "rule file error");
         }
         live.apply(plan).await;
         let rules = live.running.rules.len();
@@ -155,34 +155,31 @@ impl LiveRules {
         if !s.kept_previous.is_empty() {
             tracing::warn!(kept = ?s.kept_previous, "new versions failed; previous versions keep running");
         }
+        // One summary line, at warn when the files had errors.
+        macro_rules! summary {
+            ($log:ident, $message:literal) => {
+                tracing::$log!(
+                    %trigger,
+                    reload = reloads,
+                    errors,
+                    rules_added = ?s.rules_added,
+                    rules_changed = ?s.rules_changed,
+                    rules_removed = ?s.rules_removed,
+                    rules_unchanged = s.rules_unchanged.len(),
+                    streams_added = ?s.streams_added,
+                    streams_changed = ?s.streams_changed,
+                    streams_removed = ?s.streams_removed,
+                    $message
+                )
+            };
+        }
         if errors > 0 {
-            tracing::warn!(
-                %trigger,
-                reload = reloads,
-                errors,
-                rules_added = ?s.rules_added,
-                rules_changed = ?s.rules_changed,
-                rules_removed = ?s.rules_removed,
-                rules_unchanged = s.rules_unchanged.len(),
-                streams_added = ?s.streams_added,
-                streams_changed = ?s.streams_changed,
-                streams_removed = ?s.streams_removed,
+            summary!(
+                warn,
                 "rules reloaded with errors; what was valid took effect"
             );
         } else if changed {
-            tracing::info!(
-                %trigger,
-                reload = reloads,
-                errors,
-                rules_added = ?s.rules_added,
-                rules_changed = ?s.rules_changed,
-                rules_removed = ?s.rules_removed,
-                rules_unchanged = s.rules_unchanged.len(),
-                streams_added = ?s.streams_added,
-                streams_changed = ?s.streams_changed,
-                streams_removed = ?s.streams_removed,
-                "rules reloaded"
-            );
+            summary!(info, "rules reloaded");
         } else {
             tracing::info!(%trigger, reload = reloads, "rules reloaded; nothing changed");
         }
