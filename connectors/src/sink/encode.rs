@@ -102,6 +102,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn results_join_into_one_array() {
+        let rows = [&b"{\"a\":1}"[..], b"{\"b\":2}"].map(Bytes::from_static);
+        assert_eq!(json_array(&rows), b"[{\"a\":1},{\"b\":2}]");
+        assert_eq!(json_array(&[]), b"[]");
+    }
+
+    #[test]
     fn one_object_per_row_with_explicit_nulls() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("device", DataType::Utf8, true),

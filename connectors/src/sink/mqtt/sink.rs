@@ -41,8 +41,12 @@ pub struct MqttSink {
     /// The sequences of each publish sent, waiting for the event loop to report its
     /// packet id.
     unassigned: VecDeque<Vec<u64>>,
-    /// Packet id → the sequences its publish carries, waiting for its PUBACK.
-    by_pkid: HashMap<u16, Vec<u64>>,
+    /// Packet id → the sequences of the publishes with that id, oldest first, waiting
+    /// for their PUBACKs. Acks for one packet id come in the order of its publishes, so
+    /// an id reused while an earlier publish still waits (a collision rumqttc resolves
+    /// by holding the new one back) cannot confirm the wrong sequences, whichever of
+    /// the ack and the reuse the event loop reports first.
+    by_pkid: HashMap<u16, VecDeque<Vec<u64>>>,
     /// A connection change to report after the confirmations returned before it.
     pending: Option<SinkEvent>,
     /// Publishes handed to the client, written by it, and acknowledged, over all
@@ -244,17 +248,20 @@ impl Sink for MqttSink {
                 }
                 Conn::Published(g, pkid) if g == self.generation => {
                     self.written += 1;
-                    if let Some(seqs) = self.unassigned.pop_front()
-                        && let Some(old) = self.by_pkid.insert(pkid, seqs)
-                    {
-                        tracing::warn!(pkid, ?old, "packet id reused before its PUBACK");
+                    if let Some(seqs) = self.unassigned.pop_front() {
+                        self.by_pkid.entry(pkid).or_default().push_back(seqs);
                     }
                     continue;
                 }
                 Conn::Acked(g, pkid) if g == self.generation => {
                     self.acknowledged += 1;
-                    if let Some(seqs) = self.by_pkid.remove(&pkid) {
+                    if let Some(waiting) = self.by_pkid.get_mut(&pkid)
+                        && let Some(seqs) = waiting.pop_front()
+                    {
                         confirmed.extend(seqs);
+                        if waiting.is_empty() {
+                            self.by_pkid.remove(&pkid);
+                        }
                     }
                     continue;
                 }
@@ -282,5 +289,49 @@ impl MqttSink {
         self.generation = generation;
         self.unassigned.clear();
         self.by_pkid.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink whose connection reports come from the test.
+    async fn sink() -> (MqttSink, mpsc::UnboundedSender<Conn>) {
+        let cfg: MqttSinkConfig = serde_json::from_value(serde_json::json!({
+            "host": "127.0.0.1", "port": 9, "reconnect_min": "1h", "reconnect_max": "1h"
+        }))
+        .unwrap();
+        let mut s = MqttSink::start("t", "gw", &cfg, MessageIds::new("gw", "t", 1)).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        s.rx = rx;
+        s.generation = 1;
+        (s, tx)
+    }
+
+    #[tokio::test]
+    async fn a_reused_packet_id_confirms_its_publishes_in_order() {
+        for ack_first in [true, false] {
+            let (mut s, tx) = sink().await;
+            s.unassigned.extend([vec![10], vec![11]]);
+            tx.send(Conn::Published(1, 7)).unwrap();
+            // Packet id 7 again, for sequence 11, reported before or after the PUBACK
+            // that frees it.
+            if ack_first {
+                tx.send(Conn::Acked(1, 7)).unwrap();
+                tx.send(Conn::Published(1, 7)).unwrap();
+            } else {
+                tx.send(Conn::Published(1, 7)).unwrap();
+                tx.send(Conn::Acked(1, 7)).unwrap();
+            }
+            assert_eq!(
+                s.next_event().await,
+                SinkEvent::Confirmed(vec![10]),
+                "ack first: {ack_first}"
+            );
+            tx.send(Conn::Acked(1, 7)).unwrap();
+            assert_eq!(s.next_event().await, SinkEvent::Confirmed(vec![11]));
+            assert!(s.by_pkid.is_empty());
+        }
     }
 }
