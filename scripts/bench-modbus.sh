@@ -332,6 +332,7 @@ run_fieldgate() {
   done
   kill -0 "$fg" 2>/dev/null && die "fieldgate did not stop within 30 s"
   wait "$fg" || die "fieldgate exited with an error; see $RUN/fieldgate.log"
+  PIDS=("${SIM_PIDS[@]}")
   polls_bad=$(python3 - "$RUN/out" "$A" "$B" "$tags" <<'EOF'
 import glob, json, math, sys
 out, a, b, tags = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
