@@ -6,6 +6,8 @@ Usage: modbus_sim.py PORT [UNIT_ID]        Modbus TCP on 127.0.0.1:PORT, one uni
        modbus_sim.py --rtu-bad-crc PATH BAUD
                                             a serial device whose every answer to a
                                             read of holding registers has a wrong CRC
+       modbus_sim.py --bench PORT REGISTERS [UNIT_ID]
+                                            a load-test device over TCP (see below)
 
 Serves the register map below: values of every type in every word
 order, encoded here with Python's struct module so the Rust tests decode them
@@ -14,12 +16,20 @@ address); holding register 199 holds the unit id. Every request that reaches the
 printed once as `REQ fc=<code> addr=<address> unit=<id>`; once serving, the script prints
 `READY`. All addresses are 0-based protocol
 addresses.
+
+`--bench` serves only holding registers 0..REGISTERS-1, register `i` holding
+`bench_value(i)`, prints nothing per request, and instead counts the read requests that
+reach the map and the registers they read: once a second, and at once on SIGUSR1, it
+prints `REQS <requests> REGS <registers> T <unix time>` (totals since start). `READY`
+comes once serving.
 """
 
 import asyncio
 import functools
+import signal
 import struct
 import sys
+import time
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -110,6 +120,49 @@ def device(unit_id):
     )
 
 
+def bench_value(address):
+    """The value `--bench` keeps in holding register `address`."""
+    return (address * 31 + 7) & 0xFFFF
+
+
+async def serve_bench(port, size, unit_id):
+    counts = [0, 0]  # requests, registers
+
+    async def count(_fc, _start, _address, n, _registers, _values):
+        counts[0] += 1
+        counts[1] += n
+        return None
+
+    dev = SimDevice(
+        id=unit_id,
+        simdata=(
+            [SimData(0, values=[False] * 16, datatype=DataType.BITS)],
+            [SimData(0, values=[False] * 16, datatype=DataType.BITS)],
+            [
+                SimData(
+                    0,
+                    values=[bench_value(i) for i in range(size)],
+                    datatype=DataType.REGISTERS,
+                )
+            ],
+            [SimData(0, values=[0], datatype=DataType.REGISTERS)],
+        ),
+        use_bit_addressing=True,
+        action=count,
+    )
+    server = ModbusTcpServer(dev, address=("127.0.0.1", port))
+    await server.serve_forever(background=True)
+
+    def report():
+        print(f"REQS {counts[0]} REGS {counts[1]} T {time.time():.3f}", flush=True)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, report)
+    print("READY", flush=True)
+    while True:
+        await asyncio.sleep(1)
+        report()
+
+
 def crc16(frame):
     """Modbus CRC-16 (polynomial 0xA001 reflected, initial 0xFFFF), computed here."""
     crc = 0xFFFF
@@ -138,6 +191,10 @@ def serve_bad_crc(path, baud):
 
 
 async def main():
+    if sys.argv[1] == "--bench":
+        unit_id = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+        await serve_bench(int(sys.argv[2]), int(sys.argv[3]), unit_id)
+        return
     if sys.argv[1] == "--rtu-bad-crc":
         await asyncio.to_thread(serve_bad_crc, sys.argv[2], int(sys.argv[3]))
         return
