@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
-    StringArray, UInt16Array, UInt32Array, UInt64Array,
+    StringArray, UInt16Array, UInt32Array, UInt64Array, new_null_array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
@@ -133,6 +133,8 @@ pub struct GroupPlan {
     pub reads: Vec<ReadRequest>,
     /// device, group, timestamp, then per tag its value and `<tag>_quality`.
     pub schema: SchemaRef,
+    /// The `device` and `group` columns, the same in every row: built once, shared.
+    constant: [ArrayRef; 2],
 }
 
 /// The Arrow type of a tag's column.
@@ -173,25 +175,41 @@ fn group_schema(tags: &[Tag]) -> SchemaRef {
 
 /// A one-row column holding `v` (null when absent or of another type).
 fn column(ty: &DataType, v: Option<Value>) -> ArrayRef {
+    // A present value needs no null bitmap: one buffer, one allocation.
     macro_rules! one {
-        ($arr:ty, $variant:ident) => {
-            Arc::new(<$arr>::from(vec![match v {
-                Some(Value::$variant(x)) => Some(x),
-                _ => None,
-            }])) as ArrayRef
+        ($arr:ty) => {
+            |x| Arc::new(<$arr>::from_value(x, 1)) as ArrayRef
         };
     }
-    match ty {
-        DataType::Boolean => one!(BooleanArray, Bool),
-        DataType::UInt16 => one!(UInt16Array, U16),
-        DataType::Int16 => one!(Int16Array, I16),
-        DataType::UInt32 => one!(UInt32Array, U32),
-        DataType::Int32 => one!(Int32Array, I32),
-        DataType::UInt64 => one!(UInt64Array, U64),
-        DataType::Int64 => one!(Int64Array, I64),
-        DataType::Float32 => one!(Float32Array, F32),
-        DataType::Float64 => one!(Float64Array, F64),
-        _ => one!(StringArray, Str),
+    let present: Option<ArrayRef> = match (ty, v) {
+        (DataType::Boolean, Some(Value::Bool(b))) => Some(Arc::new(BooleanArray::from(vec![b]))),
+        (DataType::UInt16, Some(Value::U16(x))) => Some(one!(UInt16Array)(x)),
+        (DataType::Int16, Some(Value::I16(x))) => Some(one!(Int16Array)(x)),
+        (DataType::UInt32, Some(Value::U32(x))) => Some(one!(UInt32Array)(x)),
+        (DataType::Int32, Some(Value::I32(x))) => Some(one!(Int32Array)(x)),
+        (DataType::UInt64, Some(Value::U64(x))) => Some(one!(UInt64Array)(x)),
+        (DataType::Int64, Some(Value::I64(x))) => Some(one!(Int64Array)(x)),
+        (DataType::Float32, Some(Value::F32(x))) => Some(one!(Float32Array)(x)),
+        (DataType::Float64, Some(Value::F64(x))) => Some(one!(Float64Array)(x)),
+        (DataType::Utf8, Some(Value::Str(x))) => Some(Arc::new(StringArray::from(vec![x]))),
+        _ => None,
+    };
+    present.unwrap_or_else(|| new_null_array(ty, 1))
+}
+
+/// One-row quality columns: each distinct quality built once per poll and shared by
+/// the tags that have it (most often every tag is `ok`).
+#[derive(Default)]
+struct QualityColumns(Vec<(Quality, ArrayRef)>);
+
+impl QualityColumns {
+    fn get(&mut self, q: Quality) -> ArrayRef {
+        if let Some((_, col)) = self.0.iter().find(|(have, _)| *have == q) {
+            return col.clone();
+        }
+        let col: ArrayRef = Arc::new(StringArray::from(vec![q.as_str().as_ref()]));
+        self.0.push((q, col.clone()));
+        col
     }
 }
 
@@ -228,6 +246,10 @@ impl DevicePoller {
                 interval: g.interval,
                 reads: plan(&tags, g.max_gap.unwrap_or(cfg.max_gap)),
                 schema: group_schema(&tags),
+                constant: [
+                    Arc::new(StringArray::from(vec![cfg.name.as_str()])),
+                    Arc::new(StringArray::from(vec![g.name.as_str()])),
+                ],
                 tags,
             })
             .collect();
@@ -403,12 +425,12 @@ impl DevicePoller {
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(3 + 2 * g.tags.len());
-        cols.push(Arc::new(StringArray::from(vec![&*self.name])));
-        cols.push(Arc::new(StringArray::from(vec![&*g.name])));
-        cols.push(Arc::new(Int64Array::from(vec![ts])));
+        cols.extend(g.constant.iter().cloned());
+        cols.push(Arc::new(Int64Array::from_value(ts, 1)));
+        let mut quality_cols = QualityColumns::default();
         for ((tag, v), q) in g.tags.iter().zip(values).zip(qualities) {
             cols.push(column(&column_type(tag), v));
-            cols.push(Arc::new(StringArray::from(vec![q.as_str().as_ref()])));
+            cols.push(quality_cols.get(q));
         }
         Ok(RecordBatch::try_new(g.schema.clone(), cols)?)
     }
