@@ -30,11 +30,13 @@
 #
 # Environment (defaults in brackets):
 #   BENCH_SCENARIOS ["baseline filter filter_array window rules"]  BENCH_REPEAT [3]
+#   BENCH_REP_START [1] (number of the first repetition, to add runs to earlier ones)
 #   BENCH_SECONDS [10]  BENCH_LATENCY_SECONDS [10]  BENCH_DRAIN_TIMEOUT [120] (seconds)
 #   BENCH_DEVICES [1000]  BENCH_WINDOW_DEVICES [10000]  BENCH_CONNECTIONS [4]
 #   BENCH_RULES [100]  BENCH_QOS [1] (devices' publishes)
 #   BENCH_BATCH_DELAY, BENCH_COMMIT_DELAY [gateway defaults: 10ms, 5ms] ([ingest] batch_delay,
 #                   [queue] commit_delay)
+#   BENCH_SEGMENT_SIZE, BENCH_SEGMENT_COUNT [gateway defaults: 1048576, 8] ([broker])
 #   BENCH_WAIT_OTHERS [1800] (seconds to wait while other benchmarks run; 0: do not wait)
 #   BENCH_PROFILE [0] (1: after the measured runs, one more run each of `filter` and
 #                   `rules` under `perf record -g`; reports in the output directory)
@@ -42,12 +44,15 @@
 #   BENCH_OUT [target/bench-e2e/<time>] (raw results: results.jsonl, logs)
 #   BENCH_BUILD [1] (0: use the binaries as built)  CARGO_TARGET_DIR [target]
 #   BENCH_BIN_DIR [$CARGO_TARGET_DIR/release] (where fieldgate and bench_sub are taken from)
+#   BENCH_REPORT (results.jsonl files of earlier runs: print the table and rewrite the doc
+#                 from them without running anything; BENCH_REPORT_STARTED names their date)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 SCENARIOS=${BENCH_SCENARIOS:-baseline filter filter_array window rules}
 REPEAT=${BENCH_REPEAT:-3}
+REP_START=${BENCH_REP_START:-1}
 SECONDS_FULL=${BENCH_SECONDS:-10}
 SECONDS_HALF=${BENCH_LATENCY_SECONDS:-10}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-120}
@@ -67,7 +72,7 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 for tool in curl python3 "$MOSQUITTO"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: $tool is missing" >&2; exit 1; }
 done
-if [ "${BENCH_BUILD:-1}" = 1 ]; then
+if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_REPORT:-}" ]; then
   CARGO_TARGET_DIR=$TARGET nice -n 10 cargo build --release -p fieldgate -p fieldgate-e2e --bins
 fi
 for b in fieldgate bench_sub; do
@@ -140,21 +145,21 @@ peak_rss_bytes() { awk '/^VmHWM:/ { print $2 * 1024 }' "/proc/$1/status"; }
 
 # Another benchmark would distort both: wait (bounded) until none runs.
 OTHERS_PATTERN='bench-modbus.sh|bench-drain.sh|cargo bench|criterion'
-SHARED_NOTES=()
-wait_for_others() {
+wait_for_others() { # -> RUN_NOTE
   local waited=0
+  RUN_NOTE=""
   [ "$WAIT_OTHERS" -gt 0 ] || return 0
   while pgrep -f "$OTHERS_PATTERN" >/dev/null; do
     if [ "$waited" -ge "$WAIT_OTHERS" ]; then
       echo "  other benchmarks still running after ${WAIT_OTHERS}s; measuring anyway" >&2
-      SHARED_NOTES+=("other benchmarks ran during a measurement ($(date -u +%H:%MZ))")
+      RUN_NOTE="other benchmarks were running when it started"
       return 0
     fi
     [ "$waited" -eq 0 ] && echo "  waiting for other benchmarks to finish: $(pgrep -fa "$OTHERS_PATTERN" | head -3 | tr '\n' ';')"
     sleep 30
     waited=$((waited + 30))
   done
-  [ "$waited" -eq 0 ] || SHARED_NOTES+=("waited ${waited}s for other benchmarks before a run")
+  [ "$waited" -eq 0 ] || RUN_NOTE="started after waiting ${waited}s for other benchmarks to end"
 }
 
 # ---------------------------------------------------------------- the pieces
@@ -205,7 +210,9 @@ metric() {
 
 write_gateway_config() { # dir scenario
   local dir=$1 scenario=$2 sink_extra=""
-  local ingest_extra="" queue_extra=""
+  local ingest_extra="" queue_extra="" broker_extra=""
+  [ -z "${BENCH_SEGMENT_SIZE:-}" ] || broker_extra+="segment_size = $BENCH_SEGMENT_SIZE"$'\n'
+  [ -z "${BENCH_SEGMENT_COUNT:-}" ] || broker_extra+="segment_count = $BENCH_SEGMENT_COUNT"
   [ -z "${BENCH_BATCH_DELAY:-}" ] || ingest_extra="batch_delay = \"$BENCH_BATCH_DELAY\""
   [ -z "${BENCH_COMMIT_DELAY:-}" ] || queue_extra="commit_delay = \"$BENCH_COMMIT_DELAY\""
   [ "$scenario" = filter_array ] && sink_extra=$'format = "json_array"\nbatch_max = 50'
@@ -218,6 +225,7 @@ rules_dir = "rules"
 [broker]
 listen = "127.0.0.1:$GW_PORT"
 listen_v5 = "127.0.0.1:$GW5_PORT"
+$broker_extra
 
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
@@ -374,11 +382,12 @@ run_one() { # scenario repetition [perf]
   # Half rate, for latency.
   local half_rate=0 sim_half="" cpu2=0 cpu3=0 t2=0 t3=0
   if [ "$scenario" != window ]; then
-    half_rate=$(python3 - "$dir/sub-full.json" "$sim" "$t0" "$done_rules" "$scenario" <<'EOF'
+    half_rate=$(python3 - "$dir/sub-full.json" "$dir/metrics-full.txt" "$t0" "$done_rules" "$scenario" <<'EOF'
 import json, sys
-sub, sim, t0, done, scenario = json.load(open(sys.argv[1])), json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+sub, t0, done, scenario = json.load(open(sys.argv[1])), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 if scenario == "rules":
-    rate = sim["sent"] / max((done - t0) / 1e6, 1e-3)
+    rows = sum(float(l.rsplit(" ", 1)[1]) for l in open(sys.argv[2]) if l.startswith("fieldgate_stream_rows_total"))
+    rate = rows / max((done - t0) / 1e6, 1e-3)
 else:
     rate = sub["rows"] / max((sub["last_arrival_us"] - t0) / 1e6, 1e-3)
 print(max(int(rate / 2), 1))
@@ -399,7 +408,7 @@ EOF
   [ "$scenario" = baseline ] || stop "$GW_PID" 20
   stop "$MOSQ_PID" 5
 
-  python3 - "$dir" "$scenario" "$rep" "$sim" "$sim_half" "$t0" "$t1" "$done_rules" "$done_queue" \
+  RUN_NOTE=$RUN_NOTE python3 - "$dir" "$scenario" "$rep" "$sim" "$sim_half" "$t0" "$t1" "$done_rules" "$done_queue" \
     "$cpu0" "$cpu1" "$t2" "$t3" "$cpu2" "$cpu3" "$half_rate" "$rss" "$load_before" \
     "$(cut -d' ' -f1 /proc/loadavg)" "$devices" "${perf:+1}" >>"$RESULTS" <<'EOF'
 import json, os, sys
@@ -455,6 +464,7 @@ if half:
     r["cpu_cores_half"] = (float(cpu3) - float(cpu2)) / ((t3 - t2) / 1e6)
 r["peak_rss_bytes"] = int(rss)
 r["load_before"], r["load_after"] = float(load_before), float(load_after)
+r["shared"] = os.environ.get("RUN_NOTE", "")
 print(json.dumps(r))
 EOF
   tail -1 "$RESULTS" | python3 -c "$SUMMARY_PY"
@@ -469,32 +479,35 @@ EOF
 }
 
 # ---------------------------------------------------------------- main
-echo "bench.sh: results in $OUT"
 STARTED=$(date -u +'%Y-%m-%d %H:%M UTC')
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-for ((rep = 1; rep <= REPEAT; rep++)); do
-  for s in $SCENARIOS; do
-    run_one "$s" "$rep"
+if [ -n "${BENCH_REPORT:-}" ]; then
+  # Only the table and the doc, from results of earlier runs (one or more results.jsonl).
+  cat $BENCH_REPORT >"$RESULTS"
+  STARTED="${BENCH_REPORT_STARTED:-$STARTED}"
+else
+  echo "bench.sh: results in $OUT"
+  for ((rep = REP_START; rep < REP_START + REPEAT; rep++)); do
+    for s in $SCENARIOS; do
+      run_one "$s" "$rep"
+    done
   done
-done
-if [ "$PROFILE" = 1 ]; then
-  for s in filter rules; do
-    run_one "$s" 1 perf
-  done
+  if [ "$PROFILE" = 1 ]; then
+    for s in filter rules; do
+      run_one "$s" 1 perf
+    done
+  fi
 fi
-LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- table and doc
 MACHINE_CPU=$(awk -F': ' '/^model name/ { m = $2 } /^cpu family/ { f = $2 } /^model\t/ { n = $2 }
   /^flags/ { a = ($2 ~ /avx512f/) ? ", AVX-512" : "" } END { printf "%s (family %s model %s%s)", m, f, n, a }' /proc/cpuinfo)
-export MACHINE_CPU LOAD_START LOAD_END STARTED
+export MACHINE_CPU STARTED
 export MACHINE_NPROC=$(nproc)
 export TREE=$(git describe --always --dirty 2>/dev/null || echo unknown)
 export MACHINE_MEM=$(free -g | awk '/^Mem:/ { printf "%s GiB, %s GiB available at the end", $2, $7 }')
 export MACHINE_OS="$(. /etc/os-release && echo "$PRETTY_NAME"), Linux $(uname -r)"
 export MACHINE_MOSQ=$("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/^mosquitto version //')
 export MACHINE_RUSTC=$(rustc --version 2>/dev/null | cut -d' ' -f2)
-export SHARED_NOTES="$(printf '%s\n' "${SHARED_NOTES[@]+"${SHARED_NOTES[@]}"}")"
 export SETTINGS="BENCH_SECONDS=$SECONDS_FULL BENCH_LATENCY_SECONDS=$SECONDS_HALF BENCH_REPEAT=$REPEAT BENCH_DEVICES=$DEVICES BENCH_WINDOW_DEVICES=$WINDOW_DEVICES BENCH_CONNECTIONS=$CONNECTIONS BENCH_RULES=$RULES BENCH_QOS=$QOS"
 python3 - "$RESULTS" "$DOC" <<'EOF'
 import json, os, statistics, sys
@@ -506,7 +519,7 @@ order = ["baseline", "filter", "filter_array", "window", "rules"]
 names = {
     "baseline": "(a) mosquitto alone, one subscriber",
     "filter": "(b) filter → queue → cloud MQTT, one message per row",
-    "filter_array": "(b′) the same, sink `format = \"json_array\"`, `batch_max = 100`",
+    "filter_array": "(b′) the same, sink `format = \"json_array\"`, `batch_max = 50`",
     "window": "(c) tumbling 10 s avg by device",
     "rules": "(d) 100 rules on one stream (rate in)",
 }
@@ -554,7 +567,7 @@ for s in order:
     spread = f"{min(r['rate'] for r in rs) / 1e3:.0f}–{max(r['rate'] for r in rs) / 1e3:.0f} k"
     half = med([r.get("half_rate") for r in rs])
     rows.append(
-        f"| {names[s]} | **{fmt_rate(rate)}** | {spread} | "
+        f"| {names[s]} | **{fmt_rate(rate)}** | {spread} | {fmt_rate(med([r['sim_rate'] for r in rs]))} | "
         f"{'—' if ratio is None or s == 'baseline' else f'{ratio:.2f}×'} | "
         f"{fmt_rate(half) if half else '—'} | {fmt_ms(p50)} | {fmt_ms(p99)} | {rss:.1f} MiB | "
         f"{cpu:.2f} | {cpu_msg:.1f} | {lost:,} of {sent:,} |"
@@ -570,8 +583,8 @@ for s in order:
             v.append(f"RSS ≤ {t[3]} MB: {short(rss * 2**20 / 1e6, t[3], False)} ({rss * 2**20 / 1e6:.0f} MB)")
         verdicts.append(f"- {names[s]}: " + "; ".join(v))
 
-header = ("| scenario | msgs/s (median) | range | × baseline | half rate | p50 | p99 | peak RSS | CPU (cores) | CPU µs/msg | lost |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+header = ("| scenario | msgs/s (median) | range | offered | × baseline | half rate | p50 | p99 | peak RSS | CPU (cores) | CPU µs/msg | lost |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 table = header + "\n" + "\n".join(rows)
 print()
 print(table)
@@ -589,7 +602,8 @@ for s in order:
 if not doc:
     sys.exit(0)
 env = os.environ
-notes = [n for n in env.get("SHARED_NOTES", "").splitlines() if n.strip()]
+notes = [f"{r['scenario']} #{r['rep']} {r['shared']}" for r in runs if r.get("shared")]
+loads = [x for r in runs for x in (r["load_before"], r["load_after"])]
 section = f"""<!-- bench.sh:begin -->
 <!-- Written by scripts/bench.sh; everything up to bench.sh:end is replaced by the next run. -->
 Run of {env['STARTED']} on the tree at `{env['TREE']}` (release profile): `{env['SETTINGS']}`.
@@ -600,13 +614,16 @@ Run of {env['STARTED']} on the tree at `{env['TREE']}` (release profile): `{env[
 | memory | {env['MACHINE_MEM']} |
 | OS | {env['MACHINE_OS']} |
 | software | rustc {env['MACHINE_RUSTC']}, mosquitto {env['MACHINE_MOSQ']} |
-| load average (1, 5, 15 min) | {env['LOAD_START']} at the start, {env['LOAD_END']} at the end |
+| load average | 1 min, before and after each run: {min(loads):.2f}–{max(loads):.2f} |
 | shared | {'; '.join(notes) if notes else 'no other benchmark ran during the measurements (checked before each run)'} |
 
-Medians of the runs; "range" is the lowest and highest run. p50/p99: send time on the
-device to arrival at the subscriber, at half the run's own sustained rate. Peak RSS and CPU
-are fieldgate's (mosquitto's for (a)); CPU in cores during the full-rate phase. "lost":
-messages sent and not delivered (not taken by the rule, for (c) and (d)), over all runs.
+Medians of the runs; "range" is the lowest and highest run; "offered" is the rate at which
+the broker acknowledged the simulated devices' publishes. p50/p99: send time on the device
+to arrival at the subscriber, at half the run's own sustained rate ("half rate"). Peak RSS
+and CPU are fieldgate's (mosquitto's for (a)): CPU in cores from the start of the load until
+the gateway had drained, and in µs per message delivered. "lost": messages the broker
+acknowledged to the devices that never reached the subscriber (the rule, for (c) and (d)),
+over all runs of the full-rate phase.
 
 {table}
 
