@@ -605,7 +605,7 @@ env = os.environ
 notes = [f"{r['scenario']} #{r['rep']} {r['shared']}" for r in runs if r.get("shared")]
 loads = [x for r in runs for x in (r["load_before"], r["load_after"])]
 section = f"""<!-- bench.sh:begin -->
-<!-- Written by scripts/bench.sh; everything up to bench.sh:end is replaced by the next run. -->
+<!-- Written by scripts/bench.sh; everything up to the end marker is replaced by the next run. -->
 Run of {env['STARTED']} on the tree at `{env['TREE']}` (release profile): `{env['SETTINGS']}`.
 
 | machine | |
@@ -615,7 +615,7 @@ Run of {env['STARTED']} on the tree at `{env['TREE']}` (release profile): `{env[
 | OS | {env['MACHINE_OS']} |
 | software | rustc {env['MACHINE_RUSTC']}, mosquitto {env['MACHINE_MOSQ']} |
 | load average | 1 min, before and after each run: {min(loads):.2f}–{max(loads):.2f} |
-| shared | {'; '.join(notes) if notes else 'no other benchmark ran during the measurements (checked before each run)'} |
+| notes | {'; '.join(notes) if notes else 'no other benchmark ran during the measurements (checked before each run)'} |
 
 Medians of the runs; "range" is the lowest and highest run; "offered" is the rate at which
 the broker acknowledged the simulated devices' publishes. p50/p99: send time on the device
