@@ -192,7 +192,10 @@ async fn deliver(
     queues: &HashMap<String, Queue>,
     counters: &StreamCounters,
 ) {
-    for out in outputs {
+    // Every rule's results for one sink go in one append: one durable commit per sink
+    // and batch, however many rules the stream has.
+    let mut by_sink: HashMap<&str, Vec<(Arc<str>, Bytes)>> = HashMap::new();
+    for out in &outputs {
         let rows = match json_rows(&out.batches) {
             Ok(r) => r,
             Err(e) => {
@@ -203,20 +206,29 @@ async fn deliver(
         if rows.is_empty() {
             continue;
         }
-        let entries: Vec<(Arc<str>, Bytes)> =
-            rows.into_iter().map(|r| (out.rule.clone(), r)).collect();
         for sink in out.sinks.iter() {
-            let Some(q) = queues.get(sink) else { continue };
-            match q.append(entries.clone()).await {
-                Ok(()) => {}
-                // Counted and logged (rate-limited) by the queue itself.
-                Err(crate::queue::StoreError::Full { .. }) => {}
-                Err(e) => {
-                    counters
-                        .queue_errors
-                        .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                    tracing::error!(%stream, rule = %out.rule, %sink, error = %e, "results not queued");
-                }
+            by_sink
+                .entry(sink.as_str())
+                .or_default()
+                .extend(rows.iter().map(|r| (out.rule.clone(), r.clone())));
+        }
+    }
+    // The sinks' queues commit in parallel, each on its own writer thread.
+    let appends = by_sink.into_iter().filter_map(|(sink, entries)| {
+        let q = queues.get(sink)?;
+        Some(async move {
+            let n = entries.len() as u64;
+            (sink, n, q.append(entries).await)
+        })
+    });
+    for (sink, n, result) in futures::future::join_all(appends).await {
+        match result {
+            Ok(()) => {}
+            // Counted and logged (rate-limited) by the queue itself.
+            Err(crate::queue::StoreError::Full { .. }) => {}
+            Err(e) => {
+                counters.queue_errors.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(%stream, %sink, error = %e, "results not queued");
             }
         }
     }

@@ -80,7 +80,7 @@ async fn results_go_out_as_json_arrays_per_publish() {
     let cloud = Mosquitto::start(free_port(), &tmp.path().join("cloud"));
     let sinks = format!(
         "[sinks.cloud]\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {}\n\
-         format = \"json_array\"\nbatch_max = 50\n",
+         format = \"json_array\"\nbatch_max = 50\nmax_packet_size = 2048\n",
         cloud.port
     );
     let setup = GatewaySetup::new(&tmp.path().join("gw"), &sinks, &forward_rules("cloud"));
@@ -104,6 +104,9 @@ async fn results_go_out_as_json_arrays_per_publish() {
         arrays().iter().map(Vec::len).sum::<usize>(),
         gw.log_text()
     );
+    // No packet above the limit: arrays are cut by size before `batch_max`.
+    let longest = sub.lines().iter().map(String::len).max().unwrap_or(0);
+    assert!(longest <= 2048 - 50, "a {longest}-byte payload");
     let publishes = arrays();
     assert!(
         publishes.iter().all(|a| (1..=50).contains(&a.len())),

@@ -47,6 +47,10 @@ pub struct MqttSinkConfig {
     /// Results per publish in `json_array` format, at most.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
+    /// Largest MQTT packet sent, in bytes; a `json_array` publish is cut to stay below
+    /// it. Match the broker's limit (AWS IoT Core: 131072).
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: usize,
 }
 
 /// How results are laid out in publishes.
@@ -75,6 +79,9 @@ fn default_in_flight() -> u16 {
 fn default_batch_max() -> usize {
     100
 }
+fn default_max_packet_size() -> usize {
+    256 * 1024
+}
 fn default_reconnect_min() -> Duration {
     Duration::from_millis(200)
 }
@@ -102,6 +109,9 @@ impl MqttSinkConfig {
         }
         if self.batch_max == 0 {
             return Err("`batch_max` must be at least 1".into());
+        }
+        if self.max_packet_size < 1024 {
+            return Err("`max_packet_size` must be at least 1024".into());
         }
         crate::sink::topic::validate(&self.topic)
     }

@@ -35,6 +35,8 @@ pub struct MqttSink {
     max_in_flight: usize,
     /// Results per publish: 1, or `batch_max` in `json_array` format.
     per_publish: usize,
+    /// Largest packet the client sends.
+    max_packet: usize,
     rx: mpsc::UnboundedReceiver<Conn>,
     client: Option<AsyncClient>,
     generation: u64,
@@ -86,6 +88,7 @@ impl MqttSink {
             .unwrap_or_else(|| format!("fieldgate-{gateway}-{name}"));
         let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
         opts.set_keep_alive(cfg.keepalive)
+            .set_max_packet_size(cfg.max_packet_size.max(10 * 1024), cfg.max_packet_size)
             .set_clean_session(true)
             .set_inflight(cfg.max_in_flight)
             .set_request_channel_capacity(usize::from(cfg.max_in_flight) * 2 + 16);
@@ -117,6 +120,7 @@ impl MqttSink {
                 MqttFormat::Message => 1,
                 MqttFormat::JsonArray => cfg.batch_max,
             },
+            max_packet: cfg.max_packet_size,
             rx,
             client: None,
             generation: 0,
@@ -195,11 +199,17 @@ impl Sink for MqttSink {
         let mut rest = msgs;
         while let Some(first) = rest.first() {
             let topic = self.topic_for(&first.rule, &first.payload);
-            // Consecutive results for the same topic share a publish, in order.
+            // Consecutive results for the same topic share a publish, in order, as
+            // long as the packet stays within the size limit (room left for the
+            // topic, the header and each result's id).
+            let budget = self.max_packet.saturating_sub(topic.len() + 16);
+            let mut size = first.payload.len() + 64;
             let mut n = 1;
             while n < rest.len().min(self.per_publish)
+                && size + rest[n].payload.len() + 64 <= budget
                 && self.topic_for(&rest[n].rule, &rest[n].payload) == topic
             {
+                size += rest[n].payload.len() + 64;
                 n += 1;
             }
             let (batch, tail) = rest.split_at(n);
