@@ -173,7 +173,9 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Longest an accepted result waits for others to share its fsync.
+    /// Extra time an append waits for others to share its fsync. The default, 0, needs
+    /// no waiting to group: appends that arrive while a commit syncs share the next one
+    /// (`docs/benchmarks.md` measured 0 faster than 5 ms for one producer and for four).
     #[serde(with = "humantime_serde")]
     pub commit_delay: Duration,
     /// redb cache per queue, in bytes.
@@ -195,7 +197,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            commit_delay: Duration::from_millis(5),
+            commit_delay: Duration::ZERO,
             cache_bytes: 4 * 1024 * 1024,
             drain_timeout: Duration::from_secs(2),
             max_bytes: Some(1024 * 1024 * 1024),

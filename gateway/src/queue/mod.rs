@@ -2,8 +2,9 @@
 //!
 //! Every rule result addressed to a sink is appended here before anything else happens
 //! to it. Appends are group-committed: one writer thread per queue gathers the appends
-//! that arrive within `commit_delay`, writes them in one transaction and makes it
-//! durable with a single fsync; an append is accepted only when that commit returned.
+//! waiting for it (and those that arrive within `commit_delay`), writes them in one
+//! transaction and makes it durable with a single fsync; an append is accepted only
+//! when that commit returned.
 //! The sink's uplink worker reads from the oldest entry on and deletes an entry only
 //! after the sink confirmed it, so a crash or an outage can repeat a delivery but never
 //! lose one.
