@@ -50,6 +50,7 @@ CONTRACT_METRICS = {
     "fieldgate_ready": ("gauge", set()),
     "fieldgate_mqtt_messages_received_total": ("counter", set()),
     "fieldgate_mqtt_messages_unrouted_total": ("counter", set()),
+    "fieldgate_mqtt_messages_skipped_total": ("counter", set()),
     "fieldgate_broker_connections": ("gauge", set()),
     "fieldgate_broker_connections_accepted_total": ("counter", set()),
     "fieldgate_stream_rows_total": ("counter", {"stream"}),

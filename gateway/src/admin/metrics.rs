@@ -137,6 +137,13 @@ fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
         "Messages whose topic matched no stream.",
         [(vec![], load(&r.mqtt.unrouted))],
     )?;
+    counter(
+        e,
+        "fieldgate_mqtt_messages_skipped_total",
+        "Messages the broker acknowledged but skipped before the gateway read them, \
+         because the rules fell behind for longer than the broker's log holds.",
+        [(vec![], load(&r.mqtt.skipped))],
+    )?;
     gauge(
         e,
         "fieldgate_broker_connections",

@@ -42,7 +42,49 @@ pub struct IngestCounters {
     pub messages: AtomicU64,
     /// Messages that matched no stream.
     pub unrouted: AtomicU64,
+    /// Messages the broker acknowledged to their publishers but skipped before ingest
+    /// read them: its log for ingest's subscription wrapped while ingest fell behind.
+    pub skipped: AtomicU64,
 }
+
+/// Counts what the broker's log skipped: positions in the log of ingest's one
+/// subscription follow each other, so a jump forward is the number of messages lost.
+#[derive(Default)]
+struct Gaps {
+    last: Option<u64>,
+    log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Gaps {
+    fn observe(&mut self, cursor: Option<(u64, u64)>, counters: &IngestCounters) {
+        let Some((_, offset)) = cursor else { return };
+        if let Some(last) = self.last
+            && offset > last + 1
+        {
+            let n = offset - last - 1;
+            counters.skipped.fetch_add(n, Ordering::Relaxed);
+            self.unlogged += n;
+            let now = Instant::now();
+            if self
+                .log
+                .is_none_or(|t| now.duration_since(t) >= GAP_LOG_EVERY)
+            {
+                self.log = Some(now);
+                tracing::error!(
+                    skipped = std::mem::take(&mut self.unlogged),
+                    "the broker skipped messages ingest had not read: the rules fell \
+                     behind the devices for longer than the broker's log (segment_size × \
+                     segment_count) holds"
+                );
+            }
+        }
+        self.last = Some(offset);
+    }
+}
+
+/// At most one log line about skipped messages per this long.
+const GAP_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Feeds the routes from `link_rx`, subscribed to `#` (one subscription to everything:
 /// each message arrives once, whatever number of streams it matches) until `stop` turns true; then takes
@@ -61,6 +103,7 @@ pub async fn run(
     let mut routes = mqtt_routes(&routes_rx.borrow_and_update());
     let mut pending: Vec<Vec<Bytes>> = routes.iter().map(|_| Vec::new()).collect();
     let mut deadline: Option<Instant> = None;
+    let mut gaps = Gaps::default();
     let mut routes_open = true;
     // After `stop`: the broker has acknowledged messages its devices published up to
     // the moment its listeners closed; take them all before returning.
@@ -75,6 +118,7 @@ pub async fn run(
             n = link_rx.next() => match n {
                 Ok(Some(Notification::Forward(f))) => {
                     counters.messages.fetch_add(1, Ordering::Relaxed);
+                    gaps.observe(f.cursor, &counters);
                     if let Some((quiet_until, _)) = drain.as_mut() {
                         *quiet_until = Instant::now() + DRAIN_QUIET;
                     }
