@@ -34,7 +34,7 @@
 #   BENCH_SECONDS [10]  BENCH_LATENCY_SECONDS [10]  BENCH_DRAIN_TIMEOUT [120] (seconds)
 #   BENCH_DEVICES [1000]  BENCH_WINDOW_DEVICES [10000]  BENCH_CONNECTIONS [4]
 #   BENCH_RULES [100]  BENCH_QOS [1] (devices' publishes)
-#   BENCH_BATCH_DELAY, BENCH_COMMIT_DELAY [gateway defaults: 10ms, 5ms] ([ingest] batch_delay,
+#   BENCH_BATCH_DELAY, BENCH_COMMIT_DELAY [gateway defaults: 10ms, 0ms] ([ingest] batch_delay,
 #                   [queue] commit_delay)
 #   BENCH_SEGMENT_SIZE, BENCH_SEGMENT_COUNT [gateway defaults: 1048576, 8] ([broker])
 #   BENCH_WAIT_OTHERS [1800] (seconds to wait while other benchmarks run; 0: do not wait)
