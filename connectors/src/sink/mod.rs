@@ -73,6 +73,26 @@ pub trait Sink: Send {
     fn next_event(&mut self) -> impl Future<Output = SinkEvent> + Send;
 }
 
+/// `next_event` of a sink that queues its events: the oldest queued event; else, with a
+/// retry set, `Ready` once it is due (the retry is cleared only then, so a caller that
+/// stops waiting early, as the uplink's `select!` does, loses nothing); else never.
+pub(crate) async fn queued_event(
+    events: &mut std::collections::VecDeque<SinkEvent>,
+    retry_at: &mut Option<tokio::time::Instant>,
+) -> SinkEvent {
+    if let Some(e) = events.pop_front() {
+        return e;
+    }
+    match *retry_at {
+        Some(at) => {
+            tokio::time::sleep_until(at).await;
+            *retry_at = None;
+            SinkEvent::Ready
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Delay before reconnect attempt `attempt` (0-based): exponential from `min` up to `max`,
 /// with full jitter in its upper half so a fleet does not reconnect in step.
 pub fn backoff(

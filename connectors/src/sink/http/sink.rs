@@ -222,16 +222,6 @@ impl Sink for HttpSink {
     }
 
     async fn next_event(&mut self) -> SinkEvent {
-        if let Some(e) = self.events.pop_front() {
-            return e;
-        }
-        match self.retry_at {
-            Some(at) => {
-                tokio::time::sleep_until(at).await;
-                self.retry_at = None;
-                SinkEvent::Ready
-            }
-            None => std::future::pending().await,
-        }
+        crate::sink::queued_event(&mut self.events, &mut self.retry_at).await
     }
 }

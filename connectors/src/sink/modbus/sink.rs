@@ -194,16 +194,7 @@ impl Sink for ModbusSink {
     }
 
     async fn next_event(&mut self) -> SinkEvent {
-        if let Some(e) = self.events.pop_front() {
-            return e;
-        }
-        match self.retry_at.take() {
-            Some(at) => {
-                tokio::time::sleep_until(at).await;
-                SinkEvent::Ready
-            }
-            None => std::future::pending().await,
-        }
+        crate::sink::queued_event(&mut self.events, &mut self.retry_at).await
     }
 }
 
@@ -338,7 +329,12 @@ mod tests {
             .unwrap();
         assert!(matches!(s.next_event().await, SinkEvent::Down(_)));
         let waited = Instant::now();
-        assert_eq!(s.next_event().await, SinkEvent::Ready);
+        // The uplink's `select!` may stop waiting before the retry is due: the retry
+        // must still come.
+        let early = tokio::time::timeout(RETRY_DELAY / 4, s.next_event()).await;
+        assert!(early.is_err(), "{early:?}");
+        let ready = tokio::time::timeout(RETRY_DELAY * 3, s.next_event()).await;
+        assert_eq!(ready.ok(), Some(SinkEvent::Ready));
         assert!(waited.elapsed() >= RETRY_DELAY / 2);
         assert_eq!(s.counters().written.load(Ordering::Relaxed), 0);
     }

@@ -56,10 +56,8 @@ impl Sink for RepublishSink {
     }
 
     async fn next_event(&mut self) -> SinkEvent {
-        match self.events.pop_front() {
-            Some(e) => e,
-            None => std::future::pending().await,
-        }
+        // Nothing to retry: confirmations are all this sink reports after `Ready`.
+        crate::sink::queued_event(&mut self.events, &mut None).await
     }
 }
 
