@@ -59,12 +59,15 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-fn counter<'a>(
+fn counter<'a, V>(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: impl IntoIterator<Item = (Labels<'a>, u64)>,
-) -> Result<(), std::fmt::Error> {
+    samples: impl IntoIterator<Item = (Labels<'a>, V)>,
+) -> Result<(), std::fmt::Error>
+where
+    ConstCounter<V>: EncodeMetric,
+{
     // The encoder appends `_total` to counters.
     let base = name.strip_suffix("_total").unwrap_or(name);
     let mut m = e.encode_descriptor(base, help, None, MetricType::Counter)?;
@@ -462,13 +465,12 @@ fn process(e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         )?;
     }
     if let Some(cpu) = cpu {
-        let mut m = e.encode_descriptor(
-            "process_cpu_seconds",
+        counter(
+            e,
+            "process_cpu_seconds_total",
             "User and system CPU time spent in seconds.",
-            None,
-            MetricType::Counter,
+            [(vec![], cpu)],
         )?;
-        ConstCounter::new(cpu).encode(m.encode_family(&Labels::new())?)?;
     }
     Ok(())
 }
