@@ -128,17 +128,20 @@ impl LiveRules {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%trigger, error = %e, "rules not reloaded; the running rules stay");
-            return ReloadReport::from_summary(vec![e.to_string()], &Default::default());
+            return ReloadReport {
+                errors: vec![e.to_string()],
+                summary: Default::default(),
+            };
         }
         let plan = self.plan().await;
         for e in &plan.errors {
             tracing::error!(error = %e, "rule file error");
         }
-        let report = ReloadReport::from_summary(
-            plan.errors.iter().map(|e| e.to_string()).collect(),
-            &plan.summary,
-        );
-        let s = plan.summary.clone();
+        let report = ReloadReport {
+            errors: plan.errors.iter().map(|e| e.to_string()).collect(),
+            summary: plan.summary.clone(),
+        };
+        let s = &report.summary;
         let errors = plan.errors.len();
         let changed = s.changes_anything();
         self.apply(plan).await;

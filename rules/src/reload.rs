@@ -78,7 +78,7 @@ pub enum StreamChange {
 }
 
 /// Names of what a reload added, changed, removed or kept.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadSummary {
     pub rules_added: Vec<String>,
     pub rules_changed: Vec<String>,

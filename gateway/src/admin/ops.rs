@@ -116,34 +116,14 @@ impl RuleView {
     }
 }
 
-/// What a reload did, for whoever asked for it.
+/// What a reload did, for whoever asked for it: the errors found in the rule files, and
+/// the summary's lists of names side by side with them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReloadReport {
     /// Errors in rule files, as `file:line:col: message`.
     pub errors: Vec<String>,
-    pub rules_added: Vec<String>,
-    pub rules_changed: Vec<String>,
-    pub rules_removed: Vec<String>,
-    pub streams_added: Vec<String>,
-    pub streams_changed: Vec<String>,
-    pub streams_removed: Vec<String>,
-    /// Declarations whose new version failed and whose previous version runs on.
-    pub kept_previous: Vec<String>,
-}
-
-impl ReloadReport {
-    pub fn from_summary(errors: Vec<String>, s: &fieldgate_rules::ReloadSummary) -> Self {
-        ReloadReport {
-            errors,
-            rules_added: s.rules_added.clone(),
-            rules_changed: s.rules_changed.clone(),
-            rules_removed: s.rules_removed.clone(),
-            streams_added: s.streams_added.clone(),
-            streams_changed: s.streams_changed.clone(),
-            streams_removed: s.streams_removed.clone(),
-            kept_previous: s.kept_previous.clone(),
-        }
-    }
+    #[serde(flatten)]
+    pub summary: fieldgate_rules::ReloadSummary,
 }
 
 impl RulesView {
