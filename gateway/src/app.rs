@@ -212,7 +212,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         };
         tracing::info!(devices = pollers.len(), "Modbus polling started");
         Some(tokio::spawn(modbus::run(
-            pollers,
+            pollers.clone(),
             routes.clone(),
             republish,
             modbus_counters.clone(),
@@ -234,7 +234,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         broker: broker.counters.clone(),
         mqtt: ingest_counters.clone(),
         modbus: modbus_counters.clone(),
-        devices: devices.into_values().collect(),
+        // In configuration order, as the operator wrote them.
+        devices: pollers,
         sinks: sink_views,
         rules: rules_view,
         reloads: reload_counters.clone(),
