@@ -81,8 +81,7 @@ fn start_sink(
         }
         SinkConfig::Republish(r) => {
             let mut link = broker.publisher(&format!("fieldgate-sink-{name}"))?;
-            let publish: Publish =
-                Box::new(move |topic, payload| broker::publish(&mut link, topic, payload));
+            let publish: Publish = Box::new(move |topic, payload| link.publish(topic, payload));
             let sink = RepublishSink::new(r, &cfg.gateway_id, ids, publish);
             (up.spawn(sink), "republish", SinkExtra::None)
         }
@@ -185,6 +184,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.sinks.keys().cloned().collect(),
         Groups::of(&pollers),
         queues.clone(),
+        cfg.ingest.batch_rows,
     )
     .await?;
     let routes = rules.routes();
@@ -226,12 +226,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.ingest.batch_rows,
         cfg.ingest.batch_delay,
         ingest_counters.clone(),
+        broker.backpressure.clone(),
         stop_rx.clone(),
     ));
-    broker.listen();
+    broker.listen()?;
     let _ = ops.running.set(Running {
         gateway_id: cfg.gateway_id.clone(),
         broker: broker.counters.clone(),
+        backpressure: broker.backpressure.clone(),
         mqtt: ingest_counters.clone(),
         modbus: modbus_counters.clone(),
         // In configuration order, as the operator wrote them.

@@ -155,7 +155,9 @@ impl Default for LogConfig {
 pub struct IngestConfig {
     /// Messages per micro-batch, at most.
     pub batch_rows: usize,
-    /// Longest a message waits for its micro-batch to fill.
+    /// Longest a message waits for more to join its micro-batch. 0 (the default): a
+    /// batch goes as soon as the broker has nothing more ready, so batches are as large
+    /// as the load makes them and no message waits on a timer.
     #[serde(with = "humantime_serde")]
     pub batch_delay: Duration,
 }
@@ -164,7 +166,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             batch_rows: 4096,
-            batch_delay: Duration::from_millis(10),
+            batch_delay: Duration::ZERO,
         }
     }
 }

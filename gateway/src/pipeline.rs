@@ -75,6 +75,7 @@ pub async fn run_stream(
     mut pipeline: StreamPipeline,
     mut rx: mpsc::Receiver<Input>,
     mut control: mpsc::Receiver<Control>,
+    batch_rows: usize,
     queues: Arc<HashMap<String, Queue>>,
     counters: Arc<StreamCounters>,
 ) {
@@ -94,40 +95,64 @@ pub async fn run_stream(
     // New rules wait until the batches queued before they came have gone through the
     // rules those batches were sent to: (rules, batches still to process first).
     let mut next_rules: Option<(Vec<RuleSlot>, usize)> = None;
+    // Taken from the channel while merging payloads, to go next.
+    let mut held: Option<Input> = None;
     loop {
-        if next_rules.as_ref().is_some_and(|(_, n)| *n == 0)
+        if held.is_none()
+            && next_rules.as_ref().is_some_and(|(_, n)| *n == 0)
             && let Some((rules, _)) = next_rules.take()
         {
             set_rules(&mut pipeline, rules);
         }
-        let input = tokio::select! {
-            p = rx.recv() => match p {
-                Some(p) => {
-                    if let Some((_, n)) = next_rules.as_mut() {
-                        *n = n.saturating_sub(1);
+        let input = if let Some(p) = held.take() {
+            p
+        } else {
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => {
+                        if let Some((_, n)) = next_rules.as_mut() {
+                            *n = n.saturating_sub(1);
+                        }
+                        p
                     }
-                    p
+                    None => break,
+                },
+                _ = clock.tick() => {
+                    // Processing-time windows and idle streams close by the clock.
+                    let (outputs, errors) = pipeline.tick(fieldgate_rules::now_millis()).await;
+                    log_rule_errors(&stream, errors, &mut rule_error_log);
+                    deliver(&stream, outputs, &queues, &counters).await;
+                    continue;
                 }
-                None => break,
-            },
-            _ = clock.tick() => {
-                // Processing-time windows and idle streams close by the clock.
-                let (outputs, errors) = pipeline.tick(fieldgate_rules::now_millis()).await;
-                log_rule_errors(&stream, errors, &mut rule_error_log);
-                deliver(&stream, outputs, &queues, &counters).await;
-                continue;
-            }
-            c = control.recv(), if control_open && next_rules.is_none() => {
-                match c {
-                    Some(Control::SetRules(rules)) => next_rules = Some((rules, rx.len())),
-                    None => control_open = false,
+                c = control.recv(), if control_open && next_rules.is_none() => {
+                    match c {
+                        Some(Control::SetRules(rules)) => next_rules = Some((rules, rx.len())),
+                        None => control_open = false,
+                    }
+                    continue;
                 }
-                continue;
             }
         };
         let batch = match input {
             Input::Rows(batch) => batch,
-            Input::Payloads(payloads) => {
+            Input::Payloads(mut payloads) => {
+                // Batches that waited while the last one ran go through together.
+                while payloads.len() < batch_rows && next_rules.as_ref().is_none_or(|(_, n)| *n > 0)
+                {
+                    let Ok(more) = rx.try_recv() else { break };
+                    if let Some((_, n)) = next_rules.as_mut() {
+                        *n -= 1;
+                    }
+                    match more {
+                        Input::Payloads(more) if payloads.len() + more.len() <= batch_rows => {
+                            payloads.extend(more)
+                        }
+                        other => {
+                            held = Some(other);
+                            break;
+                        }
+                    }
+                }
                 let decoded = decoder.decode(&payloads);
                 if !decoded.rejected.is_empty() {
                     let n = decoded.rejected.len() as u64;

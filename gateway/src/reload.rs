@@ -66,6 +66,8 @@ pub struct LiveRules {
     /// The Modbus poll groups streams may read.
     groups: Groups,
     queues: Arc<HashMap<String, Queue>>,
+    /// Most rows a stream task decodes and runs at once.
+    batch_rows: usize,
     running: RuleSet,
     streams: HashMap<String, StreamTask>,
     /// Tasks of replaced or removed streams, finishing what they were sent.
@@ -84,6 +86,7 @@ impl LiveRules {
         sinks: HashSet<String>,
         groups: Groups,
         queues: Arc<HashMap<String, Queue>>,
+        batch_rows: usize,
     ) -> anyhow::Result<LiveRules> {
         rule_files(&[dir.to_path_buf()]).context("cannot list the rules directory")?;
         let (routes, _) = watch::channel(Vec::new());
@@ -92,6 +95,7 @@ impl LiveRules {
             sinks,
             groups,
             queues,
+            batch_rows,
             running: RuleSet::default(),
             streams: HashMap::new(),
             retired: Vec::new(),
@@ -313,6 +317,7 @@ impl LiveRules {
             p,
             rx,
             control_rx,
+            self.batch_rows,
             self.queues.clone(),
             counters.clone(),
         ));

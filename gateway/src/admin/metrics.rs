@@ -159,6 +159,25 @@ fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
         "MQTT connections the embedded broker accepted (CONNECT received).",
         [(vec![], load(&r.broker.accepted))],
     )?;
+    let bp = &r.backpressure;
+    gauge(
+        e,
+        "fieldgate_broker_ingest_lag_bytes",
+        "Bytes in the broker's log that the gateway's streams have not taken yet.",
+        [(vec![], bp.lag())],
+    )?;
+    counter(
+        e,
+        "fieldgate_broker_backpressure_pauses_total",
+        "Times the broker stopped reading from devices until the streams caught up.",
+        [(vec![], load(&bp.pauses))],
+    )?;
+    counter(
+        e,
+        "fieldgate_broker_backpressure_seconds_total",
+        "Time the broker spent not reading from devices while the streams caught up.",
+        [(vec![], load(&bp.paused_us) as f64 / 1e6)],
+    )?;
     let view = r.rules.read().map_err(|_| std::fmt::Error)?;
     counter(
         e,

@@ -11,7 +11,7 @@ use fieldgate_connectors::source::modbus::DevicePoller;
 use fieldgate_rules::RuleCounters;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::BrokerCounters;
+use crate::broker::{Backpressure, BrokerCounters};
 use crate::ingest::modbus::ModbusIngestCounters;
 use crate::ingest::mqtt::IngestCounters;
 use crate::pipeline::StreamCounters;
@@ -38,6 +38,7 @@ impl Ops {
 pub struct Running {
     pub gateway_id: String,
     pub broker: Arc<BrokerCounters>,
+    pub backpressure: Arc<Backpressure>,
     pub mqtt: Arc<IngestCounters>,
     pub modbus: Arc<ModbusIngestCounters>,
     pub devices: Vec<Arc<DevicePoller>>,

@@ -19,11 +19,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 use fieldgate_connectors::sink::encode::json_rows;
 use fieldgate_connectors::source::modbus::{DevicePoller, PollRow};
 use fieldgate_rules::{RuleSet, Source, SqlError, StreamDef};
-use rumqttd::local::LinkTx;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{Input, Route};
+use crate::broker::Publisher;
 
 /// Poll rows waiting for the router before pollers wait.
 const ROWS_CHANNEL: usize = 1024;
@@ -183,7 +183,7 @@ pub struct Republish {
     /// Topic template with `{device}` and `{group}`.
     pub topic: String,
     /// A publishing link ([`crate::broker::Broker::publisher`]).
-    pub link: LinkTx,
+    pub link: Publisher,
 }
 
 /// Starts every poller and the router between them and the streams; returns once the
@@ -243,7 +243,7 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
-fn publish(tx: &mut LinkTx, template: &str, row: &PollRow, counters: &ModbusIngestCounters) {
+fn publish(tx: &mut Publisher, template: &str, row: &PollRow, counters: &ModbusIngestCounters) {
     let topic = template
         .replace("{device}", &row.device)
         .replace("{group}", &row.group);
@@ -255,7 +255,7 @@ fn publish(tx: &mut LinkTx, template: &str, row: &PollRow, counters: &ModbusInge
         }
     };
     for p in payloads {
-        match crate::broker::publish(tx, topic.clone(), p) {
+        match tx.publish(topic.clone(), p) {
             Ok(()) => counters.republished.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
                 tracing::warn!(%topic, error = %e, "Modbus row not republished");

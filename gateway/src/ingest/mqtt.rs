@@ -1,8 +1,10 @@
 //! MQTT ingest: the in-process subscriber of the embedded broker. It routes every message
-//! to the streams whose topic filter matches and hands them over in micro-batches
-//! (up to `batch_rows` messages or `batch_delay` old), so the broker link is never
-//! held up by decoding or rule work. The routes come from a watch channel: a rules
-//! reload replaces them without touching the broker link.
+//! to the streams whose topic filter matches and hands them over in micro-batches, so
+//! the broker link is never held up by decoding or rule work. A micro-batch goes as soon
+//! as the broker has nothing more ready (or after `batch_delay`, when one is set), and
+//! at `batch_rows` messages; a stream task that is busy merges the batches waiting for
+//! it. What ingest takes is reported to the broker's [`Backpressure`]. The routes come
+//! from a watch channel: a rules reload replaces them without touching the broker link.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Input, Route};
+use crate::broker::Backpressure;
 
 /// A route of an MQTT stream, with its topic filter.
 struct MqttRoute {
@@ -91,6 +94,7 @@ const GAP_LOG_EVERY: Duration = Duration::from_secs(5);
 /// what the broker still forwards (until it is quiet), hands over what it holds and
 /// returns, closing the routes' channels. When `routes` changes, what is pending goes
 /// to the old routes before the new ones take over.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     _link_tx: LinkTx,
     mut link_rx: LinkRx,
@@ -98,8 +102,25 @@ pub async fn run(
     batch_rows: usize,
     batch_delay: Duration,
     counters: Arc<IngestCounters>,
+    backpressure: Arc<Backpressure>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let hand_over = |route: &MqttRoute, pending: &mut Vec<Bytes>| {
+        let backpressure = backpressure.clone();
+        let batch = std::mem::take(pending);
+        let tx = route.route.tx.clone();
+        let stream = route.route.stream.clone();
+        async move {
+            if batch.is_empty() {
+                return;
+            }
+            backpressure.ingest_busy(true);
+            if tx.send(Input::Payloads(batch)).await.is_err() {
+                tracing::error!(%stream, "stream task is gone; messages dropped");
+            }
+            backpressure.ingest_busy(false);
+        }
+    };
     let mut routes = mqtt_routes(&routes_rx.borrow_and_update());
     let mut pending: Vec<Vec<Bytes>> = routes.iter().map(|_| Vec::new()).collect();
     let mut deadline: Option<Instant> = None;
@@ -114,10 +135,32 @@ pub async fn run(
         {
             break;
         }
+        let flush_now = batch_delay.is_zero() && deadline.is_some();
         tokio::select! {
+            // In this order: stopping and new routes are seen under any load, and the
+            // pending batch goes only once the broker has nothing more ready.
+            biased;
+            _ = crate::stopped(&mut stop), if drain.is_none() => {
+                let now = Instant::now();
+                drain = Some((now + DRAIN_QUIET, now + DRAIN_MAX));
+            }
+            changed = routes_rx.changed(), if routes_open => {
+                if changed.is_err() {
+                    routes_open = false;
+                    continue;
+                }
+                for (r, p) in routes.iter().zip(pending.iter_mut()) {
+                    hand_over(r, p).await;
+                }
+                deadline = None;
+                routes = mqtt_routes(&routes_rx.borrow_and_update());
+                pending = routes.iter().map(|_| Vec::new()).collect();
+                tracing::debug!(routes = routes.len(), "ingest routes replaced");
+            }
             n = link_rx.next() => match n {
                 Ok(Some(Notification::Forward(f))) => {
                     counters.messages.fetch_add(1, Ordering::Relaxed);
+                    backpressure.taken(Backpressure::size(f.publish.topic.len(), f.publish.payload.len()));
                     gaps.observe(f.cursor, &counters);
                     if let Some((quiet_until, _)) = drain.as_mut() {
                         *quiet_until = Instant::now() + DRAIN_QUIET;
@@ -129,7 +172,7 @@ pub async fn run(
                             routed = true;
                             pending[i].push(f.publish.payload.clone());
                             if pending[i].len() >= batch_rows {
-                                send(&routes[i], &mut pending[i]).await;
+                                hand_over(&routes[i], &mut pending[i]).await;
                             }
                         }
                     }
@@ -152,34 +195,23 @@ pub async fn run(
                     break;
                 }
             },
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            _ = std::future::ready(()), if flush_now => {
                 for (r, p) in routes.iter().zip(pending.iter_mut()) {
-                    send(r, p).await;
+                    hand_over(r, p).await;
                 }
                 deadline = None;
             }
-            changed = routes_rx.changed(), if routes_open => {
-                if changed.is_err() {
-                    routes_open = false;
-                    continue;
-                }
+            _ = sleep_until(deadline), if deadline.is_some() && !flush_now => {
                 for (r, p) in routes.iter().zip(pending.iter_mut()) {
-                    send(r, p).await;
+                    hand_over(r, p).await;
                 }
                 deadline = None;
-                routes = mqtt_routes(&routes_rx.borrow_and_update());
-                pending = routes.iter().map(|_| Vec::new()).collect();
-                tracing::debug!(routes = routes.len(), "ingest routes replaced");
-            }
-            _ = crate::stopped(&mut stop), if drain.is_none() => {
-                let now = Instant::now();
-                drain = Some((now + DRAIN_QUIET, now + DRAIN_MAX));
             }
             _ = sleep_until(drain.map(|(q, h)| q.min(h))), if drain.is_some() => {}
         }
     }
     for (r, p) in routes.iter().zip(pending.iter_mut()) {
-        send(r, p).await;
+        hand_over(r, p).await;
     }
 }
 
@@ -192,15 +224,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-async fn send(route: &MqttRoute, pending: &mut Vec<Bytes>) {
-    if pending.is_empty() {
-        return;
-    }
-    let batch = Input::Payloads(std::mem::take(pending));
-    if route.route.tx.send(batch).await.is_err() {
-        tracing::error!(stream = %route.route.stream, "stream task is gone; messages dropped");
     }
 }
