@@ -26,7 +26,8 @@
 #   window: rows the rule took / (moment it had taken the last row − start of the load);
 #   rules: rows the stream decoded / (moment every rule had taken every row − start).
 # Peak RSS is VmHWM of the fieldgate process (of mosquitto for the baseline) over both
-# phases; CPU is its user + system time during the full-rate phase / that phase's wall time.
+# phases, with in brackets the largest RssAnon sampled every 100 ms (MiB): the memory the
+# process allocated, without the pages of its executable; CPU is its user + system time during the full-rate phase / that phase's wall time.
 #
 # Environment (defaults in brackets):
 #   BENCH_SCENARIOS ["baseline filter filter_array window rules"]  BENCH_REPEAT [3]
@@ -34,7 +35,7 @@
 #   BENCH_SECONDS [10]  BENCH_LATENCY_SECONDS [10]  BENCH_DRAIN_TIMEOUT [120] (seconds)
 #   BENCH_DEVICES [1000]  BENCH_WINDOW_DEVICES [10000]  BENCH_CONNECTIONS [4]
 #   BENCH_RULES [100]  BENCH_QOS [1] (devices' publishes)
-#   BENCH_BATCH_DELAY, BENCH_COMMIT_DELAY [gateway defaults: 10ms, 0ms] ([ingest] batch_delay,
+#   BENCH_BATCH_DELAY, BENCH_COMMIT_DELAY [gateway defaults: 0ms, 0ms] ([ingest] batch_delay,
 #                   [queue] commit_delay)
 #   BENCH_SEGMENT_SIZE, BENCH_SEGMENT_COUNT [gateway defaults: 1048576, 8] ([broker])
 #   BENCH_WAIT_OTHERS [1800] (seconds to wait while other benchmarks run; 0: do not wait)
@@ -142,6 +143,21 @@ cpu_seconds() {
 }
 
 peak_rss_bytes() { awk '/^VmHWM:/ { print $2 * 1024 }' "/proc/$1/status"; }
+
+# Keeps the largest RssAnon (bytes: the process's own memory, without the pages of its
+# executable) seen every 100 ms in a file; stops when the process does.
+sample_anon() { # pid file
+  local max=0 k v _
+  while [ -r "/proc/$1/status" ]; do
+    while read -r k v _; do
+      if [ "$k" = RssAnon: ] && [ "$((v * 1024))" -gt "$max" ]; then
+        max=$((v * 1024))
+        echo "$max" >"$2"
+      fi
+    done 2>/dev/null <"/proc/$1/status"
+    sleep 0.1
+  done
+}
 
 # Another benchmark would distort both: wait (bounded) until none runs.
 OTHERS_PATTERN='bench-modbus.sh|bench-drain.sh|cargo bench|criterion'
@@ -351,6 +367,9 @@ run_one() { # scenario repetition [perf]
     load_port=$GW_PORT
   fi
   local sub_wait=$((SECONDS_FULL + DRAIN_TIMEOUT + 30))
+  : >"$dir/peak-anon"
+  sample_anon "$proc_pid" "$dir/peak-anon" &
+  PIDS+=("$!")
 
   # Full rate.
   start_sub "$dir" sub-full "$CLOUD_PORT" "$sub_wait"
@@ -408,7 +427,7 @@ EOF
   [ "$scenario" = baseline ] || stop "$GW_PID" 20
   stop "$MOSQ_PID" 5
 
-  RUN_NOTE=$RUN_NOTE python3 - "$dir" "$scenario" "$rep" "$sim" "$sim_half" "$t0" "$t1" "$done_rules" "$done_queue" \
+  PEAK_ANON=$(cat "$dir/peak-anon") RUN_NOTE=$RUN_NOTE python3 - "$dir" "$scenario" "$rep" "$sim" "$sim_half" "$t0" "$t1" "$done_rules" "$done_queue" \
     "$cpu0" "$cpu1" "$t2" "$t3" "$cpu2" "$cpu3" "$half_rate" "$rss" "$load_before" \
     "$(cut -d' ' -f1 /proc/loadavg)" "$devices" "${perf:+1}" >>"$RESULTS" <<'EOF'
 import json, os, sys
@@ -463,6 +482,7 @@ if half:
     r["p50_us"], r["p90_us"], r["p99_us"], r["max_us"] = half["p50_us"], half["p90_us"], half["p99_us"], half["max_us"]
     r["cpu_cores_half"] = (float(cpu3) - float(cpu2)) / ((t3 - t2) / 1e6)
 r["peak_rss_bytes"] = int(rss)
+r["peak_anon_bytes"] = int(os.environ.get("PEAK_ANON") or 0)
 r["load_before"], r["load_after"] = float(load_before), float(load_after)
 r["shared"] = os.environ.get("RUN_NOTE", "")
 print(json.dumps(r))
@@ -560,6 +580,7 @@ for s in order:
     p50 = med([r.get("p50_us") for r in rs])
     p99 = med([r.get("p99_us") for r in rs])
     rss = med([r["peak_rss_bytes"] for r in rs]) / 2**20
+    anon = med([r.get("peak_anon_bytes") or None for r in rs])
     cpu = med([r["cpu_cores"] for r in rs])
     cpu_msg = med([r["cpu_us_per_msg"] for r in rs])
     lost = sum(max(r["lost"], 0) for r in rs)
@@ -569,7 +590,7 @@ for s in order:
     rows.append(
         f"| {names[s]} | **{fmt_rate(rate)}** | {spread} | {fmt_rate(med([r['sim_rate'] for r in rs]))} | "
         f"{'—' if ratio is None or s == 'baseline' else f'{ratio:.2f}×'} | "
-        f"{fmt_rate(half) if half else '—'} | {fmt_ms(p50)} | {fmt_ms(p99)} | {rss:.1f} MiB | "
+        f"{fmt_rate(half) if half else '—'} | {fmt_ms(p50)} | {fmt_ms(p99)} | {rss:.1f} MiB{f' ({anon / 2**20:.0f})' if anon else ''} | "
         f"{cpu:.2f} | {cpu_msg:.1f} | {lost:,} of {sent:,} |"
     )
     t = targets.get(s)
@@ -583,7 +604,7 @@ for s in order:
             v.append(f"RSS ≤ {t[3]} MB: {short(rss * 2**20 / 1e6, t[3], False)} ({rss * 2**20 / 1e6:.0f} MB)")
         verdicts.append(f"- {names[s]}: " + "; ".join(v))
 
-header = ("| scenario | msgs/s (median) | range | offered | × baseline | half rate | p50 | p99 | peak RSS | CPU (cores) | CPU µs/msg | lost |\n"
+header = ("| scenario | msgs/s (median) | range | offered | × baseline | half rate | p50 | p99 | peak RSS (anon) | CPU (cores) | CPU µs/msg | lost |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
 table = header + "\n" + "\n".join(rows)
 print()
@@ -596,7 +617,7 @@ for s in order:
     for r in sorted(by.get(s, []), key=lambda r: r["rep"]):
         per_run.append(
             f"| {s} | {r['rep']} | {r['rate']:,.0f} | {r['sim_rate']:,.0f} | {fmt_ms(r.get('p50_us'))} | "
-            f"{fmt_ms(r.get('p99_us'))} | {r['peak_rss_bytes'] / 2**20:.1f} MiB | {r['cpu_cores']:.2f} | "
+            f"{fmt_ms(r.get('p99_us'))} | {r['peak_rss_bytes'] / 2**20:.1f} MiB{f" ({r['peak_anon_bytes'] / 2**20:.0f})" if r.get('peak_anon_bytes') else ''} | {r['cpu_cores']:.2f} | "
             f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
 
 if not doc:
@@ -620,7 +641,9 @@ Run of {env['STARTED']} on the tree at `{env['TREE']}` (release profile): `{env[
 Medians of the runs; "range" is the lowest and highest run; "offered" is the rate at which
 the broker acknowledged the simulated devices' publishes. p50/p99: send time on the device
 to arrival at the subscriber, at half the run's own sustained rate ("half rate"). Peak RSS
-and CPU are fieldgate's (mosquitto's for (a)): CPU in cores from the start of the load until
+and CPU are fieldgate's (mosquitto's for (a)); in brackets, the largest anonymous RSS seen
+(sampled every 100 ms, MiB): the memory the process allocated, without the pages of its
+executable that it has mapped. CPU in cores from the start of the load until
 the gateway had drained, and in µs per message delivered. "lost": messages the broker
 acknowledged to the devices that never reached the subscriber (the rule, for (c) and (d)),
 over all runs of the full-rate phase.
