@@ -612,12 +612,16 @@ print(table)
 print()
 print("\n".join(verdicts))
 
+def anon_of(r):
+    a = r.get("peak_anon_bytes")
+    return f" ({a / 2**20:.0f})" if a else ""
+
 per_run = ["| scenario | run | msgs/s | load offered | p50 | p99 | RSS | CPU | load avg before → after |", "|---|---|---|---|---|---|---|---|---|"]
 for s in order:
     for r in sorted(by.get(s, []), key=lambda r: r["rep"]):
         per_run.append(
             f"| {s} | {r['rep']} | {r['rate']:,.0f} | {r['sim_rate']:,.0f} | {fmt_ms(r.get('p50_us'))} | "
-            f"{fmt_ms(r.get('p99_us'))} | {r['peak_rss_bytes'] / 2**20:.1f} MiB{f" ({r['peak_anon_bytes'] / 2**20:.0f})" if r.get('peak_anon_bytes') else ''} | {r['cpu_cores']:.2f} | "
+            f"{fmt_ms(r.get('p99_us'))} | {r['peak_rss_bytes'] / 2**20:.1f} MiB{anon_of(r)} | {r['cpu_cores']:.2f} | "
             f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
 
 if not doc:
