@@ -66,9 +66,10 @@ pub struct BrokerConfig {
     /// Time a new connection has to send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Bytes per segment of a topic's in-memory log.
+    /// Bytes per segment of the in-memory log the broker keeps per subscription filter.
     pub segment_size: usize,
-    /// Segments per topic; the oldest is dropped when full.
+    /// Segments per log; the oldest is dropped when full (backpressure keeps the
+    /// gateway's own ingest from falling that far behind).
     pub segment_count: usize,
 }
 
