@@ -168,6 +168,18 @@ mod tests {
 
     use super::*;
 
+    /// A thread that calls [`Backpressure::wait`], returned once it is paused in it.
+    fn paused_listener(bp: &Arc<Backpressure>) -> std::thread::JoinHandle<()> {
+        let waiter = {
+            let bp = bp.clone();
+            std::thread::spawn(move || bp.wait())
+        };
+        while !bp.paused.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        waiter
+    }
+
     #[test]
     fn pauses_above_half_the_retained_log_and_resumes_at_a_quarter() {
         // 4 segments of 1000 bytes: 3000 always retained, pause above 1500, resume at 750.
@@ -177,13 +189,7 @@ mod tests {
         assert_eq!(bp.pauses.load(Ordering::Relaxed), 0);
         bp.accepted(1);
         bp.ingest_busy(true);
-        let waiter = {
-            let bp = bp.clone();
-            std::thread::spawn(move || bp.wait())
-        };
-        while !bp.paused.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
+        let waiter = paused_listener(&bp);
         bp.taken(700); // 801 left: still paused
         std::thread::sleep(POLL * 3);
         assert!(!waiter.is_finished(), "resumed above the resume mark");
@@ -218,13 +224,7 @@ mod tests {
         let bp = Arc::new(Backpressure::new(1000, 2));
         bp.accepted(5000);
         bp.ingest_busy(true);
-        let waiter = {
-            let bp = bp.clone();
-            std::thread::spawn(move || bp.wait())
-        };
-        while !bp.paused.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
+        let waiter = paused_listener(&bp);
         bp.stop();
         waiter.join().unwrap();
         bp.wait(); // stopped: never pauses again

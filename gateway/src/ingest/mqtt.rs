@@ -105,22 +105,6 @@ pub async fn run(
     backpressure: Arc<Backpressure>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let hand_over = |route: &MqttRoute, pending: &mut Vec<Bytes>| {
-        let backpressure = backpressure.clone();
-        let batch = std::mem::take(pending);
-        let tx = route.route.tx.clone();
-        let stream = route.route.stream.clone();
-        async move {
-            if batch.is_empty() {
-                return;
-            }
-            backpressure.ingest_busy(true);
-            if tx.send(Input::Payloads(batch)).await.is_err() {
-                tracing::error!(%stream, "stream task is gone; messages dropped");
-            }
-            backpressure.ingest_busy(false);
-        }
-    };
     let mut routes = mqtt_routes(&routes_rx.borrow_and_update());
     let mut pending: Vec<Vec<Bytes>> = routes.iter().map(|_| Vec::new()).collect();
     let mut deadline: Option<Instant> = None;
@@ -135,7 +119,6 @@ pub async fn run(
         {
             break;
         }
-        let flush_now = batch_delay.is_zero() && deadline.is_some();
         tokio::select! {
             // In this order: stopping and new routes are seen under any load, and the
             // pending batch goes only once the broker has nothing more ready.
@@ -149,9 +132,7 @@ pub async fn run(
                     routes_open = false;
                     continue;
                 }
-                for (r, p) in routes.iter().zip(pending.iter_mut()) {
-                    hand_over(r, p).await;
-                }
+                hand_over_all(&routes, &mut pending, &backpressure).await;
                 deadline = None;
                 routes = mqtt_routes(&routes_rx.borrow_and_update());
                 pending = routes.iter().map(|_| Vec::new()).collect();
@@ -172,7 +153,7 @@ pub async fn run(
                             routed = true;
                             pending[i].push(f.publish.payload.clone());
                             if pending[i].len() >= batch_rows {
-                                hand_over(&routes[i], &mut pending[i]).await;
+                                hand_over(&routes[i], &mut pending[i], &backpressure).await;
                             }
                         }
                     }
@@ -195,24 +176,14 @@ pub async fn run(
                     break;
                 }
             },
-            _ = std::future::ready(()), if flush_now => {
-                for (r, p) in routes.iter().zip(pending.iter_mut()) {
-                    hand_over(r, p).await;
-                }
-                deadline = None;
-            }
-            _ = sleep_until(deadline), if deadline.is_some() && !flush_now => {
-                for (r, p) in routes.iter().zip(pending.iter_mut()) {
-                    hand_over(r, p).await;
-                }
+            _ = batch_due(deadline, batch_delay), if deadline.is_some() => {
+                hand_over_all(&routes, &mut pending, &backpressure).await;
                 deadline = None;
             }
             _ = sleep_until(drain.map(|(q, h)| q.min(h))), if drain.is_some() => {}
         }
     }
-    for (r, p) in routes.iter().zip(pending.iter_mut()) {
-        hand_over(r, p).await;
-    }
+    hand_over_all(&routes, &mut pending, &backpressure).await;
 }
 
 /// On shutdown, ingest stops once the broker has forwarded nothing for this long...
@@ -224,5 +195,39 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Ready when the pending batches are due: without `batch_delay`, at once (the select
+/// asks the broker first, so that means once it has nothing more ready); else at their
+/// deadline.
+async fn batch_due(deadline: Option<Instant>, batch_delay: Duration) {
+    if !batch_delay.is_zero() {
+        sleep_until(deadline).await;
+    }
+}
+
+/// Hands a stream its pending batch, if any. While the stream's channel is full, ingest
+/// waits and tells [`Backpressure`] so, so that the wait does not count as idle.
+async fn hand_over(route: &MqttRoute, pending: &mut Vec<Bytes>, backpressure: &Backpressure) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch = Input::Payloads(std::mem::take(pending));
+    backpressure.ingest_busy(true);
+    if route.route.tx.send(batch).await.is_err() {
+        tracing::error!(stream = %route.route.stream, "stream task is gone; messages dropped");
+    }
+    backpressure.ingest_busy(false);
+}
+
+/// Hands every stream its pending batch.
+async fn hand_over_all(
+    routes: &[MqttRoute],
+    pending: &mut [Vec<Bytes>],
+    backpressure: &Backpressure,
+) {
+    for (r, p) in routes.iter().zip(pending.iter_mut()) {
+        hand_over(r, p, backpressure).await;
     }
 }
