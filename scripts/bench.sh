@@ -26,8 +26,8 @@
 #   window: rows the rule took / (moment it had taken the last row − start of the load);
 #   rules: rows the stream decoded / (moment every rule had taken every row − start).
 # Peak RSS is VmHWM of the fieldgate process (of mosquitto for the baseline) over both
-# phases, with in brackets the largest RssAnon sampled every 100 ms (MiB): the memory the
-# process allocated, without the pages of its executable; CPU is its user + system time during the full-rate phase / that phase's wall time.
+# phases, with in brackets the largest RssAnon sampled every 100 ms during the full-rate
+# phase (MiB): the memory the process allocated, without the pages of its executable; CPU is its user + system time during the full-rate phase / that phase's wall time.
 #
 # Environment (defaults in brackets):
 #   BENCH_SCENARIOS ["baseline filter filter_array window rules"]  BENCH_REPEAT [3]
@@ -369,7 +369,8 @@ run_one() { # scenario repetition [perf]
   local sub_wait=$((SECONDS_FULL + DRAIN_TIMEOUT + 30))
   : >"$dir/peak-anon"
   sample_anon "$proc_pid" "$dir/peak-anon" &
-  PIDS+=("$!")
+  local sampler=$!
+  PIDS+=("$sampler")
 
   # Full rate.
   start_sub "$dir" sub-full "$CLOUD_PORT" "$sub_wait"
@@ -395,6 +396,8 @@ run_one() { # scenario repetition [perf]
     wait_sub "$sub_pid" "$sub_wait"
   fi
   [ -z "$perf_pid" ] || wait "$perf_pid" 2>/dev/null || true
+  # The sampler forks `sleep` ten times a second: not while latency is measured.
+  stop "$sampler" 2
   : >"$dir/metrics-full.txt"
   [ "$scenario" = baseline ] || metrics >"$dir/metrics-full.txt" || true
 
@@ -646,7 +649,7 @@ Medians of the runs; "range" is the lowest and highest run; "offered" is the rat
 the broker acknowledged the simulated devices' publishes. p50/p99: send time on the device
 to arrival at the subscriber, at half the run's own sustained rate ("half rate"). Peak RSS
 and CPU are fieldgate's (mosquitto's for (a)); in brackets, the largest anonymous RSS seen
-(sampled every 100 ms, MiB): the memory the process allocated, without the pages of its
+(sampled every 100 ms during the full-rate phase, MiB): the memory the process allocated, without the pages of its
 executable that it has mapped. CPU in cores from the start of the load until
 the gateway had drained, and in µs per message delivered. "lost": messages the broker
 acknowledged to the devices that never reached the subscriber (the rule, for (c) and (d)),
