@@ -71,8 +71,7 @@ fn options(commit_delay: Option<Duration>) -> QueueOptions {
     let cfg = QueueConfig::default();
     QueueOptions {
         commit_delay: commit_delay.unwrap_or(cfg.commit_delay),
-        cache_bytes: cfg.cache_bytes,
-        limits: cfg.limits("cloud"),
+        ..cfg.options("cloud")
     }
 }
 

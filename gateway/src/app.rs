@@ -25,6 +25,7 @@ use crate::admin::{self, Ops};
 use crate::config::{Config, SinkConfig};
 use crate::ingest::modbus::{self, Groups, ModbusIngestCounters, Republish};
 use crate::ingest::mqtt::{self, IngestCounters};
+use crate::pipeline::StreamContext;
 use crate::queue::{Queue, QueueOptions};
 use crate::reload::{LiveRules, Triggers};
 use crate::uplink::UplinkCounters;
@@ -130,19 +131,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut uplinks: Vec<JoinHandle<()>> = Vec::new();
     let mut sink_views = Vec::new();
     for (name, sink_cfg) in &cfg.sinks {
-        let mut limits = cfg.queue.limits(name);
+        let mut opts = cfg.queue.options(name);
         if let SinkConfig::Modbus(m) = sink_cfg {
             // A write waits at most `max_age` for its device.
-            limits.ttl = Some(limits.ttl.map_or(m.max_age, |t| t.min(m.max_age)));
+            let ttl = &mut opts.limits.ttl;
+            *ttl = Some(ttl.map_or(m.max_age, |t| t.min(m.max_age)));
         }
-        let opts = QueueOptions {
-            commit_delay: cfg.queue.commit_delay,
-            cache_bytes: cfg.queue.cache_bytes,
-            limits,
-        };
         let path = queue_dir.join(format!("{name}.redb"));
         let q = Queue::open(name, &path, opts)
             .with_context(|| format!("cannot open queue {}", path.display()))?;
+        warn_if_larger_than_disk(name, &q, &opts);
         let depth = q.depth().unwrap_or(0);
         if depth > 0 {
             let oldest = q.oldest_age().ok().flatten().unwrap_or_default();
@@ -179,12 +177,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Rules, one task per stream: a broken rule is reported and left out; the others
     // run. Watching for changes starts before loading, so none is missed.
     let (triggers, reload_requests) = Triggers::start(&cfg.rules_dir)?;
+    let stream_ctx = StreamContext {
+        batch_rows: cfg.ingest.batch_rows,
+        limits: cfg.input_limits(),
+        queues: queues.clone(),
+        stop: stop_rx.clone(),
+        give_up_at: Arc::default(),
+    };
     let rules = LiveRules::start(
         &cfg.rules_dir,
         cfg.sinks.keys().cloned().collect(),
         Groups::of(&pollers),
-        queues.clone(),
-        cfg.ingest.batch_rows,
+        stream_ctx,
     )
     .await?;
     let routes = rules.routes();
@@ -233,6 +237,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = ops.running.set(Running {
         gateway_id: cfg.gateway_id.clone(),
         broker: broker.counters.clone(),
+        broker_health: broker.health.clone(),
         backpressure: broker.backpressure.clone(),
         mqtt: ingest_counters.clone(),
         modbus: modbus_counters.clone(),
@@ -292,6 +297,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "fieldgate stopped"
     );
     Ok(())
+}
+
+/// A queue allowed more than its disk can give is a warning: the disk reserve, not
+/// `max_bytes`, will be the limit it meets.
+fn warn_if_larger_than_disk(name: &str, q: &Queue, opts: &QueueOptions) {
+    let Some(max) = opts.limits.max_bytes else {
+        return;
+    };
+    let free = q.stats().disk_free.load(Ordering::Relaxed);
+    let room = free.saturating_sub(opts.min_free_bytes);
+    let held = q.stats().bytes.load(Ordering::Relaxed);
+    if max > held + room {
+        tracing::warn!(
+            sink = %name,
+            max_bytes = max,
+            free_bytes = free,
+            min_free_bytes = opts.min_free_bytes,
+            "the queue may hold more than its disk has free: it will stop growing at the disk \
+             reserve (`queue.min_free_bytes`), and its on-full policy applies from there"
+        );
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

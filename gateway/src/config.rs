@@ -13,9 +13,10 @@ use fieldgate_connectors::sink::modbus::ModbusSinkConfig;
 use fieldgate_connectors::sink::mqtt::MqttSinkConfig;
 use fieldgate_connectors::sink::republish::RepublishSinkConfig;
 use fieldgate_connectors::source::modbus::{DeviceConfig, ModbusConfig};
+use fieldgate_connectors::source::mqtt::InputLimits;
 use serde::Deserialize;
 
-use crate::queue::{OnFull, QueueLimits};
+use crate::queue::{OnFull, QueueLimits, QueueOptions};
 
 /// The configuration `fieldgate run` uses without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
@@ -161,13 +162,39 @@ pub struct IngestConfig {
     /// as the load makes them and no message waits on a timer.
     #[serde(with = "humantime_serde")]
     pub batch_delay: Duration,
+    /// Deepest nesting of objects and arrays a payload may have (its object is level 1).
+    pub max_depth: usize,
+    /// Longest string in a payload, in bytes.
+    pub max_string_bytes: usize,
+    /// Most elements of an array in a payload.
+    pub max_array_items: usize,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
+        let limits = InputLimits::default();
         Self {
             batch_rows: 4096,
             batch_delay: Duration::ZERO,
+            max_depth: limits.max_depth,
+            max_string_bytes: limits.max_string_bytes,
+            max_array_items: limits.max_array_items,
+        }
+    }
+}
+
+/// Deepest nesting `ingest.max_depth` may allow: the decoder behind the screen
+/// recurses into nested values.
+pub const MAX_DEPTH_LIMIT: usize = 256;
+
+impl Config {
+    /// What a payload may be: `[ingest]`'s limits, and the broker's largest payload.
+    pub fn input_limits(&self) -> InputLimits {
+        InputLimits {
+            max_payload_bytes: self.broker.max_payload_size,
+            max_depth: self.ingest.max_depth,
+            max_string_bytes: self.ingest.max_string_bytes,
+            max_array_items: self.ingest.max_array_items,
         }
     }
 }
@@ -193,7 +220,12 @@ pub struct QueueConfig {
     /// Results older than this are dropped from the queue (default: never).
     #[serde(with = "humantime_serde")]
     pub ttl: Option<Duration>,
-    /// Limits for one sink's queue, replacing the three above: `[queue.sinks.NAME]`.
+    /// Free space the queues leave on the file system of `data_dir` (default 64 MiB):
+    /// there, a queue stops growing and its on-full policy applies, before the disk is
+    /// full. 0 turns the reserve off.
+    pub min_free_bytes: u64,
+    /// Limits for one sink's queue, replacing `max_bytes`, `on_full` and `ttl`:
+    /// `[queue.sinks.NAME]`.
     pub sinks: BTreeMap<String, QueueLimits>,
 }
 
@@ -206,12 +238,23 @@ impl Default for QueueConfig {
             max_bytes: Some(1024 * 1024 * 1024),
             on_full: OnFull::DropOldest,
             ttl: None,
+            min_free_bytes: 64 * 1024 * 1024,
             sinks: BTreeMap::new(),
         }
     }
 }
 
 impl QueueConfig {
+    /// The options of the named sink's queue.
+    pub fn options(&self, sink: &str) -> QueueOptions {
+        QueueOptions {
+            commit_delay: self.commit_delay,
+            cache_bytes: self.cache_bytes,
+            limits: self.limits(sink),
+            min_free_bytes: self.min_free_bytes,
+        }
+    }
+
     /// The limits of the named sink's queue.
     pub fn limits(&self, sink: &str) -> QueueLimits {
         self.sinks.get(sink).copied().unwrap_or(QueueLimits {
@@ -347,6 +390,12 @@ impl Config {
         }
         if self.ingest.batch_rows == 0 {
             bail!("key `ingest.batch_rows` must be positive");
+        }
+        if !(1..=MAX_DEPTH_LIMIT).contains(&self.ingest.max_depth) {
+            bail!("key `ingest.max_depth` must be 1 to {MAX_DEPTH_LIMIT}");
+        }
+        if self.ingest.max_string_bytes == 0 || self.ingest.max_array_items == 0 {
+            bail!("keys `ingest.max_string_bytes` and `ingest.max_array_items` must be positive");
         }
         for (name, sink) in &self.sinks {
             let valid_name =

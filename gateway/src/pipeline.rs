@@ -2,33 +2,63 @@
 //! Arrow, runs the stream's rules, encodes their results as JSON and appends them to
 //! the durable queue of every sink the rule names. A reload hands a running task its
 //! new list of rules through a control channel; the rules it keeps keep their windows.
+//!
+//! A task takes its next batch only once the results of the last one are durable. When
+//! a queue cannot make them durable (its disk is full or failing), the task retries
+//! until it can: ingest then waits for the task, and the broker holds the devices back,
+//! as under overload, instead of anything being dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fieldgate_connectors::sink::encode::json_rows;
-use fieldgate_connectors::source::mqtt::JsonDecoder;
+use fieldgate_connectors::source::mqtt::{InputLimits, JsonDecoder, RejectReason};
 use fieldgate_rules::{RuleOutput, RuleSlot, StreamPipeline};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::ingest::Input;
-use crate::queue::Queue;
+use crate::queue::{Entry, Queue};
 
 /// How often windows are checked against the clock.
 const TICK: Duration = Duration::from_millis(250);
+/// First and longest wait between two attempts to queue results a queue could not take.
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// After shutdown began, how long a stream keeps trying to queue results before it
+/// gives them up (counted and logged).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Per-stream counters.
 #[derive(Debug, Default)]
 pub struct StreamCounters {
     /// Rows decoded.
     pub rows: AtomicU64,
-    /// Payloads that could not be decoded.
+    /// Payloads that could not be decoded, whatever the reason.
     pub decode_errors: AtomicU64,
+    /// Payloads refused, by [`RejectReason::index`].
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
     /// Result rows that could not be queued.
     pub queue_errors: AtomicU64,
+    /// Times results waited for a queue that could not take them yet.
+    pub queue_waits: AtomicU64,
+}
+
+/// What every stream task shares: how it takes its input and where results go.
+#[derive(Clone)]
+pub struct StreamContext {
+    /// Most rows a stream task decodes and runs at once.
+    pub batch_rows: usize,
+    /// What a payload may be.
+    pub limits: InputLimits,
+    /// The sinks' queues, by sink name.
+    pub queues: Arc<HashMap<String, Queue>>,
+    /// Turns true when the gateway stops.
+    pub stop: watch::Receiver<bool>,
+    /// When streams still waiting for a queue give up, once the gateway is stopping:
+    /// one deadline for all of them.
+    pub give_up_at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
 }
 
 /// Instructions to a running stream task.
@@ -75,12 +105,12 @@ pub async fn run_stream(
     mut pipeline: StreamPipeline,
     mut rx: mpsc::Receiver<Input>,
     mut control: mpsc::Receiver<Control>,
-    batch_rows: usize,
-    queues: Arc<HashMap<String, Queue>>,
+    ctx: StreamContext,
     counters: Arc<StreamCounters>,
 ) {
+    let batch_rows = ctx.batch_rows;
     let stream = pipeline.stream.name.clone();
-    let mut decoder = match JsonDecoder::new(pipeline.stream.schema.clone()) {
+    let mut decoder = match JsonDecoder::with_limits(pipeline.stream.schema.clone(), ctx.limits) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(%stream, error = %e, "cannot build the stream's decoder");
@@ -121,7 +151,7 @@ pub async fn run_stream(
                     // Processing-time windows and idle streams close by the clock.
                     let (outputs, errors) = pipeline.tick(fieldgate_rules::now_millis()).await;
                     log_rule_errors(&stream, errors, &mut rule_error_log);
-                    deliver(&stream, outputs, &queues, &counters).await;
+                    deliver(&stream, outputs, &ctx, &counters).await;
                     continue;
                 }
                 c = control.recv(), if control_open && next_rules.is_none() => {
@@ -157,6 +187,9 @@ pub async fn run_stream(
                 if !decoded.rejected.is_empty() {
                     let n = decoded.rejected.len() as u64;
                     counters.decode_errors.fetch_add(n, Ordering::Relaxed);
+                    for r in &decoded.rejected {
+                        counters.rejected[r.kind.index()].fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Some(held) = bad_payload_log.allow(n - 1) {
                         let first = &decoded.rejected[0];
                         let sample = &payloads[first.index];
@@ -164,9 +197,10 @@ pub async fn run_stream(
                             %stream,
                             rejected = n,
                             not_logged_before = held,
+                            kind = first.kind.as_str(),
                             reason = %first.reason,
                             payload = %String::from_utf8_lossy(&sample[..sample.len().min(200)]),
-                            "payloads do not fit the stream's schema"
+                            "payloads refused"
                         );
                     }
                 }
@@ -179,7 +213,7 @@ pub async fn run_stream(
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         let (outputs, errors) = pipeline.push(&batch).await;
         log_rule_errors(&stream, errors, &mut rule_error_log);
-        deliver(&stream, outputs, &queues, &counters).await;
+        deliver(&stream, outputs, &ctx, &counters).await;
     }
     let open: usize = pipeline.rules.iter().map(|r| r.open_windows()).sum();
     if open > 0 {
@@ -214,12 +248,12 @@ fn log_rule_errors(stream: &str, errors: Vec<fieldgate_rules::ExecError>, log: &
 async fn deliver(
     stream: &str,
     outputs: Vec<RuleOutput>,
-    queues: &HashMap<String, Queue>,
+    ctx: &StreamContext,
     counters: &StreamCounters,
 ) {
     // Every rule's results for one sink go in one append: one durable commit per sink
     // and batch, however many rules the stream has.
-    let mut by_sink: HashMap<&str, Vec<(Arc<str>, Bytes)>> = HashMap::new();
+    let mut by_sink: HashMap<&str, Vec<Entry>> = HashMap::new();
     for out in &outputs {
         let rows = match json_rows(&out.batches) {
             Ok(r) => r,
@@ -240,10 +274,14 @@ async fn deliver(
     }
     // The sinks' queues commit in parallel, each on its own writer thread.
     let appends = by_sink.into_iter().filter_map(|(sink, entries)| {
-        let q = queues.get(sink)?;
+        let q = ctx.queues.get(sink)?;
         Some(async move {
             let n = entries.len() as u64;
-            (sink, n, q.append(entries).await)
+            (
+                sink,
+                n,
+                append_durably(stream, sink, q, entries.into(), ctx, counters).await,
+            )
         })
     });
     for (sink, n, result) in futures::future::join_all(appends).await {
@@ -253,8 +291,55 @@ async fn deliver(
             Err(crate::queue::StoreError::Full { .. }) => {}
             Err(e) => {
                 counters.queue_errors.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(%stream, %sink, error = %e, "results not queued");
+                tracing::error!(%stream, %sink, results = n, error = %e, "results not queued: lost");
             }
         }
+    }
+}
+
+/// Appends to one queue, retrying while the queue cannot take the results yet (a full
+/// or failing disk), so that the stream, and through it ingest and the devices, wait
+/// rather than lose them. Gives up only once the gateway has been stopping for
+/// [`SHUTDOWN_GRACE`].
+async fn append_durably(
+    stream: &str,
+    sink: &str,
+    queue: &Queue,
+    entries: Arc<[Entry]>,
+    ctx: &StreamContext,
+    counters: &StreamCounters,
+) -> Result<(), crate::queue::StoreError> {
+    let mut stop = ctx.stop.clone();
+    let mut delay = RETRY_MIN;
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        let e = match queue.append_shared(entries.clone()).await {
+            Ok(()) => {
+                if let Some(t) = waiting_since {
+                    tracing::info!(%stream, %sink, waited_s = t.elapsed().as_secs_f64(), "results queued after waiting for the queue");
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_storage_failure() => e,
+            Err(e) => return Err(e),
+        };
+        counters.queue_waits.fetch_add(1, Ordering::Relaxed);
+        if waiting_since.is_none() {
+            waiting_since = Some(Instant::now());
+            tracing::warn!(%stream, %sink, results = entries.len(), error = %e, "results cannot be made durable yet; the stream waits and holds ingest back");
+        }
+        if *stop.borrow() {
+            let at = *ctx
+                .give_up_at
+                .get_or_init(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            if tokio::time::Instant::now() >= at {
+                return Err(e);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed(), if !*stop.borrow() => {}
+        }
+        delay = (delay * 2).min(RETRY_MAX);
     }
 }

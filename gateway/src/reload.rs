@@ -29,8 +29,7 @@ use tokio::time::Instant;
 use crate::admin::ops::{ReloadReport, RuleView, RulesView, StreamView};
 use crate::ingest::modbus::Groups;
 use crate::ingest::{Input, Route};
-use crate::pipeline::{self, Control, StreamCounters};
-use crate::queue::Queue;
+use crate::pipeline::{self, Control, StreamContext, StreamCounters};
 
 /// Micro-batches waiting per stream before ingest waits for the stream task.
 const STREAM_CHANNEL_BATCHES: usize = 64;
@@ -65,9 +64,8 @@ pub struct LiveRules {
     sinks: HashSet<String>,
     /// The Modbus poll groups streams may read.
     groups: Groups,
-    queues: Arc<HashMap<String, Queue>>,
-    /// Most rows a stream task decodes and runs at once.
-    batch_rows: usize,
+    /// What every stream task is started with.
+    ctx: StreamContext,
     running: RuleSet,
     streams: HashMap<String, StreamTask>,
     /// Tasks of replaced or removed streams, finishing what they were sent.
@@ -85,8 +83,7 @@ impl LiveRules {
         dir: &Path,
         sinks: HashSet<String>,
         groups: Groups,
-        queues: Arc<HashMap<String, Queue>>,
-        batch_rows: usize,
+        ctx: StreamContext,
     ) -> anyhow::Result<LiveRules> {
         rule_files(&[dir.to_path_buf()]).context("cannot list the rules directory")?;
         let (routes, _) = watch::channel(Vec::new());
@@ -94,8 +91,7 @@ impl LiveRules {
             dir: dir.to_path_buf(),
             sinks,
             groups,
-            queues,
-            batch_rows,
+            ctx,
             running: RuleSet::default(),
             streams: HashMap::new(),
             retired: Vec::new(),
@@ -317,8 +313,7 @@ impl LiveRules {
             p,
             rx,
             control_rx,
-            self.batch_rows,
-            self.queues.clone(),
+            self.ctx.clone(),
             counters.clone(),
         ));
         StreamTask {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fieldgate_connectors::source::modbus::DevicePoller;
+use fieldgate_connectors::source::mqtt::RejectReason;
 use fieldgate_rules::LatencySnapshot;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -190,11 +191,49 @@ fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
     counter(
         e,
         "fieldgate_stream_decode_errors_total",
-        "Payloads that did not fit the stream's columns.",
+        "Payloads that did not fit the stream's columns or its input limits.",
         view.streams.iter().map(|s| {
             (
                 vec![("stream", s.name.as_str())],
                 load(&s.counters.decode_errors),
+            )
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_stream_payloads_rejected_total",
+        "Payloads refused, by reason: empty, not_utf8, too_large, too_deep, \
+         string_too_long, array_too_long, malformed, wrong_type.",
+        view.streams.iter().flat_map(|s| {
+            RejectReason::ALL.iter().map(|r| {
+                (
+                    vec![("stream", s.name.as_str()), ("reason", r.as_str())],
+                    load(&s.counters.rejected[r.index()]),
+                )
+            })
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_stream_queue_waits_total",
+        "Times a stream's results waited for a queue that could not make them durable \
+         yet (a full or failing disk); ingest waits meanwhile.",
+        view.streams.iter().map(|s| {
+            (
+                vec![("stream", s.name.as_str())],
+                load(&s.counters.queue_waits),
+            )
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_stream_results_lost_total",
+        "Result rows a stream could not queue at all (a queue error, or a disk still \
+         failing when the gateway stopped).",
+        view.streams.iter().map(|s| {
+            (
+                vec![("stream", s.name.as_str())],
+                load(&s.counters.queue_errors),
             )
         }),
     )?;
@@ -336,6 +375,34 @@ fn sinks(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> 
             ]
             .map(|(reason, v)| (vec![("sink", s.name.as_str()), ("reason", reason)], v))
         }),
+    )?;
+    counter(
+        e,
+        "fieldgate_queue_storage_errors_total",
+        "Operations of the queue's store that failed on the disk (full, I/O error).",
+        r.sinks
+            .iter()
+            .zip(&stats)
+            .map(|(s, st)| (sink(s), load(&st.storage_errors))),
+    )?;
+    gauge(
+        e,
+        "fieldgate_queue_writable",
+        "1 while the queue can make new results durable; 0 while its store failed or \
+         its disk is down to the reserve (queue.min_free_bytes).",
+        r.sinks
+            .iter()
+            .zip(&stats)
+            .map(|(s, st)| (sink(s), i64::from(st.writable.load(Ordering::Relaxed)))),
+    )?;
+    gauge(
+        e,
+        "fieldgate_queue_disk_free_bytes",
+        "Free bytes of the file system holding the queue, as last seen by its writer.",
+        r.sinks
+            .iter()
+            .zip(&stats)
+            .map(|(s, st)| (sink(s), load(&st.disk_free) as i64)),
     )?;
     counter(
         e,

@@ -62,11 +62,18 @@ pub async fn serve(
     Ok(())
 }
 
-async fn readyz(State(ops): State<Arc<Ops>>) -> (StatusCode, &'static str) {
-    if ops.is_ready() {
-        (StatusCode::OK, "ready\n")
+/// 200 when the gateway can do its job; 503 with the reasons, one a line, when not.
+async fn readyz(State(ops): State<Arc<Ops>>) -> (StatusCode, String) {
+    let problems = ops.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        let mut body = String::from("not ready\n");
+        for p in problems {
+            body.push_str(&p);
+            body.push('\n');
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     }
 }
 

@@ -11,7 +11,7 @@ use fieldgate_connectors::source::modbus::DevicePoller;
 use fieldgate_rules::RuleCounters;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{Backpressure, BrokerCounters};
+use crate::broker::{Backpressure, BrokerCounters, BrokerHealth};
 use crate::ingest::modbus::ModbusIngestCounters;
 use crate::ingest::mqtt::IngestCounters;
 use crate::pipeline::StreamCounters;
@@ -29,8 +29,22 @@ pub struct Ops {
 }
 
 impl Ops {
+    /// Whether the gateway can do its job: started, not stopping, and no problem.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.problems().is_empty()
+    }
+
+    /// Why the gateway cannot do its job now; empty when it can.
+    pub fn problems(&self) -> Vec<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return vec!["starting or stopping".into()];
+        }
+        let Some(r) = self.running.get() else {
+            return vec!["starting".into()];
+        };
+        let mut out: Vec<String> = r.broker_health.problem().into_iter().collect();
+        out.extend(r.sinks.iter().filter_map(|s| s.queue.problem()));
+        out
     }
 }
 
@@ -38,6 +52,7 @@ impl Ops {
 pub struct Running {
     pub gateway_id: String,
     pub broker: Arc<BrokerCounters>,
+    pub broker_health: Arc<BrokerHealth>,
     pub backpressure: Arc<Backpressure>,
     pub mqtt: Arc<IngestCounters>,
     pub modbus: Arc<ModbusIngestCounters>,

@@ -14,8 +14,8 @@ mod codec;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
@@ -38,6 +38,8 @@ type LinkFactory = Box<dyn Fn(&str) -> anyhow::Result<(LinkTx, LinkRx)> + Send +
 /// open in-process links.
 pub struct Broker {
     pub counters: Arc<BrokerCounters>,
+    /// Whether the router and the listeners still run.
+    pub health: Arc<BrokerHealth>,
     /// The lag between the router's log and ingest; ingest reports what it takes.
     pub backpressure: Arc<Backpressure>,
     listeners: Option<Listeners>,
@@ -91,6 +93,7 @@ impl Broker {
 
     /// Stops accepting connections and drops the existing ones.
     pub fn stop_listeners(&mut self) {
+        self.health.stopping.store(true, Ordering::Relaxed);
         self.backpressure.stop();
         if let Some(l) = self.listeners.take() {
             let _ = l.stop.send(());
@@ -120,6 +123,62 @@ impl Publisher {
             }
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// Whether the broker's parts still run: the router thread and every listener.
+pub struct BrokerHealth {
+    router_alive: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Listeners that stopped, with why.
+    failed: Mutex<Vec<String>>,
+    /// Set when the listeners' thread ended (stopped, or panicked).
+    listeners_ended: AtomicBool,
+    /// Set once the listeners were started, and when they are stopped on purpose.
+    started: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for BrokerHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerHealth")
+            .field("problem", &self.problem())
+            .finish()
+    }
+}
+
+impl BrokerHealth {
+    /// Why the broker cannot take messages from devices, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if !(self.router_alive)() {
+            return Some("the embedded broker's router stopped".into());
+        }
+        if self.stopping.load(Ordering::Relaxed) || !self.started.load(Ordering::Relaxed) {
+            return None;
+        }
+        if let Ok(failed) = self.failed.lock()
+            && let Some(f) = failed.first()
+        {
+            return Some(f.clone());
+        }
+        if self.listeners_ended.load(Ordering::Relaxed) {
+            return Some("the embedded broker's listeners stopped".into());
+        }
+        None
+    }
+
+    fn listener_failed(&self, why: String) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.push(why);
+        }
+    }
+}
+
+/// Sets a flag when dropped: at the end of a thread, however it ends.
+struct SetOnDrop(Arc<BrokerHealth>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.listeners_ended.store(true, Ordering::Relaxed);
     }
 }
 
@@ -153,6 +212,14 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
         },
     );
     let router_tx = router.spawn();
+    let for_health = router_tx.clone();
+    let health = Arc::new(BrokerHealth {
+        router_alive: Box::new(move || !for_health.is_disconnected()),
+        failed: Mutex::default(),
+        listeners_ended: AtomicBool::new(false),
+        started: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+    });
     let for_links = router_tx.clone();
     let links: LinkFactory = Box::new(move |client_id: &str| {
         let (tx, rx, _ack) = LinkBuilder::new(client_id, for_links.clone())
@@ -167,8 +234,10 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
     let counters = Arc::new(BrokerCounters::default());
     let backpressure = Arc::new(Backpressure::new(cfg.segment_size, cfg.segment_count));
     let for_codecs = (counters.clone(), backpressure.clone());
+    let for_listeners = health.clone();
     let start_listeners = Box::new(move || {
         let (c, bp) = &for_codecs;
+        let health = for_listeners;
         let settings = |name: &str, listen: SocketAddr| ServerSettings {
             name: name.to_string(),
             listen,
@@ -203,15 +272,17 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
             .enable_all()
             .build()
             .context("cannot start the broker listeners' runtime")?;
+        health.started.store(true, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("broker-listeners".into())
             .spawn(move || {
+                let _ended = SetOnDrop(health.clone());
                 runtime.block_on(async move {
                     if let Some((addr, server)) = v4 {
-                        serve(addr, server, "MQTT 3.1.1");
+                        serve(addr, server, "MQTT 3.1.1", health.clone());
                     }
                     if let Some((addr, server)) = v5 {
-                        serve(addr, server, "MQTT 5");
+                        serve(addr, server, "MQTT 5", health.clone());
                     }
                     let _ = stopped.await;
                 });
@@ -222,6 +293,7 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
     });
     Ok(Broker {
         counters,
+        health,
         backpressure,
         listeners: None,
         links,
@@ -234,10 +306,12 @@ fn serve<P: Protocol + Clone + Send + Sync + 'static>(
     addr: SocketAddr,
     mut server: Server<P>,
     what: &'static str,
+    health: Arc<BrokerHealth>,
 ) {
     tokio::spawn(async move {
         if let Err(e) = server.start(LinkType::Remote).await {
             tracing::error!(%addr, error = %e, "{what} listener stopped");
+            health.listener_failed(format!("the {what} listener on {addr} stopped: {e}"));
         }
     });
     tracing::info!(%addr, "{what} listener started");

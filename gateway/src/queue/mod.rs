@@ -14,23 +14,30 @@
 //! removes or refuses is counted in [`QueueStats`] and logged. Once a backlog has
 //! drained, the store's file is compacted so the disk space goes back.
 //!
+//! A full disk is a state of the queue, not a failure of the gateway. When the file
+//! system is down to `min_free_bytes`, the queue stops growing: it holds what it holds,
+//! and the on-full policy decides about new results as at `max_bytes`. Should a commit
+//! still fail (the disk filled by something else, an I/O error), nothing of it was
+//! committed; the store is reopened in-process, the appends waiting for that commit are
+//! answered with a [`StoreError::Unwritable`] their callers retry, and the queue reports
+//! itself not writable ([`Queue::problem`]) until a commit succeeds again.
+//!
 //! The store behind the queue is redb ([`store`]); see `docs/architecture.md` for why.
 
 mod store;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use fieldgate_connectors::sink::Message;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use store::Store;
-pub use store::StoreError;
+pub use store::{Entry, StoreError};
 use writer::{Request, Writer};
 
 /// How often the writer expires old entries and considers compacting.
@@ -54,6 +61,9 @@ pub struct QueueOptions {
     /// Memory redb may use as cache, in bytes.
     pub cache_bytes: usize,
     pub limits: QueueLimits,
+    /// Free space the queue leaves on its file system: below it, the queue stops growing.
+    /// 0: no reserve (the queue grows until a write fails).
+    pub min_free_bytes: u64,
 }
 
 /// What a full queue does with new results.
@@ -95,6 +105,32 @@ pub struct QueueStats {
     pub expired: AtomicU64,
     /// Compactions of the store's file.
     pub compactions: AtomicU64,
+    /// Operations of the store that failed on the disk (a full disk, an I/O error).
+    pub storage_errors: AtomicU64,
+    /// Whether the queue can make new results durable: its store works and its file
+    /// system is above the reserve.
+    pub writable: AtomicBool,
+    /// Free bytes of the queue's file system, as last seen.
+    pub disk_free: AtomicU64,
+    /// Why the queue is not writable, while it is not.
+    pub problem: Mutex<Option<String>>,
+}
+
+impl QueueStats {
+    fn new() -> QueueStats {
+        QueueStats {
+            writable: AtomicBool::new(true),
+            ..QueueStats::default()
+        }
+    }
+
+    /// Records whether the queue is writable and, if not, why.
+    fn set_problem(&self, problem: Option<String>) {
+        self.writable.store(problem.is_none(), Ordering::Relaxed);
+        if let Ok(mut p) = self.problem.lock() {
+            *p = problem;
+        }
+    }
 }
 
 impl Queue {
@@ -104,7 +140,7 @@ impl Queue {
         let store = Arc::new(Store::open(path, opts.cache_bytes)?);
         let last = store.last_seq()?;
         let held = store.held()?;
-        let stats = Arc::new(QueueStats::default());
+        let stats = Arc::new(QueueStats::new());
         let (tx, rx) = mpsc::channel(1024);
         let (committed_tx, committed) = watch::channel(last);
         let writer_store = store.clone();
@@ -147,7 +183,14 @@ impl Queue {
     }
 
     /// Appends entries and returns once they are durable.
-    pub async fn append(&self, entries: Vec<(Arc<str>, Bytes)>) -> Result<(), StoreError> {
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        self.append_shared(entries.into()).await
+    }
+
+    /// Appends entries and returns once they are durable. An error for which
+    /// [`StoreError::is_storage_failure`] holds committed nothing and can be retried with
+    /// the same entries (which is why they are shared, not moved).
+    pub async fn append_shared(&self, entries: Arc<[Entry]>) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -192,6 +235,11 @@ impl Queue {
         &self.stats
     }
 
+    /// Why the queue cannot make new results durable now, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        self.stats.problem.lock().ok().and_then(|p| p.clone())
+    }
+
     /// How long the oldest waiting entry has been queued.
     pub fn oldest_age(&self) -> Result<Option<Duration>, StoreError> {
         let now = now_ms();
@@ -218,6 +266,12 @@ impl Queue {
             let _ = wait.await;
         }
     }
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The clock entries are stamped with: epoch milliseconds.

@@ -1,10 +1,17 @@
 //! The queue's on-disk store: one redb file per sink. Table `entries` maps a big-endian
 //! u64 sequence number to an entry: format byte (1), enqueue time (u64 epoch ms,
 //! big-endian), rule-name length (u16, big-endian), the rule name, the payload. Table
-//! `meta` keeps the bytes held, updated in the same transaction as the entries, so the
-//! two never disagree, not even after a crash.
+//! `meta` keeps the bytes held and the highest sequence number ever used, updated in the
+//! same transaction as the entries, so they never disagree with them, not even after a
+//! crash; a drained queue therefore never hands out a sequence number (and a message id)
+//! a second time.
+//!
+//! After an I/O error (a full disk, say) redb refuses every further operation until the
+//! database is opened again. The store notes such an error ([`Store::broken`]) and the
+//! writer reopens it ([`Store::reopen`]) in-process; what was committed before is kept.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -20,6 +27,9 @@ const BYTES: &str = "bytes";
 /// Key in `meta`: a random number drawn when the store was created, which makes
 /// message ids unique across a store file being deleted and created again.
 const EPOCH: &str = "epoch";
+/// Key in `meta`: the highest sequence number ever used, so that sequence numbers keep
+/// rising after the queue drained (and its table is empty).
+const LAST_SEQ: &str = "last_seq";
 const FORMAT: u8 = 1;
 /// Fixed part of an encoded entry: format, enqueue time, name length.
 const HEADER: usize = 1 + 8 + 2;
@@ -57,6 +67,36 @@ pub enum StoreError {
     Dir(std::io::Error),
     #[error("queue store lock poisoned")]
     Poisoned,
+    #[error("queue cannot take results now: {0}")]
+    Unwritable(String),
+}
+
+impl StoreError {
+    /// Whether the error comes from the disk (full, failing, or the store closed after such an
+    /// error) rather than from the request: the same request can succeed once the store
+    /// has been reopened or space returned.
+    pub fn is_storage_failure(&self) -> bool {
+        fn disk(e: &redb::StorageError) -> bool {
+            matches!(
+                e,
+                redb::StorageError::Io(_)
+                    | redb::StorageError::PreviousIo
+                    | redb::StorageError::Corrupted(_)
+                    | redb::StorageError::DatabaseClosed
+            )
+        }
+        match self {
+            StoreError::Storage(e)
+            | StoreError::Database(redb::DatabaseError::Storage(e))
+            | StoreError::Transaction(redb::TransactionError::Storage(e))
+            | StoreError::Table(redb::TableError::Storage(e))
+            | StoreError::Commit(redb::CommitError::Storage(e))
+            | StoreError::Compaction(redb::CompactionError::Storage(e)) => disk(e),
+            StoreError::Commit(redb::CommitError::TransactionPoisoned)
+            | StoreError::Unwritable(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// One entry to append: the rule that produced it and its encoded result.
@@ -70,9 +110,13 @@ pub struct Held {
 }
 
 pub(super) struct Store {
-    /// Readers share the database; compaction needs it alone.
-    db: RwLock<Database>,
+    /// Readers share the database; compaction and reopening need it alone. `None` while
+    /// closed after an I/O error, until it could be opened again.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    cache_bytes: usize,
+    /// Set when an operation met an I/O error: the database must be reopened.
+    broken: AtomicBool,
 }
 
 /// Bytes an entry with this rule name and payload takes in the store.
@@ -85,9 +129,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(StoreError::Dir)?;
         }
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)?;
+        let db = Self::open_db(path, cache_bytes)?;
         // Make sure the tables exist so readers never see "table not found".
         let tx = db.begin_write()?;
         tx.open_table(ENTRIES)?;
@@ -99,156 +141,221 @@ impl Store {
         }
         tx.commit()?;
         Ok(Store {
-            db: RwLock::new(db),
+            db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
+            cache_bytes,
+            broken: AtomicBool::new(false),
         })
     }
 
-    fn read(&self) -> Result<RwLockReadGuard<'_, Database>, StoreError> {
+    fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+        Ok(Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)?)
+    }
+
+    /// Closes the database and opens it again, as redb requires after an I/O error;
+    /// redb then recovers the last durable commit. On failure the store stays closed
+    /// (every operation fails) until a later call succeeds.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().map_err(|_| StoreError::Poisoned)?;
+        // The old handle holds the file's lock: it goes first.
+        *db = None;
+        let opened = Self::open_db(&self.path, self.cache_bytes)?;
+        // A database that opens but cannot be read is no better than a closed one.
+        {
+            let tx = opened.begin_read()?;
+            tx.open_table(ENTRIES)?;
+            tx.open_table(META)?;
+        }
+        *db = Some(opened);
+        self.broken.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether an operation met an I/O error since the last (re)open.
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` on the open database; notes an I/O error it meets.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.read()?;
+        let Some(db) = guard.as_ref() else {
+            return Err(StoreError::Unwritable(
+                "its file is closed after an I/O error and could not be opened again yet".into(),
+            ));
+        };
+        let r = f(db);
+        if let Err(e) = &r
+            && e.is_storage_failure()
+        {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
         self.db.read().map_err(|_| StoreError::Poisoned)
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, Database>, StoreError> {
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Option<Database>>, StoreError> {
         self.db.write().map_err(|_| StoreError::Poisoned)
     }
 
     pub fn epoch(&self) -> Result<u64, StoreError> {
-        let db = self.read()?;
-        let tx = db.begin_read()?;
-        Ok(tx.open_table(META)?.get(EPOCH)?.map_or(0, |v| v.value()))
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            Ok(tx.open_table(META)?.get(EPOCH)?.map_or(0, |v| v.value()))
+        })
     }
 
+    /// The highest sequence number ever used: the last entry's, or the one recorded when
+    /// the queue drained since.
     pub fn last_seq(&self) -> Result<u64, StoreError> {
-        let db = self.read()?;
-        let tx = db.begin_read()?;
-        let t = tx.open_table(ENTRIES)?;
-        Ok(t.last()?.map_or(0, |(k, _)| k.value()))
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let last_entry = tx
+                .open_table(ENTRIES)?
+                .last()?
+                .map_or(0, |(k, _)| k.value());
+            let recorded = tx.open_table(META)?.get(LAST_SEQ)?.map_or(0, |v| v.value());
+            Ok(last_entry.max(recorded))
+        })
     }
 
     pub fn held(&self) -> Result<Held, StoreError> {
-        let db = self.read()?;
-        let tx = db.begin_read()?;
-        let entries = tx.open_table(ENTRIES)?.len()?;
-        let bytes = tx.open_table(META)?.get(BYTES)?.map_or(0, |v| v.value());
-        Ok(Held { entries, bytes })
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let entries = tx.open_table(ENTRIES)?.len()?;
+            let bytes = tx.open_table(META)?.get(BYTES)?.map_or(0, |v| v.value());
+            Ok(Held { entries, bytes })
+        })
     }
 
     /// Enqueue time (epoch ms) of the oldest entry.
     pub fn oldest_enqueued(&self) -> Result<Option<u64>, StoreError> {
-        let db = self.read()?;
-        let tx = db.begin_read()?;
-        let t = tx.open_table(ENTRIES)?;
-        let Some((k, v)) = t.first()? else {
-            return Ok(None);
-        };
-        Ok(Some(
-            enqueued_at(v.value()).ok_or(StoreError::Corrupt(k.value()))?,
-        ))
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(ENTRIES)?;
+            let Some((k, v)) = t.first()? else {
+                return Ok(None);
+            };
+            Ok(Some(
+                enqueued_at(v.value()).ok_or(StoreError::Corrupt(k.value()))?,
+            ))
+        })
     }
 
     /// Writes entries under consecutive sequence numbers after `last`, durably, then
     /// drops the oldest entries while more than `max_bytes` are held. Returns the last
     /// sequence number, what was added and what was dropped.
-    pub fn append(
+    pub fn append<'e>(
         &self,
         last: u64,
-        entries: &[Entry],
+        entries: impl IntoIterator<Item = &'e Entry>,
         now_ms: u64,
         max_bytes: Option<u64>,
     ) -> Result<(u64, Held, Held), StoreError> {
-        let db = self.read()?;
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        let mut seq = last;
-        let mut added = Held::default();
-        let mut dropped = Held::default();
-        {
-            let mut t = tx.open_table(ENTRIES)?;
-            let mut meta = tx.open_table(META)?;
-            let mut bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
-            let mut buf = Vec::new();
-            for (rule, payload) in entries {
-                seq += 1;
-                buf.clear();
-                encode(rule, now_ms, payload, &mut buf);
-                t.insert(seq, buf.as_slice())?;
-                added.entries += 1;
-                added.bytes += buf.len() as u64 + KEY_BYTES;
-                bytes += buf.len() as u64 + KEY_BYTES;
-            }
-            if let Some(max) = max_bytes {
-                while bytes > max {
-                    let Some((_, v)) = t.pop_first()? else { break };
-                    let b = v.value().len() as u64 + KEY_BYTES;
-                    bytes = bytes.saturating_sub(b);
-                    dropped.entries += 1;
-                    dropped.bytes += b;
+        self.with(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            let mut seq = last;
+            let mut added = Held::default();
+            let mut dropped = Held::default();
+            {
+                let mut t = tx.open_table(ENTRIES)?;
+                let mut meta = tx.open_table(META)?;
+                let mut bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
+                let mut buf = Vec::new();
+                for (rule, payload) in entries {
+                    seq += 1;
+                    buf.clear();
+                    encode(rule, now_ms, payload, &mut buf);
+                    t.insert(seq, buf.as_slice())?;
+                    added.entries += 1;
+                    added.bytes += buf.len() as u64 + KEY_BYTES;
+                    bytes += buf.len() as u64 + KEY_BYTES;
                 }
+                if let Some(max) = max_bytes {
+                    while bytes > max {
+                        let Some((_, v)) = t.pop_first()? else { break };
+                        let b = v.value().len() as u64 + KEY_BYTES;
+                        bytes = bytes.saturating_sub(b);
+                        dropped.entries += 1;
+                        dropped.bytes += b;
+                    }
+                }
+                meta.insert(BYTES, bytes)?;
+                meta.insert(LAST_SEQ, seq)?;
             }
-            meta.insert(BYTES, bytes)?;
-        }
-        tx.commit()?;
-        Ok((seq, added, dropped))
+            tx.commit()?;
+            Ok((seq, added, dropped))
+        })
     }
 
     /// Deletes delivered entries (without an fsync of its own); returns what went.
     pub fn remove(&self, seqs: &[u64]) -> Result<Held, StoreError> {
-        let db = self.read()?;
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::None)?;
-        let mut removed = Held::default();
-        {
-            let mut t = tx.open_table(ENTRIES)?;
-            let mut meta = tx.open_table(META)?;
-            for s in seqs {
-                if let Some(v) = t.remove(s)? {
-                    removed.entries += 1;
-                    removed.bytes += v.value().len() as u64 + KEY_BYTES;
+        self.with(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::None)?;
+            let mut removed = Held::default();
+            {
+                let mut t = tx.open_table(ENTRIES)?;
+                let mut meta = tx.open_table(META)?;
+                for s in seqs {
+                    if let Some(v) = t.remove(s)? {
+                        removed.entries += 1;
+                        removed.bytes += v.value().len() as u64 + KEY_BYTES;
+                    }
                 }
+                let bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
+                meta.insert(BYTES, bytes.saturating_sub(removed.bytes))?;
             }
-            let bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
-            meta.insert(BYTES, bytes.saturating_sub(removed.bytes))?;
-        }
-        tx.commit()?;
-        Ok(removed)
+            tx.commit()?;
+            Ok(removed)
+        })
     }
 
     /// Deletes entries enqueued before `cutoff_ms` (epoch ms); returns what went.
     pub fn expire(&self, cutoff_ms: u64) -> Result<Held, StoreError> {
-        let db = self.read()?;
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::None)?;
-        let mut expired = Held::default();
-        {
-            let mut t = tx.open_table(ENTRIES)?;
-            let mut meta = tx.open_table(META)?;
-            loop {
-                let old = match t.first()? {
-                    Some((k, v)) => {
-                        let at = enqueued_at(v.value()).ok_or(StoreError::Corrupt(k.value()))?;
-                        (at < cutoff_ms).then(|| (k.value(), v.value().len() as u64))
-                    }
-                    None => None,
-                };
-                let Some((k, len)) = old else { break };
-                t.remove(k)?;
-                expired.entries += 1;
-                expired.bytes += len + KEY_BYTES;
+        self.with(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::None)?;
+            let mut expired = Held::default();
+            {
+                let mut t = tx.open_table(ENTRIES)?;
+                let mut meta = tx.open_table(META)?;
+                loop {
+                    let old = match t.first()? {
+                        Some((k, v)) => {
+                            let at =
+                                enqueued_at(v.value()).ok_or(StoreError::Corrupt(k.value()))?;
+                            (at < cutoff_ms).then(|| (k.value(), v.value().len() as u64))
+                        }
+                        None => None,
+                    };
+                    let Some((k, len)) = old else { break };
+                    t.remove(k)?;
+                    expired.entries += 1;
+                    expired.bytes += len + KEY_BYTES;
+                }
+                let bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
+                meta.insert(BYTES, bytes.saturating_sub(expired.bytes))?;
             }
-            let bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
-            meta.insert(BYTES, bytes.saturating_sub(expired.bytes))?;
-        }
-        tx.commit()?;
-        Ok(expired)
+            tx.commit()?;
+            Ok(expired)
+        })
     }
 
     /// A durable empty commit: makes earlier non-durable deletes durable.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let db = self.read()?;
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        tx.commit()?;
-        Ok(())
+        self.with(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Size of the store's file in bytes.
@@ -256,28 +363,45 @@ impl Store {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
+    /// The directory the store's file is in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// Gives free pages back to the file system. Waits for readers to finish.
     pub fn compact(&self) -> Result<bool, StoreError> {
-        let mut db = self.write()?;
-        // Make earlier non-durable commits durable: compaction needs them settled.
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        tx.commit()?;
-        Ok(db.compact()?)
+        let mut guard = self.write()?;
+        let Some(db) = guard.as_mut() else {
+            return Err(StoreError::Unwritable("its file is closed".into()));
+        };
+        let r = (|| -> Result<bool, StoreError> {
+            // Make earlier non-durable commits durable: compaction needs them settled.
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            tx.commit()?;
+            Ok(db.compact()?)
+        })();
+        if let Err(e) = &r
+            && e.is_storage_failure()
+        {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        r
     }
 
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<Message>, StoreError> {
-        let db = self.read()?;
-        let tx = db.begin_read()?;
-        let t = tx.open_table(ENTRIES)?;
-        let mut out = Vec::new();
-        for item in t.range(from..)?.take(max) {
-            let (k, v) = item?;
-            let seq = k.value();
-            let (rule, payload) = decode(v.value()).ok_or(StoreError::Corrupt(seq))?;
-            out.push(Message { seq, rule, payload });
-        }
-        Ok(out)
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(ENTRIES)?;
+            let mut out = Vec::new();
+            for item in t.range(from..)?.take(max) {
+                let (k, v) = item?;
+                let seq = k.value();
+                let (rule, payload) = decode(v.value()).ok_or(StoreError::Corrupt(seq))?;
+                out.push(Message { seq, rule, payload });
+            }
+            Ok(out)
+        })
     }
 }
 

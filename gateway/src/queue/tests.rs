@@ -11,6 +11,7 @@ fn opts() -> QueueOptions {
         commit_delay: Duration::from_millis(2),
         cache_bytes: 1 << 20,
         limits: QueueLimits::default(),
+        min_free_bytes: 0,
     }
 }
 
@@ -292,4 +293,247 @@ async fn a_drained_backlog_gives_its_disk_space_back() {
     // Still a working queue.
     q.append(vec![entry("r", "after")]).await.unwrap();
     assert_eq!(q.read_from(0, 10).unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_numbers_never_repeat_after_the_queue_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..5 {
+        let q = reopen(&path, opts()).await;
+        q.append((0..3).map(|i| entry("r", &body(i))).collect())
+            .await
+            .unwrap();
+        let got = q.read_from(0, 100).unwrap();
+        for m in &got {
+            assert!(
+                seen.insert(m.seq),
+                "round {round}: sequence {} used twice",
+                m.seq
+            );
+        }
+        // Delivered: the queue is empty when it closes, and when it opens again.
+        q.remove(got.iter().map(|m| m.seq).collect()).await.unwrap();
+        wait_for("the delete", || q.depth().unwrap() == 0).await;
+        // A compaction of the empty file keeps the high-water mark too.
+        if round == 2 {
+            q.store.compact().unwrap();
+        }
+        q.close().await;
+    }
+    assert_eq!(seen.len(), 15);
+}
+
+/// Opens the queue at `path` once the last writer has let go of the file.
+async fn reopen(path: &std::path::Path, o: QueueOptions) -> Queue {
+    for _ in 0..100 {
+        if let Ok(q) = Queue::open("t", path, o) {
+            return q;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} does not open again", path.display());
+}
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted when dropped. Tests that
+/// need a disk that fills up use it; they run as root (as CI does) and fail if the
+/// mount cannot be made.
+pub(crate) struct SmallDisk {
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub(crate) fn mount(mib: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount(8) runs");
+        assert!(
+            status.success(),
+            "cannot mount a {mib} MiB tmpfs on {} (the full-disk tests need root): {status}",
+            dir.path().display()
+        );
+        SmallDisk { dir }
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left of the disk with a file, which `free` deletes again.
+    pub(crate) fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let p = self.path().join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..512]).is_ok() {}
+        let _ = f.sync_all();
+        p
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_disk_reserve_drop_oldest_keeps_the_newest_and_reports_it() {
+    let disk = SmallDisk::mount(16);
+    let o = QueueOptions {
+        min_free_bytes: 8 << 20,
+        ..opts()
+    };
+    let q = Queue::open("t", &disk.path().join("q.redb"), o).unwrap();
+    assert!(q.problem().is_none());
+    let mut next = 0;
+    while q.problem().is_none() {
+        q.append((next..next + 200).map(|i| entry("r", &body(i))).collect())
+            .await
+            .unwrap();
+        next += 200;
+        assert!(next < 200_000, "the reserve was never reached");
+    }
+    let problem = q.problem().unwrap();
+    assert!(problem.contains("reserve"), "{problem}");
+    assert!(!q.stats().writable.load(Ordering::Relaxed));
+    // From here the queue holds what it holds: new results push the oldest out.
+    let held = q.stats().bytes.load(Ordering::Relaxed);
+    for _ in 0..50 {
+        q.append((next..next + 200).map(|i| entry("r", &body(i))).collect())
+            .await
+            .unwrap();
+        next += 200;
+    }
+    let dropped = q.stats().dropped_oldest.load(Ordering::Relaxed);
+    assert!(dropped >= 50 * 200 - 200, "{dropped} dropped");
+    assert!(q.stats().bytes.load(Ordering::Relaxed) <= held);
+    let kept = q.read_from(0, 1_000_000).unwrap();
+    assert_eq!(
+        kept.len() as u64 + dropped,
+        next as u64,
+        "every result kept or counted"
+    );
+    // The newest ones, in order.
+    assert_eq!(kept.last().unwrap().payload, Bytes::from(body(next - 1)));
+    assert!(kept.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    assert_eq!(q.stats().storage_errors.load(Ordering::Relaxed), 0);
+    assert!(
+        free_bytes(disk.path()).unwrap() > 4 << 20,
+        "the reserve held"
+    );
+    // Delivering everything and compacting gives the space back: writable again.
+    let seqs: Vec<u64> = kept.iter().map(|m| m.seq).collect();
+    q.remove(seqs).await.unwrap();
+    wait_for("room again", || q.problem().is_none()).await;
+    assert!(q.stats().writable.load(Ordering::Relaxed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_disk_reserve_reject_new_refuses_and_counts() {
+    let disk = SmallDisk::mount(16);
+    let o = QueueOptions {
+        min_free_bytes: 8 << 20,
+        ..limited(None, OnFull::RejectNew, None)
+    };
+    let q = Queue::open("t", &disk.path().join("q.redb"), o).unwrap();
+    let mut accepted = 0;
+    let mut refused = 0;
+    for round in 0..400 {
+        match q
+            .append(
+                (0..200)
+                    .map(|i| entry("r", &body(round * 200 + i)))
+                    .collect(),
+            )
+            .await
+        {
+            Ok(()) => accepted += 200,
+            Err(StoreError::Full { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        if refused >= 5 {
+            break;
+        }
+    }
+    assert!(refused >= 5, "never refused: the reserve was never reached");
+    assert!(q.problem().is_some());
+    let kept = q.read_from(0, 1_000_000).unwrap();
+    let rejected = q.stats().rejected.load(Ordering::Relaxed);
+    // What was accepted is held, all of it, oldest first; the refusals are counted.
+    assert!(
+        kept.len() >= accepted,
+        "{} held, {accepted} accepted",
+        kept.len()
+    );
+    assert_eq!(kept[0].payload, Bytes::from(body(0)));
+    assert!(rejected >= 5 * 200 - 200, "{rejected}");
+    assert_eq!(q.stats().storage_errors.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_recovered_in_process_without_losing_what_was_committed() {
+    let disk = SmallDisk::mount(16);
+    let path = disk.path().join("q.redb");
+    // No reserve: the disk fills up under the queue and its writes fail.
+    let q = Queue::open("t", &path, opts()).unwrap();
+    q.append((0..100).map(|i| entry("r", &body(i))).collect())
+        .await
+        .unwrap();
+    let filler = disk.fill();
+    let mut next = 100;
+    let mut failures = 0;
+    for _ in 0..200 {
+        match q
+            .append((next..next + 500).map(|i| entry("r", &body(i))).collect())
+            .await
+        {
+            Ok(()) => next += 500,
+            Err(e) => {
+                assert!(e.is_storage_failure(), "{e}");
+                failures += 1;
+                if failures >= 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(failures >= 3, "the disk never filled");
+    assert!(q.problem().is_some(), "a failing queue says so");
+    assert!(!q.stats().writable.load(Ordering::Relaxed));
+    assert!(q.stats().storage_errors.load(Ordering::Relaxed) > 0);
+    // Space comes back: the same queue, without a restart, takes results again and
+    // still holds everything it committed, under ever rising sequence numbers.
+    std::fs::remove_file(filler).unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if q.append(vec![entry("r", &body(next))]).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the queue did not recover: {:?}", q.problem());
+    next += 1;
+    wait_for("writable again", || q.problem().is_none()).await;
+    let kept = q.read_from(0, 1_000_000).unwrap();
+    let bodies: Vec<Bytes> = kept.iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(
+        bodies,
+        (0..next).map(|i| Bytes::from(body(i))).collect::<Vec<_>>()
+    );
+    assert!(kept.windows(2).all(|w| w[1].seq > w[0].seq));
+    // Deliveries work again too.
+    q.remove(kept.iter().map(|m| m.seq).collect())
+        .await
+        .unwrap();
+    wait_for("the delete", || q.depth().unwrap() == 0).await;
 }

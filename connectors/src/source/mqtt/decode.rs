@@ -1,8 +1,10 @@
 //! JSON payloads straight into Arrow batches of a stream's declared schema.
 //!
-//! Payloads are fed to one `arrow_json` decoder as a run; no `serde_json::Value` is built.
-//! When the run fails (a malformed payload, a value of the wrong type), the same payloads
-//! are decoded one by one so that only the bad ones are rejected, each with its reason.
+//! Each payload first passes the [`Screen`] (input limits, JSON syntax, whole numbers
+//! for integer columns); the ones that pass are fed to one `arrow_json` decoder as a
+//! run; no `serde_json::Value` is built. When the run fails (a value of the wrong type),
+//! the same payloads are decoded one by one so that only the bad ones are rejected, each
+//! with its reason.
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -14,10 +16,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 /// Rows decoded per Arrow batch before the decoder flushes.
 const BATCH_ROWS: usize = 8192;
 
+use super::screen::{InputLimits, RejectReason, Screen};
+
 /// Decodes JSON payloads into batches of one schema.
 pub struct JsonDecoder {
     schema: SchemaRef,
     decoder: Decoder,
+    screen: Screen,
 }
 
 /// A payload that could not be decoded.
@@ -25,7 +30,10 @@ pub struct JsonDecoder {
 pub struct Rejected {
     /// Index of the payload in the decoded slice.
     pub index: usize,
+    /// What was wrong, in words.
     pub reason: String,
+    /// What was wrong, as a counter's label.
+    pub kind: RejectReason,
 }
 
 /// The result of decoding a run of payloads.
@@ -37,9 +45,20 @@ pub struct Decoded {
 }
 
 impl JsonDecoder {
+    /// A decoder for `schema` with the default [`InputLimits`].
     pub fn new(schema: SchemaRef) -> Result<Self, ArrowError> {
+        Self::with_limits(schema, InputLimits::default())
+    }
+
+    /// A decoder for `schema` that refuses payloads over `limits`.
+    pub fn with_limits(schema: SchemaRef, limits: InputLimits) -> Result<Self, ArrowError> {
         let decoder = Self::build(&schema)?;
-        Ok(Self { schema, decoder })
+        let screen = Screen::new(&schema, limits);
+        Ok(Self {
+            schema,
+            decoder,
+            screen,
+        })
     }
 
     fn build(schema: &SchemaRef) -> Result<Decoder, ArrowError> {
@@ -52,21 +71,26 @@ impl JsonDecoder {
         &self.schema
     }
 
+    /// The limits payloads are held to.
+    pub fn limits(&self) -> &InputLimits {
+        self.screen.limits()
+    }
+
     /// Decodes a run of payloads, each holding one JSON object (or several, separated by
     /// whitespace). Bad payloads are rejected; the others are decoded.
     pub fn decode<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Decoded {
         let mut rejected = Vec::new();
         let good: Vec<usize> = (0..payloads.len())
-            .filter(|&i| {
-                let p = payloads[i].as_ref();
-                let blank = p.iter().all(u8::is_ascii_whitespace);
-                if blank {
+            .filter(|&i| match self.screen.check(payloads[i].as_ref()) {
+                Ok(()) => true,
+                Err((kind, reason)) => {
                     rejected.push(Rejected {
                         index: i,
-                        reason: "empty payload".into(),
+                        reason,
+                        kind,
                     });
+                    false
                 }
-                !blank
             })
             .collect();
         match self.run(good.iter().map(|&i| payloads[i].as_ref())) {
@@ -80,9 +104,12 @@ impl JsonDecoder {
                 for &i in &good {
                     match self.run(std::iter::once(payloads[i].as_ref())) {
                         Ok(b) => batches.extend(b),
+                        // The screen passed its syntax: what the decoder refuses is a
+                        // value its column cannot take.
                         Err(e) => rejected.push(Rejected {
                             index: i,
                             reason: e.to_string(),
+                            kind: RejectReason::WrongType,
                         }),
                     }
                 }
@@ -110,6 +137,7 @@ impl JsonDecoder {
                     rejected.extend(good.iter().map(|&index| Rejected {
                         index,
                         reason: e.to_string(),
+                        kind: RejectReason::WrongType,
                     }));
                     None
                 }
@@ -135,9 +163,8 @@ impl JsonDecoder {
         payloads: impl Iterator<Item = &'a [u8]>,
     ) -> Result<Vec<RecordBatch>, ArrowError> {
         let mut out = Vec::new();
+        // The screen checked each payload is UTF-8.
         for payload in payloads {
-            std::str::from_utf8(payload)
-                .map_err(|e| ArrowError::JsonError(format!("payload is not UTF-8: {e}")))?;
             let mut buf = payload;
             while !buf.is_empty() {
                 let read = self.decoder.decode(buf)?;
@@ -230,6 +257,43 @@ mod tests {
         // The decoder is usable afterwards.
         let again = d.decode(&[r#"{"device":"e","ts":5}"#]);
         assert_eq!(again.batch.unwrap().num_rows(), 1);
+    }
+
+    #[test]
+    fn deep_nesting_and_fractions_for_integers_are_refused_by_reason() {
+        let mut d = JsonDecoder::new(nested_schema()).unwrap();
+        // 30,000 levels in a declared column overflowed the decoder's stack once.
+        let deep = format!("{{\"tags\":{}{}}}", "[".repeat(30_000), "]".repeat(30_000));
+        let out = d.decode(&[
+            deep.as_str(),
+            r#"{"device":"a","tags":[1,2]}"#,
+            r#"{"device":"b","tags":[1.5]}"#,
+            r#"{"device":"c","tags":["x"]}"#,
+        ]);
+        let got: Vec<(usize, RejectReason)> =
+            out.rejected.iter().map(|r| (r.index, r.kind)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, RejectReason::TooDeep),
+                (2, RejectReason::WrongType),
+                (3, RejectReason::WrongType)
+            ],
+            "{:?}",
+            out.rejected
+        );
+        assert!(
+            out.rejected[1].reason.contains("1.5"),
+            "{}",
+            out.rejected[1].reason
+        );
+        assert_eq!(out.batch.unwrap().num_rows(), 1);
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let out = d.decode(&[r#"{"device":"a","ts":1.5,"temp":1}"#, r#"{"ts":2.0}"#]);
+        assert_eq!(out.rejected.len(), 1);
+        assert_eq!(out.rejected[0].kind, RejectReason::WrongType);
+        let b = out.batch.unwrap();
+        assert_eq!(b.column(1).as_primitive::<Int64Type>().value(0), 2);
     }
 
     #[test]
