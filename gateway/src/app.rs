@@ -89,19 +89,64 @@ fn start_sink(
     })
 }
 
+/// Descriptors the gateway needs besides device and admin connections: queues, log,
+/// rule files, sinks' connections, Modbus devices.
+const OTHER_FILES: u64 = 256;
+
+/// Raises the open-files limit to its hard limit (systemd's default soft limit is 1024)
+/// and warns when the configured connections may still not fit: a broker out of
+/// descriptors cannot accept devices.
+pub fn raise_open_files_limit(cfg: &Config) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = match (limit.current, limit.maximum) {
+        (Some(cur), max) if max.is_none_or(|m| m > cur) => {
+            let want = Rlimit {
+                current: max,
+                maximum: max,
+            };
+            match setrlimit(Resource::Nofile, want) {
+                Ok(()) => max,
+                Err(_) => Some(cur),
+            }
+        }
+        (cur, _) => cur,
+    };
+    let Some(open_files) = raised else { return };
+    let needed = cfg.broker.max_connections as u64 + cfg.admin.max_connections as u64 + OTHER_FILES;
+    if needed > open_files {
+        tracing::warn!(
+            open_files,
+            broker_max_connections = cfg.broker.max_connections,
+            admin_max_connections = cfg.admin.max_connections,
+            "the process may open fewer files than the configured connections need: \
+             lower `broker.max_connections` or raise the limit (LimitNOFILE, ulimit -n)"
+        );
+    }
+}
+
 /// Runs the gateway until a termination signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // What cannot run is refused now, naming its key, rather than failing later.
+    cfg.check_host()?;
     let ops = Arc::new(Ops::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Admin first, so probes answer (not ready) while the rest starts.
+    // Admin first, so probes answer (not ready) while the rest starts; a port in use
+    // stops the start here.
     let token = cfg.admin.resolve_token()?;
+    let admin_listener = admin::bind(cfg.admin.listen)?;
     let admin_task = {
-        let addr = cfg.admin.listen;
+        let policy = admin::Policy {
+            listen: cfg.admin.listen,
+            allowed_hosts: cfg.admin.allowed_hosts.clone(),
+            token,
+        };
         let ops = ops.clone();
         let stop = stop_rx.clone();
+        let max = cfg.admin.max_connections;
         tokio::spawn(async move {
-            if let Err(e) = admin::serve(addr, ops, token, stop).await {
+            if let Err(e) = admin::serve(admin_listener, ops, policy, max, stop).await {
                 tracing::error!(error = %e, "admin HTTP stopped");
             }
         })

@@ -12,7 +12,7 @@ use fieldgate_connectors::sink::http::HttpSinkConfig;
 use fieldgate_connectors::sink::modbus::ModbusSinkConfig;
 use fieldgate_connectors::sink::mqtt::MqttSinkConfig;
 use fieldgate_connectors::sink::republish::RepublishSinkConfig;
-use fieldgate_connectors::source::modbus::{DeviceConfig, ModbusConfig};
+use fieldgate_connectors::source::modbus::{DeviceConfig, ModbusConfig, Transport};
 use fieldgate_connectors::source::mqtt::InputLimits;
 use serde::Deserialize;
 
@@ -51,6 +51,18 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
 }
 
+/// The smallest `broker.segment_size` rumqttd takes.
+pub const MIN_SEGMENT_SIZE: usize = 1024;
+/// The smallest `broker.max_payload_size`: room for any CONNECT a device sends.
+pub const MIN_PACKET_SIZE: usize = 1024;
+
+/// Whether two listen addresses take the same port on a common address.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// The embedded MQTT broker.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,7 +72,7 @@ pub struct BrokerConfig {
     /// MQTT 5 listener (rumqttd serves each protocol version on its own port).
     pub listen_v5: Option<SocketAddr>,
     pub max_connections: usize,
-    /// Largest accepted payload, in bytes.
+    /// Largest MQTT packet a device may send (its payload, topic and header), in bytes.
     pub max_payload_size: usize,
     /// In-flight QoS 1/2 messages per client.
     pub max_inflight: usize,
@@ -98,6 +110,11 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// The name of an environment variable holding the token instead.
     pub token_env: Option<String>,
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Names besides the admin address and loopback that the `Host` header may carry
+    /// (the box's DNS name, say).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -106,6 +123,8 @@ impl std::fmt::Debug for AdminConfig {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_env", &self.token_env)
+            .field("max_connections", &self.max_connections)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -116,6 +135,8 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             token: None,
             token_env: None,
+            max_connections: 64,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -350,6 +371,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// What only this machine can tell: the listen addresses are free and the serial
+    /// devices exist. `run` makes these checks at start, and `validate` unless told it
+    /// runs elsewhere (`--offline`). Errors name the key.
+    pub fn check_host(&self) -> anyhow::Result<()> {
+        let listeners = [
+            ("broker.listen", self.broker.listen),
+            ("broker.listen_v5", self.broker.listen_v5),
+            ("admin.listen", Some(self.admin.listen)),
+        ];
+        for (key, addr) in listeners {
+            let Some(addr) = addr else { continue };
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                bail!("key `{key}`: cannot listen on {addr}: {e} (is another fieldgate running?)");
+            }
+        }
+        for (i, d) in self.modbus.devices.iter().enumerate() {
+            if let Transport::Rtu { path, .. } = &d.transport
+                && !Path::new(path).exists()
+            {
+                bail!(
+                    "key `modbus.devices[{i}].transport.path` (device `{}`): serial device {path} does not exist",
+                    d.name
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         let id_ok = !self.gateway_id.is_empty()
             && self
@@ -362,7 +411,7 @@ impl Config {
                 self.gateway_id
             );
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+        if let Err(e) = crate::logging::check_level(&self.log.level) {
             bail!(
                 "key `log.level`: {:?} is not a level or filter: {e}",
                 self.log.level
@@ -382,11 +431,51 @@ impl Config {
                 a.listen
             );
         }
-        if self.broker.listen.is_none() && self.broker.listen_v5.is_none() {
+        if a.max_connections == 0 {
+            bail!("key `admin.max_connections` must be at least 1");
+        }
+        let b = &self.broker;
+        if b.listen.is_none() && b.listen_v5.is_none() {
             bail!("key `broker`: set `listen` or `listen_v5`");
         }
-        if self.broker.segment_size == 0 || self.broker.segment_count == 0 {
-            bail!("keys `broker.segment_size` and `broker.segment_count` must be positive");
+        let listeners = [
+            ("broker.listen", b.listen),
+            ("broker.listen_v5", b.listen_v5),
+            ("admin.listen", Some(a.listen)),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            for (other, o) in &listeners[..i] {
+                if o.is_some_and(|o| clash(o, *addr)) {
+                    bail!(
+                        "keys `{other}` and `{key}`: both listen on {addr}; give each its own port"
+                    );
+                }
+            }
+        }
+        // rumqttd's router stops (panics) on a smaller segment.
+        if b.segment_size < MIN_SEGMENT_SIZE {
+            bail!("key `broker.segment_size` must be at least {MIN_SEGMENT_SIZE} bytes");
+        }
+        if b.segment_count == 0 {
+            bail!("key `broker.segment_count` must be at least 1");
+        }
+        // rumqttd holds every packet, CONNECT included, to this size.
+        if b.max_payload_size < MIN_PACKET_SIZE {
+            bail!(
+                "key `broker.max_payload_size` must be at least {MIN_PACKET_SIZE} bytes: it bounds \
+                 every MQTT packet a device sends, CONNECT included"
+            );
+        }
+        if b.max_connections == 0 {
+            bail!("key `broker.max_connections` must be at least 1");
+        }
+        if !(1..=usize::from(u16::MAX)).contains(&b.max_inflight) {
+            bail!("key `broker.max_inflight` must be 1 to 65535");
+        }
+        if b.connect_timeout.is_zero() || b.connect_timeout > Duration::from_millis(u16::MAX.into())
+        {
+            bail!("key `broker.connect_timeout` must be positive and at most 65s");
         }
         if self.ingest.batch_rows == 0 {
             bail!("key `ingest.batch_rows` must be positive");
@@ -588,6 +677,81 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("sinks.ctl") && e.contains("plc2"), "{e}");
+    }
+
+    #[test]
+    fn configs_that_could_not_run_are_refused_naming_the_key() {
+        let base = Path::new("/etc/fg");
+        let err = |extra: &str| {
+            Config::parse(&format!("rules_dir = 'r'\n{extra}"), "gw.toml", base)
+                .unwrap_err()
+                .to_string()
+        };
+        let cases = [
+            ("[log]\nlevel = 'warning'", "log.level"),
+            (
+                "[broker]\nlisten = '127.0.0.1:1883'\nlisten_v5 = '127.0.0.1:1883'",
+                "broker.listen_v5",
+            ),
+            (
+                "[broker]\nlisten = '0.0.0.0:1883'\nlisten_v5 = '127.0.0.1:1883'",
+                "broker.listen_v5",
+            ),
+            ("[broker]\nlisten = '127.0.0.1:9180'\n", "admin.listen"),
+            ("[broker]\nsegment_size = 1", "broker.segment_size"),
+            ("[broker]\nsegment_count = 0", "broker.segment_count"),
+            ("[broker]\nmax_payload_size = 0", "broker.max_payload_size"),
+            ("[broker]\nmax_connections = 0", "broker.max_connections"),
+            ("[broker]\nmax_inflight = 0", "broker.max_inflight"),
+            ("[broker]\nconnect_timeout = '2m'", "broker.connect_timeout"),
+            ("[admin]\nmax_connections = 0", "admin.max_connections"),
+            ("[ingest]\nmax_depth = 0", "ingest.max_depth"),
+            ("[ingest]\nmax_depth = 100000", "ingest.max_depth"),
+            ("[ingest]\nmax_array_items = 0", "ingest.max_array_items"),
+        ];
+        for (extra, key) in cases {
+            let e = err(extra);
+            assert!(e.contains("gw.toml") && e.contains(key), "{extra:?}: {e}");
+        }
+        // Distinct ports on distinct addresses are fine.
+        Config::parse(
+            "rules_dir = 'r'\n[broker]\nlisten = '127.0.0.1:1883'\nlisten_v5 = '127.0.0.2:1883'\n",
+            "gw.toml",
+            base,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn host_checks_find_ports_in_use_and_missing_serial_devices() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let c = Config::parse(
+            &format!("rules_dir = 'r'\n[admin]\nlisten = '127.0.0.1:{port}'\n[broker]\nlisten = '127.0.0.1:0'\nlisten_v5 = '127.0.0.1:0'\n"),
+            "gw.toml",
+            Path::new(""),
+        )
+        .unwrap();
+        let e = c.check_host().unwrap_err().to_string();
+        assert!(
+            e.contains("admin.listen") && e.contains(&port.to_string()),
+            "{e}"
+        );
+        drop(taken);
+        c.check_host().unwrap();
+        let c = Config::parse(
+            "rules_dir = 'r'\n[broker]\nlisten = '127.0.0.1:0'\nlisten_v5 = '127.0.0.1:0'\n[admin]\nlisten = '127.0.0.1:0'\n\
+             [[modbus.devices]]\nname = 'meter'\ntransport = { type = 'rtu', path = '/dev/fieldgate-no-such-tty' }\n\
+             [[modbus.devices.groups]]\nname = 'g'\ninterval = '1s'\ntags = [{ name = 'x', register = 40001 }]\n",
+            "gw.toml",
+            Path::new(""),
+        )
+        .unwrap();
+        let e = c.check_host().unwrap_err().to_string();
+        assert!(
+            e.contains("modbus.devices[0].transport.path") && e.contains("no-such-tty"),
+            "{e}"
+        );
     }
 
     #[test]

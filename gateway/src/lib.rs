@@ -6,6 +6,7 @@
 //! [`pipeline`] (decoding and the SQL rules) → [`queue`] (durable, per sink) →
 //! [`uplink`] (delivery to the sinks). [`app`] wires them; [`reload`] keeps the rules
 //! live; [`config`] reads the TOML configuration; [`admin`] serves the health probes;
+//! [`logging`] writes the log;
 //! [`rules_cli`] holds the rule author's offline tools; [`simulate`] is a load generator.
 
 pub mod admin;
@@ -13,6 +14,7 @@ pub mod app;
 pub mod broker;
 pub mod config;
 pub mod ingest;
+pub mod logging;
 pub mod pipeline;
 pub mod queue;
 pub mod reload;

@@ -1,7 +1,7 @@
 //! The `fieldgate` command line: `run` starts the gateway; `rules check` and
 //! `rules test` are the rule author's tools.
 
-use fieldgate::{app, config, ingest, rules_cli};
+use fieldgate::{app, config, ingest, logging, rules_cli};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,11 +36,16 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Check a config file and its rules without running them: exits non-zero with
-    /// the errors (`file:line:col: message` for rules).
+    /// the errors (`file:line:col: message` for rules). It also checks, as `run` does at
+    /// start, that the listen ports are free and the serial devices exist.
     Validate {
         /// TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// The config runs on another machine (CI, GitOps): skip the checks only that
+        /// machine can answer (free ports, serial devices).
+        #[arg(long)]
+        offline: bool,
     },
     /// Check or test SQL rule files offline.
     #[command(subcommand)]
@@ -95,7 +100,9 @@ enum RulesCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Run the rules over recorded events; print the results or compare them.
+    /// Run the rules over recorded events; print the results or compare them, and a
+    /// summary (rows in and out, rejected, late). Fails on rejected input lines and rule
+    /// errors unless --allow-rejects.
     Test {
         /// Rule files or directories of them.
         #[arg(required = true)]
@@ -112,6 +119,10 @@ enum RulesCommand {
         /// Expected results (JSON lines as printed); exit 1 with a diff when they differ.
         #[arg(long)]
         expect: Option<PathBuf>,
+        /// Exit 0 although input lines were rejected or rules failed on some rows
+        /// (without it, either fails the run).
+        #[arg(long)]
+        allow_rejects: bool,
     },
 }
 
@@ -134,9 +145,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { config } => {
+        Command::Validate { config, offline } => {
             init_logging(cli.log_format, "warn");
-            exit_code(validate(&config))
+            exit_code(validate(&config, offline))
         }
         // The rule author's tools talk to a terminal or a CI log.
         Command::Rules(cmd) => {
@@ -200,6 +211,7 @@ fn exit_code(result: anyhow::Result<bool>) -> ExitCode {
 }
 
 fn run(cfg: config::Config) -> anyhow::Result<()> {
+    app::raise_open_files_limit(&cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fieldgate")
@@ -211,8 +223,12 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
 }
 
 /// `fieldgate validate`: the config, then its rules against its sinks and Modbus groups.
-fn validate(path: &std::path::Path) -> anyhow::Result<bool> {
+fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<bool> {
     let cfg = config::Config::load(path)?;
+    if !offline {
+        cfg.check_host()
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+    }
     if !cfg.rules_dir.is_dir() {
         anyhow::bail!(
             "{}: key `rules_dir`: {} is not a directory",
@@ -282,32 +298,22 @@ fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
             rule,
             stream,
             expect,
+            allow_rejects,
         } => runtime.block_on(rules_cli::test(&rules_cli::TestOptions {
             paths,
             input,
             rule,
             stream,
             expect,
+            allow_rejects,
         })),
     }
 }
 
-/// Logs at `level` (a level or filter, as `[log] level` says) unless `RUST_LOG` is set.
 fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    // rumqttd reports every client that goes away at error level; keep it to warnings.
-    let quiet_broker = "rumqttd=warn,rumqttd::router::routing=off";
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::try_new(format!("{level},{quiet_broker}"))
-            .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet_broker}")))
-    });
-    // Colours only on a terminal: files and container logs get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let format = match format {
+        LogFormat::Text => logging::Format::Text,
+        LogFormat::Json => logging::Format::Json,
+    };
+    logging::init(format, level);
 }

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, bail};
 use fieldgate_connectors::sink::encode::json_rows;
@@ -45,11 +46,49 @@ pub struct TestOptions {
     pub rule: Option<String>,
     pub stream: Option<String>,
     pub expect: Option<PathBuf>,
+    /// Pass although input lines were rejected or rules failed on rows.
+    pub allow_rejects: bool,
+}
+
+/// What a `rules test` run saw, printed at its end.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TestSummary {
+    /// Input lines read (blank ones not counted).
+    pub lines: u64,
+    /// Rows decoded and fed to the rules.
+    pub rows_in: u64,
+    /// Result rows produced.
+    pub rows_out: u64,
+    /// Input lines (or a line's payload for one of its streams) that could not be used.
+    pub rejected: u64,
+    /// Rows that came after their window had closed.
+    pub late: u64,
+    /// Rule failures: failed executions (their batch's results are missing) and rows
+    /// without an event time.
+    pub rule_errors: u64,
+}
+
+impl std::fmt::Display for TestSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} lines, {} rows in, {} results out, {} rejected, {} late, {} rule errors",
+            self.lines, self.rows_in, self.rows_out, self.rejected, self.late, self.rule_errors
+        )
+    }
 }
 
 /// Runs the rules over recorded events and prints or checks the results. Returns
-/// whether the results matched the expectation (always true without one).
+/// whether the run passed: results matched the expectation (if one was given) and, unless
+/// `allow_rejects`, no input line was rejected and no rule failed.
 pub async fn test(opts: &TestOptions) -> anyhow::Result<bool> {
+    let (passed, summary) = test_with_summary(opts).await?;
+    eprintln!("summary: {summary}");
+    Ok(passed)
+}
+
+/// [`test`], returning the summary too.
+pub async fn test_with_summary(opts: &TestOptions) -> anyhow::Result<(bool, TestSummary)> {
     let (set, mut errors) = RuleSet::load(&opts.paths);
     let (mut pipelines, build_errors) = set.build(|_| true).await;
     errors.extend(build_errors);
@@ -83,12 +122,14 @@ pub async fn test(opts: &TestOptions) -> anyhow::Result<bool> {
     let file = std::fs::File::open(&opts.input)
         .with_context(|| format!("cannot read {}", opts.input.display()))?;
     let mut results: Vec<Value> = Vec::new();
+    let mut summary = TestSummary::default();
     let mut bad_lines = 0;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {}", opts.input.display()))?;
         if line.trim().is_empty() {
             continue;
         }
+        summary.lines += 1;
         let (targets, payload) = match route(&line, &pipelines, default_stream) {
             Ok(r) => r,
             Err(e) => {
@@ -110,6 +151,7 @@ pub async fn test(opts: &TestOptions) -> anyhow::Result<bool> {
                 bad_lines += 1;
             }
             if let Some(batch) = decoded.batch {
+                summary.rows_in += batch.num_rows() as u64;
                 let (outs, errs) = pipelines[i].push_at(&batch, now_millis()).await;
                 for e in errs {
                     eprintln!("{}:{}: {e}", opts.input.display(), n + 1);
@@ -129,16 +171,31 @@ pub async fn test(opts: &TestOptions) -> anyhow::Result<bool> {
     if bad_lines > 0 {
         eprintln!("{bad_lines} input line(s) could not be used");
     }
-    match &opts.expect {
+    summary.rejected = bad_lines;
+    summary.rows_out = results.len() as u64;
+    for rule in pipelines.iter().flat_map(|p| p.rules.iter()) {
+        if opts.rule.as_deref().is_none_or(|r| r == rule.name()) {
+            summary.late += rule.counters.late.load(Ordering::Relaxed);
+            summary.rule_errors += rule.counters.errors.load(Ordering::Relaxed);
+        }
+    }
+    let matched = match &opts.expect {
         None => {
             let mut out = std::io::stdout().lock();
             for r in &results {
                 writeln!(out, "{r}")?;
             }
-            Ok(true)
+            true
         }
-        Some(path) => compare(path, results),
+        Some(path) => compare(path, results)?,
+    };
+    let clean = summary.rejected == 0 && summary.rule_errors == 0;
+    if !clean && !opts.allow_rejects {
+        eprintln!(
+            "fail: input lines were rejected or rules failed (pass --allow-rejects to accept that)"
+        );
     }
+    Ok((matched && (clean || opts.allow_rejects), summary))
 }
 
 /// Which streams an input line feeds, and its payload. A line is either
@@ -253,7 +310,7 @@ fn same(a: &Value, b: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{TestOptions, same, test};
+    use super::{TestOptions, TestSummary, same, test, test_with_summary};
     use serde_json::json;
 
     const NESTED_RULES: &str = "\
@@ -296,11 +353,68 @@ FROM env GROUP BY reading.site, TUMBLINGWINDOW(ss, 10);
             rule: None,
             stream: None,
             expect: Some(write("expected.jsonl", expected)),
+            allow_rejects: true,
         };
-        assert!(test(&opts(NESTED_EXPECTED)).await.unwrap());
+        let (passed, summary) = test_with_summary(&opts(NESTED_EXPECTED)).await.unwrap();
+        assert!(passed);
+        // Device d's "hot" temperature is the one rejected line.
+        assert_eq!(
+            summary,
+            TestSummary {
+                lines: 5,
+                rows_in: 4,
+                rows_out: 5,
+                rejected: 1,
+                late: 0,
+                rule_errors: 0
+            }
+        );
+        // Without --allow-rejects that rejected line fails the run.
+        let strict = TestOptions {
+            allow_rejects: false,
+            ..opts(NESTED_EXPECTED)
+        };
+        assert!(!test(&strict).await.unwrap());
         // A wrong expectation is caught.
         let wrong = NESTED_EXPECTED.replace("21.5", "21.0");
         assert!(!test(&opts(&wrong)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn runtime_errors_and_rejected_lines_fail_the_run_and_are_summed_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let rules = "CREATE STREAM s (device STRING, ts BIGINT, code STRING, v BIGINT)\n\
+                     WITH (DATASOURCE = 'd/+', TIMESTAMP = 'ts', LATENESS = '1s');\n\
+                     CREATE RULE parsed INTO out AS SELECT device, CAST(code AS BIGINT) AS n FROM s;\n\
+                     CREATE RULE per_10s INTO out AS SELECT device, count(*) AS c FROM s \
+                     GROUP BY device, TUMBLINGWINDOW(ss, 10);\n";
+        let input = "{\"device\":\"a\",\"ts\":1000,\"code\":\"12\",\"v\":1}\n\
+                     {\"device\":\"a\",\"ts\":30000,\"code\":\"d9\",\"v\":2}\n\
+                     {\"device\":\"a\",\"ts\":2000,\"code\":\"3\",\"v\":3}\n\
+                     {\"device\":\"a\",\"ts\":31000,\"code\":\"4\",\"v\":1.5}\n\
+                     not json\n";
+        let opts = |allow| TestOptions {
+            paths: vec![write("r.sql", rules)],
+            input: write("in.jsonl", input),
+            rule: None,
+            stream: None,
+            expect: None,
+            allow_rejects: allow,
+        };
+        let (passed, s) = test_with_summary(&opts(false)).await.unwrap();
+        assert!(!passed, "{s}");
+        assert_eq!((s.lines, s.rows_in, s.rejected), (5, 3, 2), "{s}");
+        // `CAST('d9' AS BIGINT)` fails its batch; the row at 2000 came after the first
+        // window closed (watermark 29 s).
+        assert_eq!((s.rule_errors, s.late), (1, 1), "{s}");
+        let (passed, s2) = test_with_summary(&opts(true)).await.unwrap();
+        assert!(passed);
+        assert_eq!(s, s2);
     }
 
     #[test]

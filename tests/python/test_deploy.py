@@ -420,11 +420,12 @@ def test_overlay_rules_check(overlay, tmp_path):
 
 
 def test_overlay_validates(overlay, tmp_path):
-    """The ConfigMaps' config and rules, where the pod mounts them: `fieldgate validate`."""
+    """The ConfigMaps' config and rules, where the pod mounts them: `fieldgate validate`
+    (`--offline`: the serial devices and ports are the pod's, not this machine's)."""
     name, docs = overlay
     config = lay_out_pod_files(docs, tmp_path)
     out = subprocess.run(
-        [str(binary()), "validate", "--config", str(config)],
+        [str(binary()), "validate", "--offline", "--config", str(config)],
         capture_output=True, text=True, env=env_for(config.read_text()), timeout=120,
     )
     assert out.returncode == 0, f"{name}: validate failed:\n{out.stdout}{out.stderr}"
@@ -438,7 +439,7 @@ def test_base_config_validates(tmp_path):
     rules_cm = one(docs, "ConfigMap", "fieldgate-rules")
     config = lay_out_files(config_cm["data"]["fieldgate.toml"], rules_cm["data"], tmp_path)
     out = subprocess.run(
-        [str(binary()), "validate", "--config", str(config)],
+        [str(binary()), "validate", "--offline", "--config", str(config)],
         capture_output=True, text=True, env=env_for(config.read_text()), timeout=120,
     )
     assert out.returncode == 0, f"base: validate failed:\n{out.stdout}{out.stderr}"
@@ -508,13 +509,16 @@ def test_all_yaml_parses():
 
 
 def test_smart_city_rules_on_recorded_readings():
+    """The recordings hold one payload that is not JSON: it is rejected, counted in the
+    summary, and fails the run unless --allow-rejects says it is expected."""
     tests = ROOT / "configs" / "smart-city" / "tests"
-    out = subprocess.run(
-        [str(binary()), "rules", "test", str(ROOT / "configs" / "smart-city" / "rules"),
-         "--input", str(tests / "readings.input.jsonl"), "--expect", str(tests / "readings.expected.jsonl")],
-        capture_output=True, text=True, timeout=120,
-    )
+    args = [str(binary()), "rules", "test", str(ROOT / "configs" / "smart-city" / "rules"),
+            "--input", str(tests / "readings.input.jsonl"), "--expect", str(tests / "readings.expected.jsonl")]
+    strict = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    out = subprocess.run(args + ["--allow-rejects"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 rejected" in out.stderr, out.stderr
 
 
 # ---------------------------------------------------------------------------------------

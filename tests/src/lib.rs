@@ -219,6 +219,136 @@ impl GatewaySetup {
     pub fn config(&self) -> PathBuf {
         self.dir.join("fieldgate.toml")
     }
+
+    /// Adds `lines` to the `[table]` of the written config (`broker`, `queue`, ...).
+    pub fn add_to_table(&self, table: &str, lines: &str) {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path).expect("config file");
+        let header = format!("[{table}]\n");
+        assert!(text.contains(&header), "the config has no [{table}] table");
+        let text = text.replacen(&header, &format!("{header}{lines}\n"), 1);
+        std::fs::write(&path, text).expect("config file");
+    }
+}
+
+/// A tmpfs of a few MiB mounted on a directory, unmounted when dropped: a disk that
+/// fills up. Tests run as root (as CI does); one that cannot mount fails, loudly.
+pub struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `mib` MiB on `dir` (created if missing).
+    pub fn mount(dir: &Path, mib: u64) -> SmallDisk {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount(8) runs");
+        assert!(
+            status.success(),
+            "cannot mount a {mib} MiB tmpfs on {} (the full-disk tests need root): {status}",
+            dir.display()
+        );
+        SmallDisk {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fills what is left of the disk with a file; returns its path (delete it to free
+    /// the space again).
+    pub fn fill(&self) -> PathBuf {
+        let p = self.dir.join("filler");
+        let mut f = std::fs::File::create(&p).expect("filler file");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..512]).is_ok() {}
+        let _ = f.sync_all();
+        p
+    }
+
+    /// Bytes free on the disk.
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.dir)
+            .output()
+            .expect("df runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df prints the free bytes")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// A device publishing with QoS 1 in the background, counting the PUBACKs it gets as
+/// they come: for tests that watch devices being held back.
+pub struct CountingPublisher {
+    pub acked: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingPublisher {
+    /// Starts publishing `msgs`, in order, to the broker on `port`.
+    pub fn start(port: u16, client_id: &str, msgs: Vec<(String, Vec<u8>)>) -> CountingPublisher {
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(60))
+            .set_inflight(100)
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 200);
+        let count = acked.clone();
+        let total = msgs.len();
+        let task = tokio::spawn(async move {
+            let pump = tokio::spawn(async move {
+                while count.load(std::sync::atomic::Ordering::SeqCst) < total {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("publisher connection failed: {e}"),
+                    }
+                }
+            });
+            for (topic, payload) in msgs {
+                if client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = pump.await;
+            let _ = client.disconnect().await;
+        });
+        CountingPublisher { acked, task }
+    }
+
+    /// PUBACKs received so far.
+    pub fn acked(&self) -> usize {
+        self.acked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until every message was acknowledged, at most `timeout`; returns whether.
+    pub async fn finish(self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.task)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 /// A running fieldgate process.
@@ -230,11 +360,25 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway and waits until `/readyz` answers 200.
     pub fn start(setup: &GatewaySetup) -> Gateway {
+        Self::start_wrapped(setup, &[])
+    }
+
+    /// Starts the gateway through a wrapper command that execs it (`prlimit ... --`,
+    /// say) and waits until `/readyz` answers 200.
+    pub fn start_wrapped(setup: &GatewaySetup, wrapper: &[&str]) -> Gateway {
         let n = std::fs::read_dir(&setup.dir)
             .map(|d| d.count())
             .unwrap_or(0);
         let log = setup.dir.join(format!("fieldgate-{n}.log"));
-        let child = Command::new(fieldgate_binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(fieldgate_binary());
+                c
+            }
+            None => Command::new(fieldgate_binary()),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(setup.config())
@@ -342,16 +486,45 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     buf.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// One HTTP/1.1 request on loopback, with `Authorization: Bearer <token>` when given:
-/// its status and body. Panics when nothing answers.
+/// One HTTP/1.1 request on loopback, with `Authorization: Bearer <token>` when given,
+/// as a script would send it (a JSON content type on anything but GET): its status and
+/// body. Panics when nothing answers.
 pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let json = if method == "GET" {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    http_raw(
+        port,
+        method,
+        path,
+        &format!("Host: localhost\r\n{json}"),
+        token,
+    )
+}
+
+/// One HTTP/1.1 request with exactly the header lines given (each ending in `\r\n`),
+/// plus the token when given: its status and body.
+pub fn http_raw(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin endpoint answers");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let length = if headers.to_ascii_lowercase().contains("content-length:") {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\n{headers}{auth}{length}Connection: close\r\n\r\n"
     )
     .expect("request sent");
     let mut buf = String::new();
@@ -393,7 +566,8 @@ pub fn scrape(port: u16, token: Option<&str>) -> HashMap<String, f64> {
 pub async fn publish_all(port: u16, client_id: &str, msgs: &[(String, Vec<u8>)]) {
     let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(100);
+        .set_inflight(100)
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 200);
     let total = msgs.len();
     let pump = tokio::spawn(async move {

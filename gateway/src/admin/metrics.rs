@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::ops::{Ops, Running, SinkExtra};
+use crate::broker::Violation;
 
 /// Label pairs of one sample.
 type Labels<'a> = Vec<(&'static str, &'a str)>;
@@ -46,6 +47,12 @@ impl Collector for OpsCollector {
             [(vec![], i64::from(self.0.is_ready()))],
         )?;
         process(&mut e)?;
+        counter(
+            &mut e,
+            "fieldgate_log_lines_suppressed_total",
+            "Log lines of the libraries under the gateway (broker, HTTP) cut by the log's rate limit.",
+            [(vec![], crate::logging::suppressed())],
+        )?;
         if let Some(r) = self.0.running.get() {
             ingest(&mut e, r)?;
             rules(&mut e, r)?;
@@ -159,6 +166,17 @@ fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
         "fieldgate_broker_connections_accepted_total",
         "MQTT connections the embedded broker accepted (CONNECT received).",
         [(vec![], load(&r.broker.accepted))],
+    )?;
+    counter(
+        e,
+        "fieldgate_broker_protocol_errors_total",
+        "Device connections the embedded broker closed for a protocol violation, by reason.",
+        Violation::ALL.iter().map(|v| {
+            (
+                vec![("reason", v.as_str())],
+                load(&r.broker.violations[v.index()]),
+            )
+        }),
     )?;
     let bp = &r.backpressure;
     gauge(

@@ -5,33 +5,51 @@
 //! - `/metrics`: Prometheus text ([`metrics`]);
 //! - `/api/...`: the REST API ([`api`]).
 //!
-//! When a token is configured, `/metrics` and `/api` require `Authorization: Bearer
-//! <token>`; the config refuses a listen address other than loopback without one.
+//! Every request first passes [`guard`] (Host, size, same-origin JSON for state
+//! changes, the token for `/metrics` and `/api` when one is configured; the config
+//! refuses a listen address other than loopback without one); [`server`] bounds what a
+//! connection may cost (a connection cap, header and request timeouts).
 
 pub mod api;
+pub mod guard;
 pub mod metrics;
 pub mod ops;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::watch;
 
+pub use guard::Policy;
 pub use ops::Ops;
 
-/// Serves the admin endpoint until `stop` turns true.
+/// Binds the admin address, so that a port in use stops the start, before anything else.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("key `admin.listen`: cannot listen on {addr}"))?;
+    l.set_nonblocking(true)
+        .context("admin listener: cannot make it non-blocking")?;
+    Ok(l)
+}
+
+/// Serves the admin endpoint on `listener` until `stop` turns true.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     ops: Arc<Ops>,
-    token: Option<String>,
-    mut stop: watch::Receiver<bool>,
+    policy: Policy,
+    max_connections: usize,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let policy = Arc::new(policy);
     let guarded = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/rules", get(api::rules))
@@ -42,23 +60,19 @@ pub async fn serve(
         .route("/api/sinks", get(api::sinks))
         .route("/api/modbus/devices", get(api::devices))
         .route_layer(middleware::from_fn_with_state(
-            token.map(Arc::<str>::from),
-            require_token,
+            policy.clone(),
+            guard::require_token,
         ));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(guarded)
-        .with_state(ops);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("admin HTTP cannot listen on {addr}: {e}"))?;
+        .with_state(ops)
+        .layer(middleware::from_fn_with_state(policy, guard::check));
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .with_context(|| format!("admin HTTP cannot listen on {addr}"))?;
     tracing::info!(%addr, "admin HTTP listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            crate::stopped(&mut stop).await;
-        })
-        .await?;
+    server::run(listener, app, max_connections, stop).await;
     Ok(())
 }
 
@@ -88,48 +102,5 @@ async fn metrics_text(State(ops): State<Arc<Ops>>) -> Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-/// Lets a request through when no token is set or it carries the token.
-async fn require_token(
-    State(token): State<Option<Arc<str>>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = token else {
-        return next.run(request).await;
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if same(g.as_bytes(), token.as_bytes()) => next.run(request).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "a bearer token is required\n",
-        )
-            .into_response(),
-    }
-}
-
-/// Compares in time independent of where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(same(b"s3cret", b"s3cret"));
-        assert!(!same(b"s3cret", b"s3creT"));
-        assert!(!same(b"s3cret", b"s3cre"));
-        assert!(!same(b"", b"x"));
     }
 }

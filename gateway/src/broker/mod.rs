@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 
 pub use backpressure::Backpressure;
 use codec::Codec;
+pub use codec::Violation;
 
 use crate::config::BrokerConfig;
 
@@ -189,15 +190,52 @@ pub struct BrokerCounters {
     pub connections: AtomicI64,
     /// Connections accepted (CONNECT received) since start.
     pub accepted: AtomicU64,
+    /// Connections closed for a protocol violation, by [`Violation::index`].
+    pub violations: [AtomicU64; Violation::ALL.len()],
+    /// Violations not logged yet, and when the last was (ms since the Unix epoch).
+    unlogged: AtomicU64,
+    last_log_ms: AtomicU64,
+}
+
+/// Least time between two log lines about protocol violations.
+const VIOLATION_LOG_EVERY_MS: u64 = 5_000;
+
+impl BrokerCounters {
+    /// Counts a violation; logs it unless one was logged within the last few seconds.
+    fn violation(&self, v: Violation, what: &str) {
+        self.violations[v.index()].fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let last = self.last_log_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= VIOLATION_LOG_EVERY_MS
+            && self
+                .last_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let before = self.unlogged.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                reason = v.as_str(),
+                detail = %what,
+                not_logged_before = before,
+                "broker closed a connection for a protocol violation"
+            );
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Starts the router (no listeners yet; see [`Broker::listen`]). Fails early and clearly when a
 /// listener's port is taken. Must run inside a Tokio runtime.
 pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
     // rumqttd would only log a port that is taken.
-    for addr in [cfg.listen, cfg.listen_v5].into_iter().flatten() {
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("broker cannot listen on {addr}"))?;
+    for (key, addr) in [("listen", cfg.listen), ("listen_v5", cfg.listen_v5)] {
+        if let Some(addr) = addr {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("key `broker.{key}`: cannot listen on {addr}"))?;
+        }
     }
     let router = Router::new(
         0,

@@ -3,6 +3,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fieldgate_e2e::SmallDisk;
 
 use super::*;
 
@@ -336,58 +337,16 @@ async fn reopen(path: &std::path::Path, o: QueueOptions) -> Queue {
     panic!("{} does not open again", path.display());
 }
 
-/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted when dropped. Tests that
-/// need a disk that fills up use it; they run as root (as CI does) and fail if the
-/// mount cannot be made.
-pub(crate) struct SmallDisk {
-    pub dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    pub(crate) fn mount(mib: u64) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("mount(8) runs");
-        assert!(
-            status.success(),
-            "cannot mount a {mib} MiB tmpfs on {} (the full-disk tests need root): {status}",
-            dir.path().display()
-        );
-        SmallDisk { dir }
-    }
-
-    pub(crate) fn path(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    /// Fills what is left of the disk with a file, which `free` deletes again.
-    pub(crate) fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let p = self.path().join("filler");
-        let mut f = std::fs::File::create(&p).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        while f.write_all(&chunk[..512]).is_ok() {}
-        let _ = f.sync_all();
-        p
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
+/// A small disk on a fresh directory.
+fn small_disk(mib: u64) -> (tempfile::TempDir, SmallDisk) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path(), mib);
+    (dir, disk)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_disk_reserve_drop_oldest_keeps_the_newest_and_reports_it() {
-    let disk = SmallDisk::mount(16);
+    let (_dir, disk) = small_disk(16);
     let o = QueueOptions {
         min_free_bytes: 8 << 20,
         ..opts()
@@ -439,7 +398,7 @@ async fn at_the_disk_reserve_drop_oldest_keeps_the_newest_and_reports_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_disk_reserve_reject_new_refuses_and_counts() {
-    let disk = SmallDisk::mount(16);
+    let (_dir, disk) = small_disk(16);
     let o = QueueOptions {
         min_free_bytes: 8 << 20,
         ..limited(None, OnFull::RejectNew, None)
@@ -481,7 +440,7 @@ async fn at_the_disk_reserve_reject_new_refuses_and_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_recovered_in_process_without_losing_what_was_committed() {
-    let disk = SmallDisk::mount(16);
+    let (_dir, disk) = small_disk(16);
     let path = disk.path().join("q.redb");
     // No reserve: the disk fills up under the queue and its writes fail.
     let q = Queue::open("t", &path, opts()).unwrap();

@@ -196,8 +196,9 @@ pub struct TagConfig {
     /// Bit index (0..=15) of a `bit` tag.
     #[serde(default)]
     pub bit: Option<u8>,
+    /// Byte order of multi-byte values (registers only); ABCD when not given.
     #[serde(default)]
-    pub order: WordOrder,
+    pub order: Option<WordOrder>,
     /// Value = raw * scale + offset; either makes the column f64.
     #[serde(default)]
     pub scale: Option<f64>,
@@ -381,6 +382,16 @@ impl TagConfig {
         {
             return Err(format!("tag `{name}`: `offset` must be finite"));
         }
+        if self.order.is_some() && matches!(kind, TagType::Bool | TagType::Bit) {
+            return Err(format!(
+                "tag `{name}`: `order` is for register values; a {} has no byte order",
+                if kind == TagType::Bool {
+                    "coil or discrete input"
+                } else {
+                    "bit tag"
+                }
+            ));
+        }
         if self.writable && !matches!(area, Area::Coil | Area::HoldingRegister) {
             return Err(format!(
                 "tag `{name}`: `writable` needs a coil or holding register, not {area:?}"
@@ -393,7 +404,7 @@ impl TagConfig {
             kind,
             length,
             bit,
-            order: self.order,
+            order: self.order.unwrap_or_default(),
             scale: self.scale,
             offset: self.offset,
             unit: self.unit.clone(),
@@ -505,6 +516,17 @@ impl DeviceConfig {
                         g.name, tag.name
                     ));
                 }
+                if let Some(other) = tags.iter().find(|o| overlap(o, &tag)) {
+                    return Err(format!(
+                        "device `{dev}` group `{}`: tags `{}` and `{}` overlap (the same {:?} address {}); \
+                         a bit tag may share a register with a register tag, nothing else may",
+                        g.name,
+                        other.name,
+                        tag.name,
+                        tag.area,
+                        tag.address.max(other.address)
+                    ));
+                }
                 tags.push(tag);
             }
             groups.push(tags);
@@ -513,14 +535,57 @@ impl DeviceConfig {
     }
 }
 
+/// Whether two tags of one group read the same data: register tags sharing a register
+/// (or bits sharing a bit), or two bit tags naming the same bit of one register.
+fn overlap(a: &Tag, b: &Tag) -> bool {
+    if a.area != b.area {
+        return false;
+    }
+    let span = |t: &Tag| {
+        (
+            u32::from(t.address),
+            u32::from(t.address) + u32::from(t.width()),
+        )
+    };
+    match (a.kind == TagType::Bit, b.kind == TagType::Bit) {
+        (true, true) => a.address == b.address && a.bit == b.bit,
+        (true, false) | (false, true) => false,
+        (false, false) => {
+            let ((a0, a1), (b0, b1)) = (span(a), span(b));
+            a0 < b1 && b0 < a1
+        }
+    }
+}
+
+/// The device a config names: where it is reached and its unit id.
+fn endpoint(d: &DeviceConfig) -> (String, u8) {
+    let at = match &d.transport {
+        Transport::Tcp { host, port } => format!("tcp://{}:{port}", host.to_ascii_lowercase()),
+        Transport::Rtu { path, .. } => format!("rtu:{path}"),
+    };
+    (at, d.unit_id)
+}
+
 impl ModbusConfig {
-    /// Checks every device; device names must be unique.
+    /// Checks every device; device names must be unique, and so must the devices
+    /// themselves (endpoint and unit id).
     pub fn validate(&self) -> Result<(), String> {
         for (i, d) in self.devices.iter().enumerate() {
             if self.devices[..i].iter().any(|o| o.name == d.name) {
                 return Err(format!("device `{}` is defined twice", d.name));
             }
             d.validate()?;
+            if let Some(o) = self.devices[..i]
+                .iter()
+                .find(|o| endpoint(o) == endpoint(d))
+            {
+                let (at, unit) = endpoint(d);
+                return Err(format!(
+                    "devices `{}` and `{}` are the same device ({at}, unit id {unit}): \
+                     put their groups in one device",
+                    o.name, d.name
+                ));
+            }
         }
         Ok(())
     }
@@ -558,7 +623,7 @@ mod tests {
             address = 0
             [[devices.groups.tags]]
             name = "b"
-            register = 40001
+            register = 40002
             [[devices.groups.tags]]
             name = "c"
             register = 30010
@@ -586,7 +651,7 @@ mod tests {
             got,
             vec![
                 (Area::HoldingRegister, 0, TagType::U16),
-                (Area::HoldingRegister, 0, TagType::U16),
+                (Area::HoldingRegister, 1, TagType::U16),
                 (Area::InputRegister, 9, TagType::F32),
                 (Area::Coil, 0, TagType::Bool),
                 (Area::DiscreteInput, 0, TagType::Bool),
@@ -649,6 +714,52 @@ mod tests {
         assert!(e.contains("`x` is taken"), "{e}");
         let e = err("[[devices.groups.tags]]\nname = \"x\"\nregister = 465536\ntype = \"u32\"");
         assert!(e.contains("past the last address"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_tags_duplicate_devices_and_misplaced_orders_are_refused() {
+        let err = |tags: &str| device(tags).unwrap_err();
+        let e = err(
+            "[[devices.groups.tags]]\nname = \"a\"\nregister = 40001\ntype = \"u32\"\n\
+             [[devices.groups.tags]]\nname = \"b\"\nregister = 40002",
+        );
+        assert!(e.contains("`a` and `b` overlap"), "{e}");
+        let e = err(
+            "[[devices.groups.tags]]\nname = \"a\"\nregister = 40001\ntype = \"bit\"\nbit = 3\n\
+             [[devices.groups.tags]]\nname = \"b\"\nregister = 40001\ntype = \"bit\"\nbit = 3",
+        );
+        assert!(e.contains("overlap"), "{e}");
+        // Bits of a register next to the register itself, other bits, other tables: fine.
+        device(
+            "[[devices.groups.tags]]\nname = \"status\"\nregister = 40001\n\
+             [[devices.groups.tags]]\nname = \"run\"\nregister = 40001\ntype = \"bit\"\nbit = 0\n\
+             [[devices.groups.tags]]\nname = \"fault\"\nregister = 40001\ntype = \"bit\"\nbit = 1\n\
+             [[devices.groups.tags]]\nname = \"in\"\nregister = 30001",
+        )
+        .unwrap();
+        let e = err("[[devices.groups.tags]]\nname = \"x\"\nregister = 1\norder = \"CDAB\"");
+        assert!(e.contains("`order`"), "{e}");
+        let e = err(
+            "[[devices.groups.tags]]\nname = \"x\"\nregister = 40001\ntype = \"bit\"\nbit = 2\norder = \"DCBA\"",
+        );
+        assert!(e.contains("`order`"), "{e}");
+        let two = |a: &str, b: &str| {
+            let text = format!(
+                "[[devices]]\nname = \"a\"\n{a}\n[[devices.groups]]\nname = \"g\"\ninterval = \"1s\"\n\
+                 tags = [{{ name = \"x\", register = 40001 }}]\n\
+                 [[devices]]\nname = \"b\"\n{b}\n[[devices.groups]]\nname = \"g\"\ninterval = \"1s\"\n\
+                 tags = [{{ name = \"x\", register = 40001 }}]\n"
+            );
+            toml::from_str::<ModbusConfig>(&text).unwrap().validate()
+        };
+        let tcp = "transport = { type = \"tcp\", host = \"plc\" }";
+        let e = two(tcp, &tcp.replace("plc", "PLC")).unwrap_err();
+        assert!(e.contains("the same device"), "{e}");
+        two(tcp, &format!("{tcp}\nunit_id = 2")).unwrap();
+        let rtu = "transport = { type = \"rtu\", path = \"/dev/ttyS1\" }";
+        let e = two(rtu, rtu).unwrap_err();
+        assert!(e.contains("the same device"), "{e}");
+        two(rtu, &format!("{rtu}\nunit_id = 2")).unwrap();
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod line;
 pub mod plan;
 pub mod poller;
 
-pub use config::{DeviceConfig, ModbusConfig, Tag};
+pub use config::{DeviceConfig, ModbusConfig, Tag, Transport};
 pub use decode::Value;
 pub use poller::{DeviceCounters, DevicePoller, ModbusError, PollRow, Quality, pollers};
