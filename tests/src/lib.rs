@@ -12,6 +12,35 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+/// Appends MQTT's variable-length "remaining length" of `n` bytes.
+pub fn put_remaining_length(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// An MQTT packet: its first byte, the remaining length, the body.
+pub fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    put_remaining_length(&mut p, body.len());
+    p.extend_from_slice(body);
+    p
+}
+
+/// Appends an MQTT string: its length as two bytes, then its bytes.
+pub fn put_mqtt_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -18,31 +18,9 @@ const RULES: &str = "CREATE STREAM readings (device STRING, n BIGINT, tags ARRAY
 
 const SINKS: &str = "[sinks.disk]\ntype = \"file\"\npath = \"out/{rule}.jsonl\"\n";
 
-/// An MQTT remaining length.
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut p = vec![first];
-    varint(body.len(), &mut p);
-    p.extend_from_slice(body);
-    p
-}
-
 fn string(s: &[u8]) -> Vec<u8> {
-    let mut v = (s.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(s);
+    let mut v = Vec::with_capacity(s.len() + 2);
+    put_mqtt_string(&mut v, s);
     v
 }
 
@@ -51,7 +29,7 @@ fn connect(client_id: &[u8]) -> Vec<u8> {
     let mut body = string(b"MQTT");
     body.extend_from_slice(&[4, 0x02, 0, 60]);
     body.extend(string(client_id));
-    packet(0x10, &body)
+    mqtt_packet(0x10, &body)
 }
 
 /// A PUBLISH: QoS in bits 1-2 of `flags`; a packet id follows the topic for QoS > 0.
@@ -61,7 +39,7 @@ fn publish(flags: u8, topic: &[u8], pkid: Option<u16>, payload: &[u8]) -> Vec<u8
         body.extend_from_slice(&id.to_be_bytes());
     }
     body.extend_from_slice(payload);
-    packet(0x30 | flags, &body)
+    mqtt_packet(0x30 | flags, &body)
 }
 
 /// Sends `bytes` on a new connection and reads until the server closes it; returns

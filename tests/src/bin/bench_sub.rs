@@ -21,6 +21,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use fieldgate_e2e::{mqtt_packet, put_mqtt_string};
 
 struct Args {
     broker: String,
@@ -75,33 +76,6 @@ fn now_us() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
-}
-
-/// MQTT's variable-length "remaining length".
-fn put_len(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut p = vec![kind];
-    put_len(&mut p, body.len());
-    p.extend_from_slice(body);
-    p
 }
 
 /// Reads one packet: its first byte and its body into `body`. `Ok(None)` on a read
@@ -204,15 +178,18 @@ fn main() -> anyhow::Result<()> {
 
     // CONNECT: MQTT 3.1.1, clean session, keepalive 0 (no pings needed).
     let mut body = Vec::new();
-    put_str(&mut body, "MQTT");
+    put_mqtt_string(&mut body, b"MQTT");
     body.extend_from_slice(&[4, 0x02, 0, 0]);
-    put_str(&mut body, &format!("bench-sub-{}", std::process::id()));
-    w.write_all(&packet(0x10, &body))?;
+    put_mqtt_string(
+        &mut body,
+        format!("bench-sub-{}", std::process::id()).as_bytes(),
+    );
+    w.write_all(&mqtt_packet(0x10, &body))?;
     // SUBSCRIBE, packet id 1, QoS 0.
     let mut body = vec![0, 1];
-    put_str(&mut body, &a.topic);
+    put_mqtt_string(&mut body, a.topic.as_bytes());
     body.push(0);
-    w.write_all(&packet(0x82, &body))?;
+    w.write_all(&mqtt_packet(0x82, &body))?;
 
     let started = Instant::now();
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -329,7 +306,7 @@ mod tests {
     #[test]
     fn remaining_length_round_trip() {
         for n in [0usize, 127, 128, 16_383, 16_384, 2_000_000] {
-            let p = packet(0x30, &vec![0; n]);
+            let p = mqtt_packet(0x30, &vec![0; n]);
             let mut r = &p[..];
             let mut body = Vec::new();
             assert_eq!(read_packet(&mut r, &mut body).unwrap(), Some(0x30));

@@ -522,14 +522,7 @@ impl<'a> Scan<'a> {
         let mut whole = true;
         if p.get(i) == Some(&b'.') {
             whole = false;
-            i += 1;
-            if !p.get(i).is_some_and(u8::is_ascii_digit) {
-                self.i = i;
-                return Err(self.malformed("bad number"));
-            }
-            while p.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
+            i = self.digits(i + 1)?;
         }
         if matches!(p.get(i), Some(b'e' | b'E')) {
             whole = false;
@@ -537,16 +530,24 @@ impl<'a> Scan<'a> {
             if matches!(p.get(i), Some(b'+' | b'-')) {
                 i += 1;
             }
-            if !p.get(i).is_some_and(u8::is_ascii_digit) {
-                self.i = i;
-                return Err(self.malformed("bad number"));
-            }
-            while p.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
+            i = self.digits(i)?;
         }
         self.i = i;
         Ok(whole)
+    }
+}
+
+impl Scan<'_> {
+    /// The end of the one or more digits at `i` (a fraction's or an exponent's).
+    fn digits(&mut self, mut i: usize) -> Result<usize, Refusal> {
+        if !self.p.get(i).is_some_and(u8::is_ascii_digit) {
+            self.i = i;
+            return Err(self.malformed("bad number"));
+        }
+        while self.p.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        Ok(i)
     }
 }
 
