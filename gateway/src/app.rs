@@ -185,7 +185,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let path = queue_dir.join(format!("{name}.redb"));
         let q = Queue::open(name, &path, opts)
             .with_context(|| format!("cannot open queue {}", path.display()))?;
-        warn_if_larger_than_disk(name, &q, &opts);
+        warn_if_larger_than_disk(name, &queue_dir, &q, &opts);
         let depth = q.depth().unwrap_or(0);
         if depth > 0 {
             let oldest = q.oldest_age().ok().flatten().unwrap_or_default();
@@ -346,13 +346,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// A queue allowed more than its disk can give is a warning: the disk reserve, not
 /// `max_bytes`, will be the limit it meets.
-fn warn_if_larger_than_disk(name: &str, q: &Queue, opts: &QueueOptions) {
-    let Some(max) = opts.limits.max_bytes else {
+fn warn_if_larger_than_disk(name: &str, dir: &std::path::Path, q: &Queue, opts: &QueueOptions) {
+    let (Some(max), Some(free)) = (opts.limits.max_bytes, crate::queue::free_bytes(dir)) else {
         return;
     };
-    let free = q.stats().disk_free.load(Ordering::Relaxed);
     let room = free.saturating_sub(opts.min_free_bytes);
-    let held = q.stats().bytes.load(Ordering::Relaxed);
+    let held = q.held_bytes().unwrap_or(0);
     if max > held + room {
         tracing::warn!(
             sink = %name,

@@ -18,8 +18,11 @@ use crate::queue::Queue;
 
 /// Entries read from the queue per read.
 const READ_BATCH: usize = 512;
-/// Delay before retrying a sink whose send failed while it claimed to be ready.
+/// Delay before retrying a sink whose send failed while it claimed to be ready, and
+/// before reading a queue again that could not be read.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Least time between two log lines about a queue that cannot be read.
+const READ_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What an uplink counts, for the operations surface.
 #[derive(Debug, Default)]
@@ -48,6 +51,7 @@ pub async fn run<S: Sink>(
     let mut retry_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let mut last_down: Option<String> = None;
+    let mut last_read_error: Option<Instant> = None;
     loop {
         if ready {
             while in_flight.len() < sink.max_in_flight() {
@@ -55,7 +59,13 @@ pub async fn run<S: Sink>(
                 let batch = match queue.read_from(cursor, room.min(READ_BATCH)) {
                     Ok(b) => b,
                     Err(e) => {
-                        tracing::error!(sink = %name, error = %e, "cannot read the queue");
+                        // A failing disk: read again a little later, whether or not
+                        // anything else happens meanwhile.
+                        if last_read_error.is_none_or(|t| t.elapsed() >= READ_ERROR_LOG_EVERY) {
+                            last_read_error = Some(Instant::now());
+                            tracing::error!(sink = %name, error = %e, "cannot read the queue; trying again");
+                        }
+                        retry_at.get_or_insert(Instant::now() + RETRY_DELAY);
                         break;
                     }
                 };

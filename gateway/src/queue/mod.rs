@@ -230,6 +230,11 @@ impl Queue {
         Ok(self.store.held()?.entries)
     }
 
+    /// Bytes the waiting entries take.
+    pub fn held_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.store.held()?.bytes)
+    }
+
     /// Counters of what the queue holds and dropped.
     pub fn stats(&self) -> &Arc<QueueStats> {
         &self.stats

@@ -47,6 +47,14 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("{what}: not within 15 s");
 }
 
+/// The number a [`body`] was made from.
+fn n_of(payload: &[u8]) -> usize {
+    std::str::from_utf8(&payload[5..11])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
 fn entry(rule: &str, body: &str) -> (Arc<str>, Bytes) {
     (Arc::from(rule), Bytes::from(body.to_string()))
 }
@@ -447,6 +455,7 @@ async fn a_full_disk_is_recovered_in_process_without_losing_what_was_committed()
     q.append((0..100).map(|i| entry("r", &body(i))).collect())
         .await
         .unwrap();
+    let first_ten: Vec<u64> = q.read_from(0, 10).unwrap().iter().map(|m| m.seq).collect();
     let filler = disk.fill();
     let mut next = 100;
     let mut failures = 0;
@@ -469,6 +478,8 @@ async fn a_full_disk_is_recovered_in_process_without_losing_what_was_committed()
     assert!(q.problem().is_some(), "a failing queue says so");
     assert!(!q.stats().writable.load(Ordering::Relaxed));
     assert!(q.stats().storage_errors.load(Ordering::Relaxed) > 0);
+    // Deliveries confirmed meanwhile are deleted once the store works again.
+    q.remove(first_ten).await.unwrap();
     // Space comes back: the same queue, without a restart, takes results again and
     // still holds everything it committed, under ever rising sequence numbers.
     std::fs::remove_file(filler).unwrap();
@@ -484,10 +495,11 @@ async fn a_full_disk_is_recovered_in_process_without_losing_what_was_committed()
     next += 1;
     wait_for("writable again", || q.problem().is_none()).await;
     let kept = q.read_from(0, 1_000_000).unwrap();
-    let bodies: Vec<Bytes> = kept.iter().map(|m| m.payload.clone()).collect();
+    let ns: Vec<usize> = kept.iter().map(|m| n_of(&m.payload)).collect();
     assert_eq!(
-        bodies,
-        (0..next).map(|i| Bytes::from(body(i))).collect::<Vec<_>>()
+        ns,
+        (10..next).collect::<Vec<_>>(),
+        "all but the ten delivered"
     );
     assert!(kept.windows(2).all(|w| w[1].seq > w[0].seq));
     // Deliveries work again too.

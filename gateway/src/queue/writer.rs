@@ -108,6 +108,8 @@ pub(super) struct Writer<'a> {
     last_failure_log: Option<Instant>,
     /// Wait before the next reopen; grows while failures go on, reset by a commit.
     reopen_backoff: Duration,
+    /// Deliveries confirmed while the store failed: deleted once it works again.
+    deferred_removes: Vec<u64>,
 }
 
 impl<'a> Writer<'a> {
@@ -138,6 +140,7 @@ impl<'a> Writer<'a> {
             unlogged_failures: 0,
             last_failure_log: None,
             reopen_backoff: REOPEN_MIN,
+            deferred_removes: Vec::new(),
         };
         w.look_at_disk(0);
         w.publish_held();
@@ -255,6 +258,9 @@ impl<'a> Writer<'a> {
                 }
                 self.stats.set_problem(None);
                 self.look_at_disk(0);
+                if !self.deferred_removes.is_empty() {
+                    self.remove(Vec::new());
+                }
             }
             Err(e) => self.failed("reopening the store", &e),
         }
@@ -413,17 +419,24 @@ impl<'a> Writer<'a> {
         admitted
     }
 
-    fn remove(&mut self, seqs: Vec<u64>) {
+    fn remove(&mut self, mut seqs: Vec<u64>) {
         if matches!(self.disk, Disk::Failed { .. }) {
-            // Kept: delivered again after the store is back, never lost.
+            // Deleted once the store works again (or, after a restart, sent again).
+            self.deferred_removes.append(&mut seqs);
             return;
+        }
+        if !self.deferred_removes.is_empty() {
+            seqs.append(&mut self.deferred_removes);
         }
         match self.store.remove(&seqs) {
             Ok(gone) => {
                 self.lose(gone);
                 self.removed_since_sync = true;
             }
-            Err(e) if e.is_storage_failure() => self.failed("deleting delivered entries", &e),
+            Err(e) if e.is_storage_failure() => {
+                self.deferred_removes = seqs;
+                self.failed("deleting delivered entries", &e);
+            }
             Err(e) => {
                 tracing::error!(queue = self.name, error = %e, "deleting delivered entries failed")
             }
