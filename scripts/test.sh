@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs fieldgate's whole test suite on a fresh machine: installs what the tests need
-# when it is missing (mosquitto and socat from Debian; paho-mqtt, pytest, pymodbus and PyYAML
-# from PyPI), builds the gateway once in the debug profile, then runs the Rust tests and the
-# Python client tests against that binary.
+# when it is missing (mosquitto, socat, mount and prlimit from Debian; paho-mqtt, pytest,
+# pymodbus and PyYAML from PyPI), builds the gateway once in the debug profile, then runs
+# the Rust tests and the Python client tests against that binary. The full-disk tests
+# mount small tmpfs file systems, so the suite runs as root (as CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+# The full-disk tests mount small tmpfs disks; the descriptor test runs under prlimit.
+command -v mount >/dev/null 2>&1 || missing+=(mount)
+command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update

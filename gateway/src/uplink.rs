@@ -76,6 +76,7 @@ pub async fn run<S: Sink>(
                     Ok(()) => {
                         cursor = last + 1;
                         in_flight.extend(batch.iter().map(|m| m.seq));
+                        last_down = None;
                     }
                     Err(e) => {
                         ready = false;
@@ -83,7 +84,13 @@ pub async fn run<S: Sink>(
                         counters.up.store(false, Ordering::Relaxed);
                         if !matches!(e, SinkError::NotConnected) {
                             counters.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(sink = %name, error = %e, "send failed; retrying");
+                            // The same failure again (a full disk under a file sink,
+                            // say) is not logged again.
+                            let reason = e.to_string();
+                            if last_down.as_deref() != Some(reason.as_str()) {
+                                tracing::warn!(sink = %name, error = %reason, "send failed; retrying");
+                            }
+                            last_down = Some(reason);
                             retry_at = Some(Instant::now() + RETRY_DELAY);
                         }
                         break;
