@@ -32,6 +32,8 @@ const REOPEN_MAX: Duration = Duration::from_secs(5);
 const COMMIT_OVERHEAD: u64 = 256 * 1024;
 /// Space beyond the reserve needed before a queue at the reserve grows again.
 const RESERVE_HYSTERESIS: u64 = 1024 * 1024;
+/// Least time between two log lines about reaching or leaving the reserve.
+const RESERVE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Where an append learns whether its commit succeeded.
 type Done = oneshot::Sender<Result<(), StoreError>>;
@@ -110,6 +112,8 @@ pub(super) struct Writer<'a> {
     reopen_backoff: Duration,
     /// Deliveries confirmed while the store failed: deleted once it works again.
     deferred_removes: Vec<u64>,
+    /// When the queue last logged reaching, and leaving, the disk reserve.
+    last_reserve_log: [Option<Instant>; 2],
 }
 
 impl<'a> Writer<'a> {
@@ -141,6 +145,7 @@ impl<'a> Writer<'a> {
             last_failure_log: None,
             reopen_backoff: REOPEN_MIN,
             deferred_removes: Vec::new(),
+            last_reserve_log: [None, None],
         };
         w.look_at_disk(0);
         w.publish_held();
@@ -319,14 +324,16 @@ impl<'a> Writer<'a> {
             (Disk::Low { .. }, true) => {}
             (_, true) => {
                 let cap = self.held.bytes;
-                tracing::warn!(
-                    queue = self.name,
-                    free_bytes = free,
-                    min_free_bytes = self.min_free,
-                    held_bytes = cap,
-                    on_full = ?self.limits.on_full,
-                    "the queue's disk is down to its reserve: the queue stops growing and its on-full policy applies"
-                );
+                if self.reserve_log_due(0) {
+                    tracing::warn!(
+                        queue = self.name,
+                        free_bytes = free,
+                        min_free_bytes = self.min_free,
+                        held_bytes = cap,
+                        on_full = ?self.limits.on_full,
+                        "the queue's disk is down to its reserve: the queue stops growing and its on-full policy applies"
+                    );
+                }
                 self.stats.set_problem(Some(format!(
                     "queue `{}`: its disk is down to the reserve ({free} bytes free, min_free_bytes = {})",
                     self.name, self.min_free
@@ -334,11 +341,13 @@ impl<'a> Writer<'a> {
                 self.disk = Disk::Low { cap };
             }
             (Disk::Low { .. }, false) => {
-                tracing::info!(
-                    queue = self.name,
-                    free_bytes = free,
-                    "the queue's disk has room again"
-                );
+                if self.reserve_log_due(1) {
+                    tracing::info!(
+                        queue = self.name,
+                        free_bytes = free,
+                        "the queue's disk has room again"
+                    );
+                }
                 self.stats.set_problem(None);
                 self.disk = Disk::Fine;
             }
@@ -348,6 +357,17 @@ impl<'a> Writer<'a> {
             Disk::Low { cap, .. } => Some(self.limits.max_bytes.map_or(*cap, |m| m.min(*cap))),
             _ => self.limits.max_bytes,
         }
+    }
+
+    /// Whether the line about reaching (0) or leaving (1) the reserve may be logged now:
+    /// a disk hovering at the reserve would otherwise log both every second.
+    fn reserve_log_due(&mut self, which: usize) -> bool {
+        let last = &mut self.last_reserve_log[which];
+        let due = last.is_none_or(|t| t.elapsed() >= RESERVE_LOG_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     /// Decides which appends go into the commit and how much of each: answers the ones
