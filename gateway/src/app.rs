@@ -350,14 +350,27 @@ fn warn_if_larger_than_disk(name: &str, dir: &std::path::Path, q: &Queue, opts: 
     let (Some(max), Some(free)) = (opts.limits.max_bytes, crate::queue::free_bytes(dir)) else {
         return;
     };
-    let room = free.saturating_sub(opts.min_free_bytes);
+    let reserve = opts
+        .min_free_bytes
+        .unwrap_or_else(|| crate::queue::default_reserve(dir));
+    if free < reserve {
+        tracing::warn!(
+            sink = %name,
+            free_bytes = free,
+            min_free_bytes = reserve,
+            "the queue's disk is already below its reserve: the queue takes no more results \
+             until space is freed (or `queue.min_free_bytes` is lowered)"
+        );
+        return;
+    }
+    let room = free.saturating_sub(reserve);
     let held = q.held_bytes().unwrap_or(0);
     if max > held + room {
         tracing::warn!(
             sink = %name,
             max_bytes = max,
             free_bytes = free,
-            min_free_bytes = opts.min_free_bytes,
+            min_free_bytes = reserve,
             "the queue may hold more than its disk has free: it will stop growing at the disk \
              reserve (`queue.min_free_bytes`), and its on-full policy applies from there"
         );

@@ -241,10 +241,10 @@ pub struct QueueConfig {
     /// Results older than this are dropped from the queue (default: never).
     #[serde(with = "humantime_serde")]
     pub ttl: Option<Duration>,
-    /// Free space the queues leave on the file system of `data_dir` (default 64 MiB):
-    /// there, a queue stops growing and its on-full policy applies, before the disk is
-    /// full. 0 turns the reserve off.
-    pub min_free_bytes: u64,
+    /// Free space the queues leave on the file system of `data_dir`: there, a queue
+    /// stops growing and its on-full policy applies, before the disk is full. Default:
+    /// 5% of the file system, at most 64 MiB. 0 turns the reserve off.
+    pub min_free_bytes: Option<u64>,
     /// Limits for one sink's queue, replacing `max_bytes`, `on_full` and `ttl`:
     /// `[queue.sinks.NAME]`.
     pub sinks: BTreeMap<String, QueueLimits>,
@@ -259,7 +259,7 @@ impl Default for QueueConfig {
             max_bytes: Some(1024 * 1024 * 1024),
             on_full: OnFull::DropOldest,
             ttl: None,
-            min_free_bytes: 64 * 1024 * 1024,
+            min_free_bytes: None,
             sinks: BTreeMap::new(),
         }
     }

@@ -62,8 +62,8 @@ pub struct QueueOptions {
     pub cache_bytes: usize,
     pub limits: QueueLimits,
     /// Free space the queue leaves on its file system: below it, the queue stops growing.
-    /// 0: no reserve (the queue grows until a write fails).
-    pub min_free_bytes: u64,
+    /// 0: no reserve (the queue grows until a write fails); `None`: [`default_reserve`].
+    pub min_free_bytes: Option<u64>,
 }
 
 /// What a full queue does with new results.
@@ -277,6 +277,16 @@ impl Queue {
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The reserve a queue leaves free when none is configured: 5% of its file system, at
+/// most 64 MiB (a small data partition keeps room for its queues; a large one does
+/// not set aside gigabytes).
+pub fn default_reserve(dir: &Path) -> u64 {
+    const MAX: u64 = 64 * 1024 * 1024;
+    rustix::fs::statvfs(dir).map_or(MAX, |st| {
+        (st.f_blocks.saturating_mul(st.f_frsize) / 20).min(MAX)
+    })
 }
 
 /// The clock entries are stamped with: epoch milliseconds.

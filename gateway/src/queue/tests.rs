@@ -12,7 +12,7 @@ fn opts() -> QueueOptions {
         commit_delay: Duration::from_millis(2),
         cache_bytes: 1 << 20,
         limits: QueueLimits::default(),
-        min_free_bytes: 0,
+        min_free_bytes: Some(0),
     }
 }
 
@@ -356,7 +356,7 @@ fn small_disk(mib: u64) -> (tempfile::TempDir, SmallDisk) {
 async fn at_the_disk_reserve_drop_oldest_keeps_the_newest_and_reports_it() {
     let (_dir, disk) = small_disk(16);
     let o = QueueOptions {
-        min_free_bytes: 8 << 20,
+        min_free_bytes: Some(8 << 20),
         ..opts()
     };
     let q = Queue::open("t", &disk.path().join("q.redb"), o).unwrap();
@@ -404,11 +404,19 @@ async fn at_the_disk_reserve_drop_oldest_keeps_the_newest_and_reports_it() {
     assert!(q.stats().writable.load(Ordering::Relaxed));
 }
 
+#[test]
+fn the_default_reserve_is_a_twentieth_of_the_disk_at_most_64_mib() {
+    let (_dir, disk) = small_disk(16);
+    assert_eq!(default_reserve(disk.path()), (16 << 20) / 20);
+    let (_dir, big) = small_disk(4096);
+    assert_eq!(default_reserve(big.path()), 64 << 20);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_disk_reserve_reject_new_refuses_and_counts() {
     let (_dir, disk) = small_disk(16);
     let o = QueueOptions {
-        min_free_bytes: 8 << 20,
+        min_free_bytes: Some(8 << 20),
         ..limited(None, OnFull::RejectNew, None)
     };
     let q = Queue::open("t", &disk.path().join("q.redb"), o).unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::store::{Entry, Held, Store, StoreError, entry_bytes};
-use super::{OnFull, QueueLimits, QueueOptions, QueueStats, free_bytes, now_ms};
+use super::{OnFull, QueueLimits, QueueOptions, QueueStats, default_reserve, free_bytes, now_ms};
 
 /// Most entries written in one commit.
 const MAX_ENTRIES_PER_COMMIT: usize = 16 * 1024;
@@ -133,7 +133,9 @@ impl<'a> Writer<'a> {
             last,
             delay: opts.commit_delay,
             limits: opts.limits,
-            min_free: opts.min_free_bytes,
+            min_free: opts
+                .min_free_bytes
+                .unwrap_or_else(|| default_reserve(store.dir())),
             stats,
             held,
             disk: Disk::Fine,
