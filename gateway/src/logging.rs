@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Metadata;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::{FilterExt, FilterFn};
+use tracing_subscriber::filter::{DynFilterFn, FilterExt};
 use tracing_subscriber::prelude::*;
 
 /// Log output format.
@@ -86,9 +86,10 @@ pub fn init(format: Format, level: &str) {
         Format::Text => layer.boxed(),
         Format::Json => layer.json().boxed(),
     };
-    // The level filter first: only lines it lets through count against the rate limit.
+    // The level filter first: only lines it lets through count against the rate limit,
+    // which is asked at every line (a dynamic filter: its answer is never cached).
     let limit = Limiter::default();
-    let filter = filter.and(FilterFn::new(move |meta| limit.allow(meta)));
+    let filter = filter.and(DynFilterFn::new(move |meta, _| limit.allow(meta)));
     let _ = tracing_subscriber::registry()
         .with(layer.with_filter(filter))
         .try_init();

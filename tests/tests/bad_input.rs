@@ -243,6 +243,10 @@ async fn malformed_packets_and_hostile_payloads_are_refused_and_counted_while_go
         total_after > total_before,
         "random bytes counted no violation"
     );
+    // The broker library logs each of these connections; past its rate limit the lines
+    // are counted, not written.
+    let suppressed = scrape(setup.admin_port, None)["fieldgate_log_lines_suppressed_total"];
+    assert!(suppressed > 0.0, "no library log line was held back");
 
     // Payloads that must be refused, each with its reason; none of them reaches a rule.
     let deep = format!(
