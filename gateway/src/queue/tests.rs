@@ -516,3 +516,26 @@ async fn a_full_disk_is_recovered_in_process_without_losing_what_was_committed()
         .unwrap();
     wait_for("the delete", || q.depth().unwrap() == 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_reserve_an_empty_queue_holds_results_back_until_space_returns() {
+    let (_dir, disk) = small_disk(16);
+    let o = QueueOptions {
+        min_free_bytes: Some(4 << 20),
+        ..opts()
+    };
+    let q = Queue::open("t", &disk.path().join("q.redb"), o).unwrap();
+    let filler = disk.fill();
+    // Nothing old to drop: the results wait (the caller retries) rather than go.
+    let e = q
+        .append(vec![entry("r", &body(0))])
+        .await
+        .expect_err("taken below the reserve");
+    assert!(e.is_storage_failure(), "{e}");
+    assert!(q.problem().is_some_and(|p| p.contains("reserve")));
+    assert_eq!(q.stats().dropped_oldest.load(Ordering::Relaxed), 0);
+    std::fs::remove_file(filler).unwrap();
+    wait_for("room again", || q.problem().is_none()).await;
+    q.append(vec![entry("r", &body(0))]).await.unwrap();
+    assert_eq!(q.depth().unwrap(), 1);
+}
