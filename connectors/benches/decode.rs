@@ -1,9 +1,15 @@
 //! What screening payloads costs before they are decoded: the same micro-batch of JSON
 //! readings through the payload screen alone, through `JsonDecoder` (screen, then the
-//! Arrow decoder), and through the Arrow decoder alone as it was used before the screen
-//! (the baseline), all in one process.
+//! Arrow decoder), and, as the baseline, through the Arrow decoder fed the way
+//! `JsonDecoder` fed it before the screen existed (each payload checked for UTF-8,
+//! decoded, checked for a partial record), all in one process.
 //!
 //! Run with `cargo bench -p fieldgate-connectors --bench decode`.
+//!
+//! This machine's speed drifts from minute to minute, so besides criterion's per-case
+//! figures the benchmark prints paired ratios: the baseline and the screened decoder run
+//! alternately on the same batch, 301 times, and the median of the per-pair ratios is
+//! reported with its quartiles.
 //!
 //! Cases, 4096 payloads each:
 //! - `flat`: a sensor reading, `{"device":"dev-17","ts":...,"temp":21.5,"hum":40,"ok":true}`
@@ -76,14 +82,21 @@ fn nested() -> (SchemaRef, Vec<String>) {
     (schema, payloads)
 }
 
-/// The Arrow decoder alone, fed and flushed as `JsonDecoder` feeds it: the baseline.
-fn arrow_only(schema: &SchemaRef, payloads: &[String]) -> usize {
+/// The Arrow decoder fed as `JsonDecoder` fed it before payloads were screened: the
+/// baseline.
+fn unscreened(schema: &SchemaRef, payloads: &[String]) -> usize {
     let mut d = ReaderBuilder::new(schema.clone())
         .with_batch_size(8192)
         .build_decoder()
         .expect("decoder");
     for p in payloads {
-        d.decode(p.as_bytes()).expect("decodes");
+        std::str::from_utf8(p.as_bytes()).expect("UTF-8");
+        let mut buf = p.as_bytes();
+        while !buf.is_empty() {
+            let read = d.decode(buf).expect("decodes");
+            buf = &buf[read..];
+        }
+        assert!(!d.has_partial_record());
     }
     d.flush().expect("flush").map_or(0, |b| b.num_rows())
 }
@@ -94,10 +107,10 @@ fn bench(c: &mut Criterion) {
     for (name, (schema, payloads)) in [("flat", flat()), ("nested", nested())] {
         let screen = Screen::new(&schema, InputLimits::default());
         let mut decoder = JsonDecoder::new(schema.clone()).expect("decoder");
-        assert_eq!(arrow_only(&schema, &payloads), BATCH);
+        assert_eq!(unscreened(&schema, &payloads), BATCH);
         assert!(decoder.decode(&payloads).rejected.is_empty());
-        g.bench_with_input(BenchmarkId::new("arrow_only", name), &payloads, |b, p| {
-            b.iter(|| black_box(arrow_only(&schema, p)))
+        g.bench_with_input(BenchmarkId::new("unscreened", name), &payloads, |b, p| {
+            b.iter(|| black_box(unscreened(&schema, p)))
         });
         g.bench_with_input(BenchmarkId::new("screen", name), &payloads, |b, p| {
             b.iter(|| {
@@ -115,5 +128,46 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion::criterion_group!(benches, bench);
+/// Times `f` once.
+fn once(f: &mut dyn FnMut() -> usize) -> f64 {
+    let t = std::time::Instant::now();
+    black_box(f());
+    t.elapsed().as_secs_f64()
+}
+
+/// The baseline and the screened decoder alternately on one batch: the median and
+/// quartiles of screened / baseline, and the median times.
+fn paired(c: &mut Criterion) {
+    let _ = c;
+    for (name, (schema, payloads)) in [("flat", flat()), ("nested", nested())] {
+        let mut decoder = JsonDecoder::new(schema.clone()).expect("decoder");
+        let mut ratios = Vec::new();
+        let (mut base, mut screened) = (Vec::new(), Vec::new());
+        for round in 0..311 {
+            let b = once(&mut || unscreened(&schema, &payloads));
+            let s = once(&mut || decoder.decode(&payloads).batch.map_or(0, |b| b.num_rows()));
+            // The first rounds warm the caches and the allocator.
+            if round >= 10 {
+                ratios.push(s / b);
+                base.push(b);
+                screened.push(s);
+            }
+        }
+        for v in [&mut ratios, &mut base, &mut screened] {
+            v.sort_by(f64::total_cmp);
+        }
+        let q = |v: &[f64], f: f64| v[((v.len() - 1) as f64 * f) as usize];
+        println!(
+            "paired/{name}: screened / baseline median {:.3} (quartiles {:.3}–{:.3}); median \
+             baseline {:.3} ms, screened {:.3} ms per 4096 payloads",
+            q(&ratios, 0.5),
+            q(&ratios, 0.25),
+            q(&ratios, 0.75),
+            q(&base, 0.5) * 1e3,
+            q(&screened, 0.5) * 1e3
+        );
+    }
+}
+
+criterion::criterion_group!(benches, bench, paired);
 criterion::criterion_main!(benches);

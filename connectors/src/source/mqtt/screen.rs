@@ -1,12 +1,14 @@
 //! The input limits, checked on a payload's bytes before it is decoded.
 //!
 //! A payload is screened in one pass without recursion, so no input can exhaust the
-//! stack, whatever its nesting: size, nesting depth, string and array lengths against
+//! stack, whatever its nesting (the open objects and arrays are counted on a stack of
+//! its own): size, nesting depth, string and array lengths against
 //! [`InputLimits`], JSON syntax, top-level values that are objects, and numbers given for
 //! integer columns that must be whole (`1.5` for a BIGINT is refused where the decoder
-//! would truncate it to `1`). Only what passes reaches the Arrow decoder.
+//! would truncate it to `1`). Only what passes reaches the Arrow decoder. A payload
+//! with several problems is refused for the first one the pass meets.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 
 use datafusion::arrow::datatypes::{DataType, Schema};
 
@@ -104,8 +106,9 @@ enum Shape {
         max: i128,
         what: &'static str,
     },
-    /// An object: the shapes of the fields that need checks.
-    Object(HashMap<String, usize>),
+    /// An object: the names and shapes of the fields that need checks (few: a linear
+    /// search beats hashing every key of every payload).
+    Object(Vec<(Box<[u8]>, usize)>),
     /// A list: the shape of its elements.
     List(usize),
 }
@@ -116,33 +119,18 @@ pub struct Screen {
     limits: InputLimits,
     shapes: Vec<Shape>,
     root: usize,
+    /// The open objects and arrays of the payload being screened, kept between
+    /// payloads so that screening allocates nothing.
+    stack: RefCell<Vec<Frame>>,
 }
 
 /// An open object or array while screening.
+#[derive(Debug, Clone, Copy)]
 struct Frame {
     array: bool,
     /// Shape of the object, or of the array's elements.
     shape: usize,
     items: usize,
-}
-
-/// What the screen expects next.
-#[derive(Clone, Copy)]
-enum Want {
-    /// A payload's next top-level object, or its end.
-    Top,
-    /// A value of this shape.
-    Value(usize),
-    /// The first key of an object, or its end.
-    FirstKey,
-    /// A key after a comma.
-    Key,
-    /// The colon after a key whose value has this shape.
-    Colon(usize),
-    /// A comma or the end of the open object or array.
-    Next,
-    /// The first element of an array, or its end.
-    FirstItem,
 }
 
 impl Screen {
@@ -159,6 +147,7 @@ impl Screen {
             limits,
             shapes,
             root,
+            stack: RefCell::new(Vec::new()),
         }
     }
 
@@ -183,25 +172,295 @@ impl Screen {
         if payload.iter().all(u8::is_ascii_whitespace) {
             return Err((RejectReason::Empty, "empty payload".into()));
         }
-        if let Err(e) = std::str::from_utf8(payload) {
-            return Err((RejectReason::NotUtf8, format!("payload is not UTF-8: {e}")));
+        match self.stack.try_borrow_mut() {
+            Ok(mut stack) => self.scan(payload, &mut stack),
+            Err(_) => self.scan(payload, &mut Vec::new()),
         }
-        Scan {
-            screen: self,
-            p: payload,
-            i: 0,
+    }
+
+    /// One pass over a payload, one turn of the loop per element: objects hold
+    /// `"key": value` members, arrays values. UTF-8 is checked inside strings (outside
+    /// them JSON is ASCII, and anything else is malformed).
+    fn scan(&self, p: &[u8], stack: &mut Vec<Frame>) -> Result<(), Refusal> {
+        let lim = &self.limits;
+        stack.clear();
+        let mut i = 0;
+        'top: loop {
+            i = skip_ws(p, i);
+            match p.get(i) {
+                None => return Ok(()),
+                Some(b'{') => {}
+                Some(_) => return Err(malformed(p, i, "expected a JSON object")),
+            }
+            stack.push(Frame {
+                array: false,
+                shape: self.root,
+                items: 0,
+            });
+            i += 1;
+            // Right after an opening bracket: the container may be empty.
+            let mut opened = true;
+            loop {
+                let Some(&top) = stack.last() else {
+                    continue 'top;
+                };
+                i = skip_ws(p, i);
+                let close = if top.array { b']' } else { b'}' };
+                match p.get(i) {
+                    Some(&c) if c == close => {
+                        i += 1;
+                        stack.pop();
+                        if stack.is_empty() {
+                            continue 'top;
+                        }
+                        opened = false;
+                        continue;
+                    }
+                    Some(b',') if !opened => {
+                        i = skip_ws(p, i + 1);
+                    }
+                    _ if opened => {}
+                    _ if top.array => return Err(malformed(p, i, "expected `,` or `]`")),
+                    _ => return Err(malformed(p, i, "expected `,` or `}`")),
+                }
+                opened = false;
+                // The element: a member's key and colon, or an array's count.
+                let shape = if top.array {
+                    let items = top.items + 1;
+                    if items > lim.max_array_items {
+                        return Err((
+                            RejectReason::ArrayTooLong,
+                            format!(
+                                "an array has more than {} elements (byte {i})",
+                                lim.max_array_items
+                            ),
+                        ));
+                    }
+                    if let Some(f) = stack.last_mut() {
+                        f.items = items;
+                    }
+                    top.shape
+                } else {
+                    if p.get(i) != Some(&b'"') {
+                        return Err(malformed(p, i, "expected a field name"));
+                    }
+                    let (end, escaped) = string(p, i, lim.max_string_bytes)?;
+                    let key = &p[i + 1..end - 1];
+                    let shape = match &self.shapes[top.shape] {
+                        Shape::Object(fields) => key_shape(fields, key, escaped),
+                        _ => 0,
+                    };
+                    i = skip_ws(p, end);
+                    if p.get(i) != Some(&b':') {
+                        return Err(malformed(p, i, "expected `:`"));
+                    }
+                    i = skip_ws(p, i + 1);
+                    shape
+                };
+                // The value.
+                match p.get(i) {
+                    Some(&b @ (b'{' | b'[')) => {
+                        if stack.len() >= lim.max_depth {
+                            return Err((
+                                RejectReason::TooDeep,
+                                format!("nested deeper than {} levels at byte {i}", lim.max_depth),
+                            ));
+                        }
+                        let array = b == b'[';
+                        let inner = match (&self.shapes[shape], array) {
+                            (Shape::Object(_), false) => shape,
+                            (Shape::List(elem), true) => *elem,
+                            _ => 0,
+                        };
+                        stack.push(Frame {
+                            array,
+                            shape: inner,
+                            items: 0,
+                        });
+                        i += 1;
+                        opened = true;
+                    }
+                    Some(b'"') => i = string(p, i, lim.max_string_bytes)?.0,
+                    Some(b'-' | b'0'..=b'9') => {
+                        let (end, whole) = number(p, i)?;
+                        if let Shape::Integer { min, max, what } = &self.shapes[shape] {
+                            integer(&p[i..end], whole, *min, *max, what, i)?;
+                        }
+                        i = end;
+                    }
+                    Some(b't') => i = literal(p, i, b"true")?,
+                    Some(b'f') => i = literal(p, i, b"false")?,
+                    Some(b'n') => i = literal(p, i, b"null")?,
+                    _ => return Err(malformed(p, i, "expected a value")),
+                }
+            }
         }
-        .run()
+    }
+}
+
+fn malformed(p: &[u8], i: usize, what: &str) -> Refusal {
+    let at = match p.get(i) {
+        Some(b) if b.is_ascii_graphic() => format!("{:?}", char::from(*b)),
+        Some(b) => format!("byte 0x{b:02x}"),
+        None => "the end".into(),
+    };
+    (
+        RejectReason::Malformed,
+        format!("not JSON: {what} at byte {i} (found {at})"),
+    )
+}
+
+#[inline]
+fn skip_ws(p: &[u8], mut i: usize) -> usize {
+    while matches!(p.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The string whose opening quote is at `i`: the index after its closing quote, and
+/// whether it holds escapes. Its content must be UTF-8 and at most `max` bytes.
+fn string(p: &[u8], i: usize, max: usize) -> Result<(usize, bool), Refusal> {
+    let start = i + 1;
+    let mut j = start;
+    let mut escaped = false;
+    let mut ascii = true;
+    loop {
+        // Runs of ordinary ASCII in one tight loop.
+        j += p.get(j..).map_or(0, |rest| {
+            rest.iter()
+                .position(|b| STOP[usize::from(*b)])
+                .unwrap_or(rest.len())
+        });
+        match p.get(j) {
+            None => return Err(malformed(p, j, "unterminated string")),
+            Some(b'"') => break,
+            Some(b'\\') => {
+                escaped = true;
+                match p.get(j + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => j += 2,
+                    Some(b'u')
+                        if p.get(j + 2..j + 6)
+                            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+                    {
+                        j += 6
+                    }
+                    _ => return Err(malformed(p, j, "bad escape in a string")),
+                }
+            }
+            Some(b) if *b >= 0x80 => {
+                ascii = false;
+                j += 1;
+            }
+            Some(_) => return Err(malformed(p, j, "control character in a string")),
+        }
+    }
+    if j - start > max {
+        return Err((
+            RejectReason::StringTooLong,
+            format!(
+                "a string of {} bytes is over the limit of {max} (byte {i})",
+                j - start
+            ),
+        ));
+    }
+    if !ascii && let Err(e) = std::str::from_utf8(&p[start..j]) {
+        return Err((
+            RejectReason::NotUtf8,
+            format!("a string at byte {i} is not UTF-8: {e}"),
+        ));
+    }
+    Ok((j + 1, escaped))
+}
+
+/// The number at `i`, by JSON's grammar: the index after it, and whether it has
+/// neither fraction nor exponent.
+fn number(p: &[u8], mut i: usize) -> Result<(usize, bool), Refusal> {
+    if p.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match p.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(p, i)?,
+        _ => return Err(malformed(p, i, "bad number")),
+    }
+    let mut whole = true;
+    if p.get(i) == Some(&b'.') {
+        whole = false;
+        i = digits(p, i + 1)?;
+    }
+    if matches!(p.get(i), Some(b'e' | b'E')) {
+        whole = false;
+        i += 1;
+        if matches!(p.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(p, i)?;
+    }
+    Ok((i, whole))
+}
+
+/// The end of the one or more digits at `i`.
+#[inline]
+fn digits(p: &[u8], mut i: usize) -> Result<usize, Refusal> {
+    if !p.get(i).is_some_and(u8::is_ascii_digit) {
+        return Err(malformed(p, i, "bad number"));
+    }
+    while p.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    Ok(i)
+}
+
+/// Whether the number `text` (at byte `at`) is a whole number in `min..=max`.
+fn integer(
+    text: &[u8],
+    whole: bool,
+    min: i128,
+    max: i128,
+    what: &str,
+    at: usize,
+) -> Result<(), Refusal> {
+    let digits = text.len() - usize::from(text.first() == Some(&b'-'));
+    // Up to 18 digits always fit a BIGINT: no need to parse.
+    if whole && digits <= 18 && min == i128::from(i64::MIN) {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(text).unwrap_or("");
+    let fits = match whole {
+        true => text.parse::<i128>().is_ok_and(|v| (min..=max).contains(&v)),
+        false => text
+            .parse::<f64>()
+            .is_ok_and(|v| v.fract() == 0.0 && v >= min as f64 && v <= max as f64),
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err((
+            RejectReason::WrongType,
+            format!("{text} is not a whole number {what} can hold (byte {at})"),
+        ))
+    }
+}
+
+/// The literal `word` at `i`; the index after it.
+#[inline]
+fn literal(p: &[u8], i: usize, word: &[u8]) -> Result<usize, Refusal> {
+    let found = p.get(i..i + word.len());
+    if found.is_some_and(|f| f.iter().zip(word).all(|(a, b)| a == b)) {
+        Ok(i + word.len())
+    } else {
+        Err(malformed(p, i, "expected true, false or null"))
     }
 }
 
 /// The shape of an object with these fields; 0 when none of them needs a check.
 fn object_shape(fields: &[(String, &DataType)], shapes: &mut Vec<Shape>) -> usize {
-    let mut checked = HashMap::new();
+    let mut checked = Vec::new();
     for (name, dt) in fields {
         let s = shape_of(dt, shapes);
         if s != 0 {
-            checked.insert(name.clone(), s);
+            checked.push((name.as_bytes().into(), s));
         }
     }
     if checked.is_empty() {
@@ -242,323 +501,43 @@ fn shape_of(dt: &DataType, shapes: &mut Vec<Shape>) -> usize {
     shapes.len() - 1
 }
 
-/// One pass over one payload.
-struct Scan<'a> {
-    screen: &'a Screen,
-    p: &'a [u8],
-    i: usize,
+/// The shape of the field named `key` (its raw text; `escaped` if it holds escapes).
+fn key_shape(fields: &[(Box<[u8]>, usize)], key: &[u8], escaped: bool) -> usize {
+    // Keys are short: a byte loop beats a call to memcmp.
+    let find = |k: &[u8]| {
+        fields
+            .iter()
+            .find(|(n, _)| n.len() == k.len() && n.iter().zip(k).all(|(a, b)| a == b))
+            .map_or(0, |f| f.1)
+    };
+    if !escaped {
+        return find(key);
+    }
+    let mut quoted = Vec::with_capacity(key.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(key);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted).map_or(0, |k| find(k.as_bytes()))
 }
 
-impl<'a> Scan<'a> {
-    fn malformed(&self, what: &str) -> Refusal {
-        let at = match self.p.get(self.i) {
-            Some(b) => format!("{:?}", char::from(*b)),
-            None => "the end".into(),
-        };
-        (
-            RejectReason::Malformed,
-            format!("not JSON: {what} at byte {} (found {at})", self.i),
-        )
+/// Bytes a string scan must stop at: the closing quote, an escape, a control character,
+/// a byte of a multi-byte character (for the UTF-8 check).
+const STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
     }
-
-    fn skip_ws(&mut self) {
-        while matches!(self.p.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
+    b = 0x80;
+    while b < 0x100 {
+        t[b] = true;
+        b += 1;
     }
-
-    fn run(mut self) -> Result<(), Refusal> {
-        let mut stack: Vec<Frame> = Vec::new();
-        let mut want = Want::Top;
-        loop {
-            self.skip_ws();
-            want = match want {
-                Want::Top => match self.p.get(self.i) {
-                    None => return Ok(()),
-                    Some(b'{') => self.open(&mut stack, false, self.screen.root)?,
-                    Some(_) => return Err(self.malformed("expected a JSON object")),
-                },
-                Want::Value(shape) => self.value(&mut stack, shape)?,
-                Want::FirstKey if self.p.get(self.i) == Some(&b'}') => {
-                    self.i += 1;
-                    stack.pop();
-                    after(&stack)
-                }
-                Want::FirstKey | Want::Key => {
-                    if self.p.get(self.i) != Some(&b'"') {
-                        return Err(self.malformed("expected a field name"));
-                    }
-                    let key = self.string()?;
-                    let shape = stack.last().map_or(0, |f| f.shape);
-                    match &self.screen.shapes[shape] {
-                        Shape::Object(fields) => Want::Colon(self.key_shape(fields, key)),
-                        _ => Want::Colon(0),
-                    }
-                }
-                Want::Colon(shape) => {
-                    if self.p.get(self.i) != Some(&b':') {
-                        return Err(self.malformed("expected `:`"));
-                    }
-                    self.i += 1;
-                    Want::Value(shape)
-                }
-                Want::FirstItem if self.p.get(self.i) == Some(&b']') => {
-                    self.i += 1;
-                    stack.pop();
-                    after(&stack)
-                }
-                Want::FirstItem => self.item(&mut stack)?,
-                Want::Next => {
-                    let Some(top) = stack.last() else {
-                        return Err(self.malformed("unexpected state"));
-                    };
-                    let array = top.array;
-                    match (self.p.get(self.i), array) {
-                        (Some(b','), false) => {
-                            self.i += 1;
-                            Want::Key
-                        }
-                        (Some(b','), true) => {
-                            self.i += 1;
-                            self.item(&mut stack)?
-                        }
-                        (Some(b'}'), false) | (Some(b']'), true) => {
-                            self.i += 1;
-                            stack.pop();
-                            after(&stack)
-                        }
-                        (_, false) => return Err(self.malformed("expected `,` or `}`")),
-                        (_, true) => return Err(self.malformed("expected `,` or `]`")),
-                    }
-                }
-            };
-        }
-    }
-
-    /// Opens an object or array at `self.i`.
-    fn open(&mut self, stack: &mut Vec<Frame>, array: bool, shape: usize) -> Result<Want, Refusal> {
-        let max = self.screen.limits.max_depth;
-        if stack.len() >= max {
-            return Err((
-                RejectReason::TooDeep,
-                format!("nested deeper than {max} levels at byte {}", self.i),
-            ));
-        }
-        self.i += 1;
-        stack.push(Frame {
-            array,
-            shape,
-            items: 0,
-        });
-        Ok(if array {
-            Want::FirstItem
-        } else {
-            Want::FirstKey
-        })
-    }
-
-    /// Counts the next element of the open array and expects it.
-    fn item(&mut self, stack: &mut [Frame]) -> Result<Want, Refusal> {
-        let max = self.screen.limits.max_array_items;
-        let Some(top) = stack.last_mut() else {
-            return Err(self.malformed("unexpected state"));
-        };
-        top.items += 1;
-        if top.items > max {
-            return Err((
-                RejectReason::ArrayTooLong,
-                format!("an array has more than {max} elements (byte {})", self.i),
-            ));
-        }
-        Ok(Want::Value(top.shape))
-    }
-
-    fn key_shape(&self, fields: &HashMap<String, usize>, key: &[u8]) -> usize {
-        if !key.contains(&b'\\') {
-            return std::str::from_utf8(key)
-                .ok()
-                .and_then(|k| fields.get(k))
-                .copied()
-                .unwrap_or(0);
-        }
-        let mut quoted = Vec::with_capacity(key.len() + 2);
-        quoted.push(b'"');
-        quoted.extend_from_slice(key);
-        quoted.push(b'"');
-        serde_json::from_slice::<String>(&quoted)
-            .ok()
-            .and_then(|k| fields.get(&k).copied())
-            .unwrap_or(0)
-    }
-
-    /// A value of `shape` at `self.i`.
-    fn value(&mut self, stack: &mut Vec<Frame>, shape: usize) -> Result<Want, Refusal> {
-        let shapes = &self.screen.shapes;
-        match self.p.get(self.i) {
-            Some(b'{') => {
-                let inner = match &shapes[shape] {
-                    Shape::Object(_) => shape,
-                    _ => 0,
-                };
-                self.open(stack, false, inner)
-            }
-            Some(b'[') => {
-                let inner = match &shapes[shape] {
-                    Shape::List(elem) => *elem,
-                    _ => 0,
-                };
-                self.open(stack, true, inner)
-            }
-            Some(b'"') => {
-                self.string()?;
-                Ok(after(stack))
-            }
-            Some(b'-' | b'0'..=b'9') => {
-                let start = self.i;
-                let whole = self.number()?;
-                if let Shape::Integer { min, max, what } = &shapes[shape] {
-                    let text = std::str::from_utf8(&self.p[start..self.i]).unwrap_or("");
-                    let fits = match whole {
-                        true => text
-                            .parse::<i128>()
-                            .is_ok_and(|v| (*min..=*max).contains(&v)),
-                        false => text.parse::<f64>().is_ok_and(|v| {
-                            v.fract() == 0.0 && v >= *min as f64 && v <= *max as f64
-                        }),
-                    };
-                    if !fits {
-                        return Err((
-                            RejectReason::WrongType,
-                            format!("{text} is not a whole number {what} can hold (byte {start})"),
-                        ));
-                    }
-                }
-                Ok(after(stack))
-            }
-            Some(b't') => self.literal(b"true", stack),
-            Some(b'f') => self.literal(b"false", stack),
-            Some(b'n') => self.literal(b"null", stack),
-            _ => Err(self.malformed("expected a value")),
-        }
-    }
-
-    fn literal(&mut self, word: &[u8], stack: &[Frame]) -> Result<Want, Refusal> {
-        if self.p[self.i..].starts_with(word) {
-            self.i += word.len();
-            Ok(after(stack))
-        } else {
-            Err(self.malformed("expected true, false or null"))
-        }
-    }
-
-    /// A string at `self.i` (its opening quote); returns its raw content.
-    fn string(&mut self) -> Result<&'a [u8], Refusal> {
-        let start = self.i + 1;
-        let mut i = start;
-        loop {
-            match self.p.get(i) {
-                None => {
-                    self.i = i;
-                    return Err(self.malformed("unterminated string"));
-                }
-                Some(b'"') => break,
-                Some(b'\\') => match self.p.get(i + 1) {
-                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                    Some(b'u')
-                        if self
-                            .p
-                            .get(i + 2..i + 6)
-                            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
-                    {
-                        i += 6
-                    }
-                    _ => {
-                        self.i = i;
-                        return Err(self.malformed("bad escape in a string"));
-                    }
-                },
-                Some(c) if *c < 0x20 => {
-                    self.i = i;
-                    return Err(self.malformed("control character in a string"));
-                }
-                Some(_) => i += 1,
-            }
-        }
-        let max = self.screen.limits.max_string_bytes;
-        if i - start > max {
-            return Err((
-                RejectReason::StringTooLong,
-                format!(
-                    "a string of {} bytes is over the limit of {max} (byte {})",
-                    i - start,
-                    self.i
-                ),
-            ));
-        }
-        self.i = i + 1;
-        Ok(&self.p[start..i])
-    }
-
-    /// A number at `self.i`, by JSON's grammar; returns whether it has neither fraction
-    /// nor exponent.
-    fn number(&mut self) -> Result<bool, Refusal> {
-        let p = self.p;
-        let mut i = self.i;
-        if p.get(i) == Some(&b'-') {
-            i += 1;
-        }
-        match p.get(i) {
-            Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => {
-                while p.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-            }
-            _ => {
-                self.i = i;
-                return Err(self.malformed("bad number"));
-            }
-        }
-        let mut whole = true;
-        if p.get(i) == Some(&b'.') {
-            whole = false;
-            i = self.digits(i + 1)?;
-        }
-        if matches!(p.get(i), Some(b'e' | b'E')) {
-            whole = false;
-            i += 1;
-            if matches!(p.get(i), Some(b'+' | b'-')) {
-                i += 1;
-            }
-            i = self.digits(i)?;
-        }
-        self.i = i;
-        Ok(whole)
-    }
-}
-
-impl Scan<'_> {
-    /// The end of the one or more digits at `i` (a fraction's or an exponent's).
-    fn digits(&mut self, mut i: usize) -> Result<usize, Refusal> {
-        if !self.p.get(i).is_some_and(u8::is_ascii_digit) {
-            self.i = i;
-            return Err(self.malformed("bad number"));
-        }
-        while self.p.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        Ok(i)
-    }
-}
-
-/// What follows a complete value.
-fn after(stack: &[Frame]) -> Want {
-    if stack.is_empty() {
-        Want::Top
-    } else {
-        Want::Next
-    }
-}
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 #[cfg(test)]
 mod tests {
