@@ -19,6 +19,7 @@ use fieldgate_rules::{RuleOutput, RuleSlot, StreamPipeline};
 use tokio::sync::{mpsc, watch};
 
 use crate::ingest::Input;
+use crate::logging::RateLimited;
 use crate::queue::{Entry, Queue};
 
 /// How often windows are checked against the clock.
@@ -66,37 +67,6 @@ pub enum Control {
     /// Run these rules from now on: kept rules keep their state, new ones start empty,
     /// the others stop.
     SetRules(Vec<RuleSlot>),
-}
-
-/// Logs at most one message per interval, counting the ones it held back.
-struct RateLimited {
-    every: Duration,
-    last: Option<Instant>,
-    held: u64,
-}
-
-impl RateLimited {
-    fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: None,
-            held: 0,
-        }
-    }
-
-    /// Returns how many were held back since the last one, when this one may be logged.
-    fn allow(&mut self, n: u64) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|l| now.duration_since(l) < self.every)
-        {
-            self.held += n;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held))
-    }
 }
 
 /// Runs one stream until its data channel closes, having processed everything sent
@@ -190,7 +160,7 @@ pub async fn run_stream(
                     for r in &decoded.rejected {
                         counters.rejected[r.kind.index()].fetch_add(1, Ordering::Relaxed);
                     }
-                    if let Some(held) = bad_payload_log.allow(n - 1) {
+                    if let Some(held) = bad_payload_log.allow(n) {
                         let first = &decoded.rejected[0];
                         let sample = &payloads[first.index];
                         tracing::warn!(

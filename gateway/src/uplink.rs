@@ -14,6 +14,7 @@ use fieldgate_connectors::sink::{Sink, SinkError, SinkEvent};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::logging::RateLimited;
 use crate::queue::Queue;
 
 /// Entries read from the queue per read.
@@ -51,7 +52,7 @@ pub async fn run<S: Sink>(
     let mut retry_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let mut last_down: Option<String> = None;
-    let mut last_read_error: Option<Instant> = None;
+    let mut read_error_log = RateLimited::new(READ_ERROR_LOG_EVERY);
     loop {
         if ready {
             while in_flight.len() < sink.max_in_flight() {
@@ -61,9 +62,8 @@ pub async fn run<S: Sink>(
                     Err(e) => {
                         // A failing disk: read again a little later, whether or not
                         // anything else happens meanwhile.
-                        if last_read_error.is_none_or(|t| t.elapsed() >= READ_ERROR_LOG_EVERY) {
-                            last_read_error = Some(Instant::now());
-                            tracing::error!(sink = %name, error = %e, "cannot read the queue; trying again");
+                        if let Some(held) = read_error_log.allow(1) {
+                            tracing::error!(sink = %name, error = %e, not_logged_before = held, "cannot read the queue; trying again");
                         }
                         retry_at.get_or_insert(Instant::now() + RETRY_DELAY);
                         break;

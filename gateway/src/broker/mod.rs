@@ -28,6 +28,7 @@ use codec::Codec;
 pub use codec::Violation;
 
 use crate::config::BrokerConfig;
+use crate::logging::RateLimited;
 
 /// Client id of the gateway's own in-process subscriber.
 pub const INGEST_CLIENT_ID: &str = "fieldgate-ingest";
@@ -94,7 +95,6 @@ impl Broker {
 
     /// Stops accepting connections and drops the existing ones.
     pub fn stop_listeners(&mut self) {
-        self.health.stopping.store(true, Ordering::Relaxed);
         self.backpressure.stop();
         if let Some(l) = self.listeners.take() {
             let _ = l.stop.send(());
@@ -134,9 +134,6 @@ pub struct BrokerHealth {
     failed: Mutex<Vec<String>>,
     /// Set when the listeners' thread ended (stopped, or panicked).
     listeners_ended: AtomicBool,
-    /// Set once the listeners were started, and when they are stopped on purpose.
-    started: AtomicBool,
-    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for BrokerHealth {
@@ -148,13 +145,11 @@ impl std::fmt::Debug for BrokerHealth {
 }
 
 impl BrokerHealth {
-    /// Why the broker cannot take messages from devices, if it cannot.
+    /// Why the broker cannot take messages from devices, if it cannot (asked while it
+    /// runs: before its listeners start and after they stop, readiness is off anyway).
     pub fn problem(&self) -> Option<String> {
         if !(self.router_alive)() {
             return Some("the embedded broker's router stopped".into());
-        }
-        if self.stopping.load(Ordering::Relaxed) || !self.started.load(Ordering::Relaxed) {
-            return None;
         }
         if let Ok(failed) = self.failed.lock()
             && let Some(f) = failed.first()
@@ -192,37 +187,28 @@ pub struct BrokerCounters {
     pub accepted: AtomicU64,
     /// Connections closed for a protocol violation, by [`Violation::index`].
     pub violations: [AtomicU64; Violation::ALL.len()],
-    /// Violations not logged yet, and when the last was (ms since the Unix epoch).
-    unlogged: AtomicU64,
-    last_log_ms: AtomicU64,
+    /// Violations, logged at a bounded rate.
+    violation_log: Mutex<Option<RateLimited>>,
 }
 
 /// Least time between two log lines about protocol violations.
-const VIOLATION_LOG_EVERY_MS: u64 = 5_000;
+const VIOLATION_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl BrokerCounters {
     /// Counts a violation; logs it unless one was logged within the last few seconds.
     fn violation(&self, v: Violation, what: &str) {
         self.violations[v.index()].fetch_add(1, Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let last = self.last_log_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= VIOLATION_LOG_EVERY_MS
-            && self
-                .last_log_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let before = self.unlogged.swap(0, Ordering::Relaxed);
+        let Ok(mut log) = self.violation_log.lock() else {
+            return;
+        };
+        let log = log.get_or_insert_with(|| RateLimited::new(VIOLATION_LOG_EVERY));
+        if let Some(held) = log.allow(1) {
             tracing::warn!(
                 reason = v.as_str(),
                 detail = %what,
-                not_logged_before = before,
+                not_logged_before = held,
                 "broker closed a connection for a protocol violation"
             );
-        } else {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -255,8 +241,6 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
         router_alive: Box::new(move || !for_health.is_disconnected()),
         failed: Mutex::default(),
         listeners_ended: AtomicBool::new(false),
-        started: AtomicBool::new(false),
-        stopping: AtomicBool::new(false),
     });
     let for_links = router_tx.clone();
     let links: LinkFactory = Box::new(move |client_id: &str| {
@@ -310,7 +294,6 @@ pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
             .enable_all()
             .build()
             .context("cannot start the broker listeners' runtime")?;
-        health.started.store(true, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("broker-listeners".into())
             .spawn(move || {

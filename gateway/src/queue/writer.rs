@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::store::{Entry, Held, Store, StoreError, entry_bytes};
+use crate::logging::RateLimited;
+
 use super::{OnFull, QueueLimits, QueueOptions, QueueStats, default_reserve, free_bytes, now_ms};
 
 /// Most entries written in one commit.
@@ -105,15 +107,14 @@ pub(super) struct Writer<'a> {
     /// Drops not yet logged: (full, rejected, expired) entries, and when last logged.
     unlogged: (u64, u64, u64),
     last_drop_log: Option<Instant>,
-    /// Disk failures not yet logged, and when last logged.
-    unlogged_failures: u64,
-    last_failure_log: Option<Instant>,
+    /// Disk failures, logged at a bounded rate.
+    failure_log: RateLimited,
     /// Wait before the next reopen; grows while failures go on, reset by a commit.
     reopen_backoff: Duration,
     /// Deliveries confirmed while the store failed: deleted once it works again.
     deferred_removes: Vec<u64>,
-    /// When the queue last logged reaching, and leaving, the disk reserve.
-    last_reserve_log: [Option<Instant>; 2],
+    /// Reaching, and leaving, the disk reserve, each logged at a bounded rate.
+    reserve_log: [RateLimited; 2],
 }
 
 impl<'a> Writer<'a> {
@@ -143,11 +144,13 @@ impl<'a> Writer<'a> {
             last_compaction: None,
             unlogged: (0, 0, 0),
             last_drop_log: None,
-            unlogged_failures: 0,
-            last_failure_log: None,
+            failure_log: RateLimited::new(FAILURE_LOG_EVERY),
             reopen_backoff: REOPEN_MIN,
             deferred_removes: Vec::new(),
-            last_reserve_log: [None, None],
+            reserve_log: [
+                RateLimited::new(RESERVE_LOG_EVERY),
+                RateLimited::new(RESERVE_LOG_EVERY),
+            ],
         };
         w.look_at_disk(0);
         w.publish_held();
@@ -280,16 +283,11 @@ impl<'a> Writer<'a> {
         let error = format!("{doing}: {e}");
         let backoff = self.reopen_backoff;
         self.reopen_backoff = (backoff * 2).min(REOPEN_MAX);
-        self.unlogged_failures += 1;
-        if self
-            .last_failure_log
-            .is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY)
-        {
-            self.last_failure_log = Some(Instant::now());
+        if let Some(held) = self.failure_log.allow(1) {
             tracing::error!(
                 queue = self.name,
                 error = %error,
-                failures = std::mem::take(&mut self.unlogged_failures),
+                not_logged_before = held,
                 free_bytes = free_bytes(self.store.dir()),
                 "queue storage failed: results wait (ingest is held back) until it works again"
             );
@@ -326,7 +324,7 @@ impl<'a> Writer<'a> {
             (Disk::Low { .. }, true) => {}
             (_, true) => {
                 let cap = self.held.bytes;
-                if self.reserve_log_due(0) {
+                if self.reserve_log[0].allow(1).is_some() {
                     tracing::warn!(
                         queue = self.name,
                         free_bytes = free,
@@ -343,7 +341,7 @@ impl<'a> Writer<'a> {
                 self.disk = Disk::Low { cap };
             }
             (Disk::Low { .. }, false) => {
-                if self.reserve_log_due(1) {
+                if self.reserve_log[1].allow(1).is_some() {
                     tracing::info!(
                         queue = self.name,
                         free_bytes = free,
@@ -359,17 +357,6 @@ impl<'a> Writer<'a> {
             Disk::Low { cap, .. } => Some(self.limits.max_bytes.map_or(*cap, |m| m.min(*cap))),
             _ => self.limits.max_bytes,
         }
-    }
-
-    /// Whether the line about reaching (0) or leaving (1) the reserve may be logged now:
-    /// a disk hovering at the reserve would otherwise log both every second.
-    fn reserve_log_due(&mut self, which: usize) -> bool {
-        let last = &mut self.last_reserve_log[which];
-        let due = last.is_none_or(|t| t.elapsed() >= RESERVE_LOG_EVERY);
-        if due {
-            *last = Some(Instant::now());
-        }
-        due
     }
 
     /// Decides which appends go into the commit and how much of each: answers the ones
