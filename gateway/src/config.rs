@@ -371,16 +371,20 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Every address the gateway listens on, with its key.
+    fn listeners(&self) -> [(&'static str, Option<SocketAddr>); 3] {
+        [
+            ("broker.listen", self.broker.listen),
+            ("broker.listen_v5", self.broker.listen_v5),
+            ("admin.listen", Some(self.admin.listen)),
+        ]
+    }
+
     /// What only this machine can tell: the listen addresses are free and the serial
     /// devices exist. `run` makes these checks at start, and `validate` unless told it
     /// runs elsewhere (`--offline`). Errors name the key.
     pub fn check_host(&self) -> anyhow::Result<()> {
-        let listeners = [
-            ("broker.listen", self.broker.listen),
-            ("broker.listen_v5", self.broker.listen_v5),
-            ("admin.listen", Some(self.admin.listen)),
-        ];
-        for (key, addr) in listeners {
+        for (key, addr) in self.listeners() {
             let Some(addr) = addr else { continue };
             if let Err(e) = std::net::TcpListener::bind(addr) {
                 bail!("key `{key}`: cannot listen on {addr}: {e} (is another fieldgate running?)");
@@ -438,11 +442,7 @@ impl Config {
         if b.listen.is_none() && b.listen_v5.is_none() {
             bail!("key `broker`: set `listen` or `listen_v5`");
         }
-        let listeners = [
-            ("broker.listen", b.listen),
-            ("broker.listen_v5", b.listen_v5),
-            ("admin.listen", Some(a.listen)),
-        ];
+        let listeners = self.listeners();
         for (i, (key, addr)) in listeners.iter().enumerate() {
             let Some(addr) = addr else { continue };
             for (other, o) in &listeners[..i] {

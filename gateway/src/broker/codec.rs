@@ -241,11 +241,10 @@ impl<P: Protocol + Clone> Protocol for Codec<P> {
                 if connect.keep_alive == 0 {
                     connect.keep_alive = u16::MAX;
                 }
-                if !self.counted {
-                    self.counted = true;
-                    self.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                }
+                // The first CONNECT: a second one was refused above.
+                self.counted = true;
+                self.counters.connections.fetch_add(1, Ordering::Relaxed);
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
