@@ -123,7 +123,6 @@ pub async fn test_with_summary(opts: &TestOptions) -> anyhow::Result<(bool, Test
         .with_context(|| format!("cannot read {}", opts.input.display()))?;
     let mut results: Vec<Value> = Vec::new();
     let mut summary = TestSummary::default();
-    let mut bad_lines = 0;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {}", opts.input.display()))?;
         if line.trim().is_empty() {
@@ -134,7 +133,7 @@ pub async fn test_with_summary(opts: &TestOptions) -> anyhow::Result<(bool, Test
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{}:{}: {e}", opts.input.display(), n + 1);
-                bad_lines += 1;
+                summary.rejected += 1;
                 continue;
             }
         };
@@ -148,7 +147,7 @@ pub async fn test_with_summary(opts: &TestOptions) -> anyhow::Result<(bool, Test
                     pipelines[i].stream.name,
                     r.reason
                 );
-                bad_lines += 1;
+                summary.rejected += 1;
             }
             if let Some(batch) = decoded.batch {
                 summary.rows_in += batch.num_rows() as u64;
@@ -168,10 +167,9 @@ pub async fn test_with_summary(opts: &TestOptions) -> anyhow::Result<(bool, Test
         }
         collect(outs, opts.rule.as_deref(), &mut results)?;
     }
-    if bad_lines > 0 {
-        eprintln!("{bad_lines} input line(s) could not be used");
+    if summary.rejected > 0 {
+        eprintln!("{} input line(s) could not be used", summary.rejected);
     }
-    summary.rejected = bad_lines;
     summary.rows_out = results.len() as u64;
     for rule in pipelines.iter().flat_map(|p| p.rules.iter()) {
         if opts.rule.as_deref().is_none_or(|r| r == rule.name()) {

@@ -212,9 +212,9 @@ impl<'a> Writer<'a> {
                 self.remove(removes);
             }
             if !appends.is_empty() {
-                let appends = self.admit(appends);
+                let (appends, max) = self.admit(appends);
                 if !appends.is_empty() {
-                    self.commit(appends);
+                    self.commit(appends, max);
                 }
             }
             if maintain {
@@ -361,14 +361,15 @@ impl<'a> Writer<'a> {
 
     /// Decides which appends go into the commit and how much of each: answers the ones
     /// that cannot (a failed store; results that do not fit a queue at its disk reserve
-    /// and that the policy cannot make room for) and returns the others.
-    fn admit(&mut self, appends: Vec<(Arc<[Entry]>, Done)>) -> Vec<Append> {
+    /// and that the policy cannot make room for) and returns the others, with the largest
+    /// size the queue may have now, which the commit holds it to.
+    fn admit(&mut self, appends: Vec<(Arc<[Entry]>, Done)>) -> (Vec<Append>, Option<u64>) {
         if let Disk::Failed { error, .. } = &self.disk {
             let msg = format!("queue `{}`: {error}", self.name);
             for (_, done) in appends {
                 let _ = done.send(Err(StoreError::Unwritable(msg.clone())));
             }
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let incoming: u64 = appends
             .iter()
@@ -425,7 +426,7 @@ impl<'a> Writer<'a> {
                 });
             }
         }
-        admitted
+        (admitted, max)
     }
 
     fn remove(&mut self, mut seqs: Vec<u64>) {
@@ -452,13 +453,12 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn commit(&mut self, appends: Vec<Append>) {
-        let max = match (self.limits.on_full, &self.disk) {
-            (OnFull::DropOldest, Disk::Low { cap, .. }) => {
-                Some(self.limits.max_bytes.map_or(*cap, |m| m.min(*cap)))
-            }
-            (OnFull::DropOldest, _) => self.limits.max_bytes,
-            (OnFull::RejectNew, _) => None,
+    /// Commits the admitted appends; with `drop_oldest`, drops the oldest entries while
+    /// the queue holds more than `max` (`reject_new` refused what did not fit already).
+    fn commit(&mut self, appends: Vec<Append>, max: Option<u64>) {
+        let max = match self.limits.on_full {
+            OnFull::DropOldest => max,
+            OnFull::RejectNew => None,
         };
         let all = appends.iter().flat_map(Append::taken);
         match self.store.append(self.last, all, now_ms(), max) {
