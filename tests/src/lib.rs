@@ -333,11 +333,7 @@ impl CountingPublisher {
     /// Starts publishing `msgs`, in order, to the broker on `port`.
     pub fn start(port: u16, client_id: &str, msgs: Vec<(String, Vec<u8>)>) -> CountingPublisher {
         let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(60))
-            .set_inflight(100)
-            .set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(opts, 200);
+        let (client, mut eventloop) = device(port, client_id);
         let count = acked.clone();
         let total = msgs.len();
         let task = tokio::spawn(async move {
@@ -591,13 +587,19 @@ pub fn scrape(port: u16, token: Option<&str>) -> HashMap<String, f64> {
         .collect()
 }
 
-/// Publishes with QoS 1 over TCP and returns once every publish was acknowledged.
-pub async fn publish_all(port: u16, client_id: &str, msgs: &[(String, Vec<u8>)]) {
+/// A device's MQTT client: 100 QoS 1 publishes in flight, packets up to 1 MiB, a
+/// keepalive long enough to outlast the broker holding it back.
+fn device(port: u16, client_id: &str) -> (AsyncClient, rumqttc::EventLoop) {
     let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30))
+    opts.set_keep_alive(Duration::from_secs(60))
         .set_inflight(100)
         .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 200);
+    AsyncClient::new(opts, 200)
+}
+
+/// Publishes with QoS 1 over TCP and returns once every publish was acknowledged.
+pub async fn publish_all(port: u16, client_id: &str, msgs: &[(String, Vec<u8>)]) {
+    let (client, mut eventloop) = device(port, client_id);
     let total = msgs.len();
     let pump = tokio::spawn(async move {
         let mut acked = 0;
