@@ -177,7 +177,6 @@ for run in $(seq 1 "$RUNS"); do
   mkdir -p "$dir/gw/rules"
   cloud_port=$(free_port)
   gw_port=$(free_port)
-  gw5_port=$(free_port)
   admin_port=$(free_port)
 
   # The subscriber's session, then the outage: mosquitto stopped.
@@ -198,10 +197,6 @@ data_dir = "data"
 rules_dir = "rules"
 [broker]
 listen = "127.0.0.1:$gw_port"
-listen_v5 = "127.0.0.1:$gw5_port"
-# Room for the whole publish in the broker's in-memory log, so that ingest cannot lose
-# messages while it catches up.
-segment_count = 64
 [admin]
 listen = "127.0.0.1:$admin_port"
 [sinks.cloud]

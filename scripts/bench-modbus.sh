@@ -165,7 +165,6 @@ rules_dir = "$dir/rules"
 
 [broker]
 listen = "127.0.0.1:${ports[0]}"
-listen_v5 = "127.0.0.1:${ports[1]}"
 
 [admin]
 listen = "127.0.0.1:${ports[2]}"

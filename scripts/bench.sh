@@ -37,7 +37,7 @@
 #   BENCH_RULES [100]  BENCH_QOS [1] (devices' publishes)
 #   BENCH_BATCH_DELAY, BENCH_COMMIT_DELAY [gateway defaults: 0ms, 0ms] ([ingest] batch_delay,
 #                   [queue] commit_delay)
-#   BENCH_SEGMENT_SIZE, BENCH_SEGMENT_COUNT [gateway defaults: 1048576, 8] ([broker])
+#   BENCH_ACK [gateway default: durable] ([broker] ack: durable or received)
 #   BENCH_WAIT_OTHERS [1800] (seconds to wait while other benchmarks run; 0: do not wait)
 #   BENCH_PROFILE [0] (1: after the measured runs, one more run each of `filter` and
 #                   `rules` under `perf record -g`; reports in the output directory)
@@ -227,8 +227,7 @@ metric() {
 write_gateway_config() { # dir scenario
   local dir=$1 scenario=$2 sink_extra=""
   local ingest_extra="" queue_extra="" broker_extra=""
-  [ -z "${BENCH_SEGMENT_SIZE:-}" ] || broker_extra+="segment_size = $BENCH_SEGMENT_SIZE"$'\n'
-  [ -z "${BENCH_SEGMENT_COUNT:-}" ] || broker_extra+="segment_count = $BENCH_SEGMENT_COUNT"
+  [ -z "${BENCH_ACK:-}" ] || broker_extra+="ack = \"$BENCH_ACK\""
   [ -z "${BENCH_BATCH_DELAY:-}" ] || ingest_extra="batch_delay = \"$BENCH_BATCH_DELAY\""
   [ -z "${BENCH_COMMIT_DELAY:-}" ] || queue_extra="commit_delay = \"$BENCH_COMMIT_DELAY\""
   [ "$scenario" = filter_array ] && sink_extra=$'format = "json_array"\nbatch_max = 50'
@@ -240,7 +239,6 @@ rules_dir = "rules"
 
 [broker]
 listen = "127.0.0.1:$GW_PORT"
-listen_v5 = "127.0.0.1:$GW5_PORT"
 $broker_extra
 
 [admin]
@@ -360,7 +358,7 @@ run_one() { # scenario repetition [perf]
     proc_pid=$MOSQ_PID
     load_port=$CLOUD_PORT
   else
-    GW_PORT=$(free_port) GW5_PORT=$(free_port) ADMIN_PORT=$(free_port)
+    GW_PORT=$(free_port) ADMIN_PORT=$(free_port)
     write_gateway_config "$dir" "$scenario"
     start_gateway "$dir"
     proc_pid=$GW_PID

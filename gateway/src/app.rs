@@ -25,6 +25,7 @@ use crate::admin::{self, Ops};
 use crate::config::{Config, SinkConfig};
 use crate::ingest::modbus::{self, Groups, ModbusIngestCounters, Republish};
 use crate::ingest::mqtt::{self, IngestCounters};
+use crate::journal::{Journal, JournalOptions};
 use crate::pipeline::StreamContext;
 use crate::queue::{Queue, QueueOptions};
 use crate::reload::{LiveRules, Triggers};
@@ -81,8 +82,11 @@ fn start_sink(
             (up.spawn(sink), "modbus", SinkExtra::Modbus(counters))
         }
         SinkConfig::Republish(r) => {
-            let mut link = broker.publisher(&format!("fieldgate-sink-{name}"))?;
-            let publish: Publish = Box::new(move |topic, payload| link.publish(topic, payload));
+            let link = Arc::new(broker.publisher(&format!("fieldgate-sink-{name}")));
+            let publish: Publish = Box::new(move |batch| {
+                let link = link.clone();
+                Box::pin(async move { link.publish(batch).await })
+            });
             let sink = RepublishSink::new(r, &cfg.gateway_id, ids, publish);
             (up.spawn(sink), "republish", SinkExtra::None)
         }
@@ -156,8 +160,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         bail!("rules directory {} does not exist", cfg.rules_dir.display());
     }
 
-    // The broker's router (its listeners open last): republish sinks publish into it.
-    let mut broker = broker::start(&cfg.broker)?;
+    // The ingest journal, then the broker that writes it (its listeners open last):
+    // republish sinks publish into it.
+    let (journal, journaled) = Journal::open(
+        &cfg.data_dir.join("journal"),
+        JournalOptions {
+            max_bytes: cfg.journal.max_bytes,
+            segment_bytes: cfg.journal.segment_bytes,
+            max_payload: cfg.broker.max_payload_size,
+        },
+    )
+    .context("ingest journal")?;
+    let mut broker = broker::start(&cfg.broker, journal.clone(), &cfg.data_dir).await?;
 
     // Modbus pollers, before the sinks: Modbus sinks write through them.
     let pollers: Vec<Arc<DevicePoller>> = pollers(&cfg.modbus.source())
@@ -241,12 +255,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let rules_view = rules.view.clone();
     let reload_task = tokio::spawn(triggers.run(rules, stop_rx.clone()));
 
-    // The in-process subscriber feeding the streams subscribes before devices can
-    // connect, so nothing they publish goes unrouted.
-    let (mut link_tx, link_rx) = broker.link(broker::INGEST_CLIENT_ID)?;
-    link_tx
-        .subscribe("#")
-        .context("cannot subscribe to the embedded broker")?;
     let ingest_counters = Arc::new(IngestCounters::default());
     let modbus_counters = Arc::new(ModbusIngestCounters::default());
     let modbus_task = if pollers.is_empty() {
@@ -255,7 +263,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let republish = match cfg.modbus.republish {
             true => Some(Republish {
                 topic: cfg.modbus.republish_topic.clone(),
-                link: broker.publisher("fieldgate-modbus")?,
+                link: broker.publisher("fieldgate-modbus"),
             }),
             false => None,
         };
@@ -268,22 +276,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         )))
     };
+    // Ingest reads the journal (what was not processed before the last stop comes first)
+    // before devices can connect.
     let ingest_task = tokio::spawn(mqtt::run(
-        link_tx,
-        link_rx,
+        journaled,
+        journal.holds().clone(),
         routes,
         cfg.ingest.batch_rows,
         cfg.ingest.batch_delay,
         ingest_counters.clone(),
-        broker.backpressure.clone(),
         stop_rx.clone(),
     ));
-    broker.listen()?;
+    broker.listen();
     let _ = ops.running.set(Running {
         gateway_id: cfg.gateway_id.clone(),
         broker: broker.counters.clone(),
         broker_health: broker.health.clone(),
-        backpressure: broker.backpressure.clone(),
+        journal: journal.stats().clone(),
+        journal_handle: journal.clone(),
         mqtt: ingest_counters.clone(),
         modbus: modbus_counters.clone(),
         // In configuration order, as the operator wrote them.
@@ -299,7 +309,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down: stopping ingest");
     ops.ready.store(false, Ordering::Relaxed);
-    broker.stop_listeners();
+    broker.stop();
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
     if let Some(t) = modbus_task {
@@ -309,6 +319,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Ok(rules) => rules.shutdown().await,
         Err(e) => tracing::error!(error = %e, "rules reload task failed"),
     }
+    // Every batch is processed: the journal records how far, for the next start.
+    journal.close().await;
     tracing::info!("ingest stopped; delivering what is queued");
     for u in uplinks {
         let _ = u.await;

@@ -42,6 +42,8 @@ pub struct Config {
     #[serde(default)]
     pub ingest: IngestConfig,
     #[serde(default)]
+    pub journal: JournalConfig,
+    #[serde(default)]
     pub queue: QueueConfig,
     /// Modbus devices to poll.
     #[serde(default)]
@@ -51,8 +53,6 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
 }
 
-/// The smallest `broker.segment_size` rumqttd takes.
-pub const MIN_SEGMENT_SIZE: usize = 1024;
 /// The smallest `broker.max_payload_size`: room for any CONNECT a device sends.
 pub const MIN_PACKET_SIZE: usize = 1024;
 
@@ -67,36 +67,120 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// MQTT 3.1.1 listener.
+    /// The MQTT listener: 3.1, 3.1.1 and 5 on one port.
     pub listen: Option<SocketAddr>,
-    /// MQTT 5 listener (rumqttd serves each protocol version on its own port).
+    /// Replaced by `listen`, which serves MQTT 5 too; refused with a message saying so.
     pub listen_v5: Option<SocketAddr>,
+    /// An MQTT listener over TLS.
+    pub tls: Option<BrokerTlsConfig>,
+    /// Clients without a username. Unset: allowed only when every listener is on
+    /// loopback.
+    pub allow_anonymous: Option<bool>,
+    /// Users and password hashes, one `user:hash` a line (mosquitto's `$7$` lines or
+    /// `fieldgate passwd`'s argon2id lines).
+    pub password_file: Option<PathBuf>,
+    /// Access rules in mosquitto's ACL syntax; reloaded on SIGHUP and when it changes.
+    pub acl_file: Option<PathBuf>,
+    /// When a QoS 1/2 PUBLISH is acknowledged.
+    pub ack: AckMode,
     pub max_connections: usize,
     /// Largest MQTT packet a device may send (its payload, topic and header), in bytes.
     pub max_payload_size: usize,
-    /// In-flight QoS 1/2 messages per client.
+    /// In-flight QoS 1/2 messages per client (receive maximum).
     pub max_inflight: usize,
     /// Time a new connection has to send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Bytes per segment of the in-memory log the broker keeps per subscription filter.
-    pub segment_size: usize,
-    /// Segments per log; the oldest is dropped when full (backpressure keeps the
-    /// gateway's own ingest from falling that far behind).
-    pub segment_count: usize,
+    /// Longest topic name or filter, in bytes, and most levels in one.
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    /// Subscriptions one client may hold (0: no limit).
+    pub max_subscriptions: usize,
+    /// Longest client id, in bytes.
+    pub max_client_id_length: usize,
+    /// Largest keepalive a client may ask for: an MQTT 5 client asking for more is given
+    /// this one, an MQTT 3.1.1 client is refused.
+    pub max_keepalive: u16,
+}
+
+/// When the broker acknowledges a QoS 1/2 PUBLISH.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// Once the message is in the journal on disk.
+    #[default]
+    Durable,
+    /// At once; the journal writes it within a commit (a crash can lose the messages of
+    /// the last commit, a few milliseconds).
+    Received,
+}
+
+/// A TLS listener of the embedded broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTlsConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate they signed
+    /// (mutual TLS), and its common name is the client's username.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
-            listen_v5: Some(SocketAddr::from(([127, 0, 0, 1], 1884))),
+            listen_v5: None,
+            tls: None,
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            ack: AckMode::Durable,
             max_connections: 10_000,
             max_payload_size: 256 * 1024,
             max_inflight: 100,
             connect_timeout: Duration::from_secs(10),
-            segment_size: 1024 * 1024,
-            segment_count: 8,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_subscriptions: 100,
+            max_client_id_length: 256,
+            max_keepalive: u16::MAX,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The broker's listen addresses.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listen
+            .into_iter()
+            .chain(self.tls.as_ref().map(|t| t.listen))
+    }
+
+    /// Whether clients without a username may connect.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or_else(|| self.addresses().all(|a| a.ip().is_loopback()))
+    }
+}
+
+/// The ingest journal, under `data_dir/journal`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Most bytes of accepted messages not yet processed; devices wait beyond it.
+    pub max_bytes: u64,
+    /// Size of one journal file.
+    pub segment_bytes: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            segment_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -356,6 +440,20 @@ impl Config {
         cfg.check().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         cfg.data_dir = base.join(&cfg.data_dir);
         cfg.rules_dir = base.join(&cfg.rules_dir);
+        let b = &mut cfg.broker;
+        for p in [&mut b.password_file, &mut b.acl_file]
+            .into_iter()
+            .flatten()
+        {
+            *p = base.join(&*p);
+        }
+        if let Some(t) = &mut b.tls {
+            t.cert = base.join(&t.cert);
+            t.key = base.join(&t.key);
+            if let Some(ca) = &mut t.client_ca {
+                *ca = base.join(&*ca);
+            }
+        }
         for sink in cfg.sinks.values_mut() {
             match sink {
                 SinkConfig::File(f) => f.path = base.join(&f.path),
@@ -375,7 +473,10 @@ impl Config {
     fn listeners(&self) -> [(&'static str, Option<SocketAddr>); 3] {
         [
             ("broker.listen", self.broker.listen),
-            ("broker.listen_v5", self.broker.listen_v5),
+            (
+                "broker.tls.listen",
+                self.broker.tls.as_ref().map(|t| t.listen),
+            ),
             ("admin.listen", Some(self.admin.listen)),
         ]
     }
@@ -384,6 +485,7 @@ impl Config {
     /// devices exist. `run` makes these checks at start, and `validate` unless told it
     /// runs elsewhere (`--offline`). Errors name the key.
     pub fn check_host(&self) -> anyhow::Result<()> {
+        crate::broker::check_files(&self.broker)?;
         for (key, addr) in self.listeners() {
             let Some(addr) = addr else { continue };
             if let Err(e) = std::net::TcpListener::bind(addr) {
@@ -399,6 +501,20 @@ impl Config {
                     d.name
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Who may connect to the broker: off loopback, only clients that authenticate.
+    fn check_access(&self) -> anyhow::Result<()> {
+        let b = &self.broker;
+        let mutual_tls = b.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !b.anonymous_allowed() && b.password_file.is_none() && !mutual_tls {
+            bail!(
+                "key `broker`: a listener is reachable from other hosts and anonymous clients \
+                 are refused there, so set `broker.password_file` (see `fieldgate passwd`) or \
+                 `broker.tls.client_ca`; `allow_anonymous = true` lets anyone on the network in"
+            );
         }
         Ok(())
     }
@@ -439,9 +555,16 @@ impl Config {
             bail!("key `admin.max_connections` must be at least 1");
         }
         let b = &self.broker;
-        if b.listen.is_none() && b.listen_v5.is_none() {
-            bail!("key `broker`: set `listen` or `listen_v5`");
+        if let Some(addr) = b.listen_v5 {
+            bail!(
+                "key `broker.listen_v5` ({addr}) is gone: `broker.listen` serves MQTT 3.1.1 and 5 \
+                 on one port; remove `listen_v5`"
+            );
         }
+        if b.listen.is_none() && b.tls.is_none() {
+            bail!("key `broker`: set `listen` or `tls`");
+        }
+        self.check_access()?;
         let listeners = self.listeners();
         for (i, (key, addr)) in listeners.iter().enumerate() {
             let Some(addr) = addr else { continue };
@@ -453,14 +576,7 @@ impl Config {
                 }
             }
         }
-        // rumqttd's router stops (panics) on a smaller segment.
-        if b.segment_size < MIN_SEGMENT_SIZE {
-            bail!("key `broker.segment_size` must be at least {MIN_SEGMENT_SIZE} bytes");
-        }
-        if b.segment_count == 0 {
-            bail!("key `broker.segment_count` must be at least 1");
-        }
-        // rumqttd holds every packet, CONNECT included, to this size.
+        // Every packet, CONNECT included, is held to this size.
         if b.max_payload_size < MIN_PACKET_SIZE {
             bail!(
                 "key `broker.max_payload_size` must be at least {MIN_PACKET_SIZE} bytes: it bounds \
@@ -476,6 +592,29 @@ impl Config {
         if b.connect_timeout.is_zero() || b.connect_timeout > Duration::from_millis(u16::MAX.into())
         {
             bail!("key `broker.connect_timeout` must be positive and at most 65s");
+        }
+        if b.max_topic_length == 0 || b.max_topic_length > usize::from(u16::MAX) {
+            bail!("key `broker.max_topic_length` must be 1 to 65535");
+        }
+        if b.max_topic_levels == 0 {
+            bail!("key `broker.max_topic_levels` must be at least 1");
+        }
+        if b.max_client_id_length < 23 {
+            bail!("key `broker.max_client_id_length` must be at least 23 (MQTT's own minimum)");
+        }
+        if b.max_keepalive == 0 {
+            bail!("key `broker.max_keepalive` must be at least 1 second");
+        }
+        let j = &self.journal;
+        let least = 2 * b.max_payload_size as u64 + 2 * u64::from(u16::MAX);
+        if j.max_bytes < least {
+            bail!(
+                "key `journal.max_bytes` must be at least {least} bytes: twice the largest \
+                 message (`broker.max_payload_size`) with its topic"
+            );
+        }
+        if j.segment_bytes < 4096 {
+            bail!("key `journal.segment_bytes` must be at least 4096");
         }
         if self.ingest.batch_rows == 0 {
             bail!("key `ingest.batch_rows` must be positive");
@@ -690,16 +829,26 @@ mod tests {
         let cases = [
             ("[log]\nlevel = 'warning'", "log.level"),
             (
-                "[broker]\nlisten = '127.0.0.1:1883'\nlisten_v5 = '127.0.0.1:1883'",
+                "[broker]\nlisten = '127.0.0.1:1883'\nlisten_v5 = '127.0.0.1:1884'",
                 "broker.listen_v5",
             ),
+            ("[broker]\nlisten = '0.0.0.0:1883'", "broker.password_file"),
             (
-                "[broker]\nlisten = '0.0.0.0:1883'\nlisten_v5 = '127.0.0.1:1883'",
-                "broker.listen_v5",
+                "[broker]\nlisten = '0.0.0.0:1883'\nallow_anonymous = false",
+                "broker.password_file",
             ),
             ("[broker]\nlisten = '127.0.0.1:9180'\n", "admin.listen"),
-            ("[broker]\nsegment_size = 1", "broker.segment_size"),
-            ("[broker]\nsegment_count = 0", "broker.segment_count"),
+            (
+                "[broker]\ntls = { listen = '127.0.0.1:9180', cert = 'c', key = 'k' }",
+                "broker.tls.listen",
+            ),
+            ("[broker]\nsegment_size = 1", "segment_size"),
+            ("[broker]\nmax_topic_levels = 0", "broker.max_topic_levels"),
+            (
+                "[broker]\nmax_client_id_length = 8",
+                "broker.max_client_id_length",
+            ),
+            ("[journal]\nmax_bytes = 100", "journal.max_bytes"),
             ("[broker]\nmax_payload_size = 0", "broker.max_payload_size"),
             ("[broker]\nmax_connections = 0", "broker.max_connections"),
             ("[broker]\nmax_inflight = 0", "broker.max_inflight"),
@@ -715,7 +864,8 @@ mod tests {
         }
         // Distinct ports on distinct addresses are fine.
         Config::parse(
-            "rules_dir = 'r'\n[broker]\nlisten = '127.0.0.1:1883'\nlisten_v5 = '127.0.0.2:1883'\n",
+            "rules_dir = 'r'\n[broker]\nlisten = '127.0.0.1:1883'\n\
+             tls = { listen = '127.0.0.2:1883', cert = 'c', key = 'k' }\n",
             "gw.toml",
             base,
         )
@@ -727,7 +877,7 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let c = Config::parse(
-            &format!("rules_dir = 'r'\n[admin]\nlisten = '127.0.0.1:{port}'\n[broker]\nlisten = '127.0.0.1:0'\nlisten_v5 = '127.0.0.1:0'\n"),
+            &format!("rules_dir = 'r'\n[admin]\nlisten = '127.0.0.1:{port}'\n[broker]\nlisten = '127.0.0.1:0'\n"),
             "gw.toml",
             Path::new(""),
         )
@@ -740,7 +890,7 @@ mod tests {
         drop(taken);
         c.check_host().unwrap();
         let c = Config::parse(
-            "rules_dir = 'r'\n[broker]\nlisten = '127.0.0.1:0'\nlisten_v5 = '127.0.0.1:0'\n[admin]\nlisten = '127.0.0.1:0'\n\
+            "rules_dir = 'r'\n[broker]\nlisten = '127.0.0.1:0'\n[admin]\nlisten = '127.0.0.1:0'\n\
              [[modbus.devices]]\nname = 'meter'\ntransport = { type = 'rtu', path = '/dev/fieldgate-no-such-tty' }\n\
              [[modbus.devices.groups]]\nname = 'g'\ninterval = '1s'\ntags = [{ name = 'x', register = 40001 }]\n",
             "gw.toml",

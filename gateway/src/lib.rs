@@ -2,7 +2,8 @@
 //! inside, also used by its benchmarks.
 //!
 //! Data flows through the modules in this order: [`broker`] (the embedded MQTT broker)
-//! and the Modbus pollers → [`ingest`] (routing messages and poll rows to streams) →
+//! → [`journal`] (what it accepted, on disk before the PUBACK), and the Modbus pollers →
+//! [`ingest`] (routing messages and poll rows to streams) →
 //! [`pipeline`] (decoding and the SQL rules) → [`queue`] (durable, per sink) →
 //! [`uplink`] (delivery to the sinks). [`app`] wires them; [`reload`] keeps the rules
 //! live; [`config`] reads the TOML configuration; [`admin`] serves the health probes;
@@ -14,6 +15,7 @@ pub mod app;
 pub mod broker;
 pub mod config;
 pub mod ingest;
+pub mod journal;
 pub mod logging;
 pub mod pipeline;
 pub mod queue;

@@ -69,10 +69,14 @@ pub fn check_level(level: &str) -> Result<(), String> {
 }
 
 /// Starts logging at `level` (a level or filter, as `[log] level` says) unless
-/// `RUST_LOG` is set.
-pub fn init(format: Format, level: &str) {
-    // rumqttd reports every client that goes away at error level; keep it to warnings.
-    let quiet_broker = "rumqttd=warn,rumqttd::router::routing=off";
+/// `RUST_LOG` is set. `library_lines` sees the lines of the libraries under the gateway
+/// at info and above, whatever is logged (the broker counts its protocol errors so).
+pub fn init<L>(format: Format, level: &str, library_lines: L)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    // rmqtt reports every client that goes away at info level; keep it to warnings.
+    let quiet_broker = "rmqtt=warn,rmqtt_net=warn,rmqtt_codec=warn";
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::try_new(format!("{level},{quiet_broker}"))
             .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet_broker}")))
@@ -90,7 +94,15 @@ pub fn init(format: Format, level: &str) {
     // which is asked at every line (a dynamic filter: its answer is never cached).
     let limit = Limiter::default();
     let filter = filter.and(DynFilterFn::new(move |meta, _| limit.allow(meta)));
+    // Libraries that log through `log` arrive under the target "log".
+    let library = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO && !meta.target().starts_with("fieldgate")
+    })
+    // So that `log`'s own level stays at info where the rest allows no more: its debug
+    // lines are then skipped where they are written.
+    .with_max_level_hint(tracing::level_filters::LevelFilter::INFO);
     let _ = tracing_subscriber::registry()
+        .with(library_lines.with_filter(library))
         .with(layer.with_filter(filter))
         .try_init();
 }
@@ -170,7 +182,7 @@ mod tests {
             "info",
             "WARN",
             "debug,fieldgate::queue=trace",
-            "rumqttd=off,info",
+            "rmqtt=off,info",
             "off",
         ] {
             assert_eq!(check_level(ok), Ok(()), "{ok}");

@@ -52,6 +52,14 @@ enum Command {
     Rules(RulesCommand),
     /// Generate load: simulated sensors publishing JSON readings over MQTT.
     Simulate(SimulateArgs),
+    /// Set a user's password in the broker's password file (argon2id; created if
+    /// missing). The password is asked for on the terminal, or read as one line from
+    /// standard input when that is not a terminal.
+    Passwd {
+        /// The password file (`broker.password_file`).
+        file: PathBuf,
+        user: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -153,6 +161,10 @@ fn main() -> ExitCode {
         Command::Rules(cmd) => {
             init_logging(cli.log_format, "warn");
             exit_code(rules(cmd))
+        }
+        Command::Passwd { file, user } => {
+            init_logging(cli.log_format, "warn");
+            exit_code(passwd(&file, &user).map(|()| true))
         }
         Command::Simulate(args) => {
             init_logging(cli.log_format, "warn");
@@ -315,5 +327,45 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Text => logging::Format::Text,
         LogFormat::Json => logging::Format::Json,
     };
-    logging::init(format, level);
+    // The broker's lines about connections it closed are counted whatever is logged.
+    logging::init(format, level, fieldgate::broker::ProtocolErrorLayer);
+}
+
+/// `fieldgate passwd FILE USER`.
+fn passwd(file: &std::path::Path, user: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let read_line = || -> anyhow::Result<String> {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let password = if stdin.is_terminal() {
+        let ask = |prompt: &str| -> anyhow::Result<String> {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+            let fd = std::io::stdin();
+            let saved = rustix::termios::tcgetattr(&fd)?;
+            let mut quiet = saved.clone();
+            quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+            rustix::termios::tcsetattr(&fd, rustix::termios::OptionalActions::Now, &quiet)?;
+            let line = read_line();
+            rustix::termios::tcsetattr(&fd, rustix::termios::OptionalActions::Now, &saved)?;
+            eprintln!();
+            line
+        };
+        let first = ask("Password: ")?;
+        if ask("Again: ")? != first {
+            anyhow::bail!("the passwords differ; nothing changed");
+        }
+        first
+    } else {
+        read_line()?
+    };
+    if password.is_empty() {
+        anyhow::bail!("empty password; nothing changed");
+    }
+    fieldgate::broker::passwords::set(file, user, &password)?;
+    eprintln!("password of `{user}` set in {}", file.display());
+    Ok(())
 }

@@ -133,9 +133,12 @@ pub async fn run_stream(
                 }
             }
         };
+        // The journal keeps these payloads until their results are durable in the queues.
+        let mut holds = Vec::new();
         let batch = match input {
             Input::Rows(batch) => batch,
-            Input::Payloads(mut payloads) => {
+            Input::Payloads(mut payloads, first_holds) => {
+                holds = first_holds;
                 // Batches that waited while the last one ran go through together.
                 while payloads.len() < batch_rows && next_rules.as_ref().is_none_or(|(_, n)| *n > 0)
                 {
@@ -144,8 +147,11 @@ pub async fn run_stream(
                         *n -= 1;
                     }
                     match more {
-                        Input::Payloads(more) if payloads.len() + more.len() <= batch_rows => {
-                            payloads.extend(more)
+                        Input::Payloads(more, more_holds)
+                            if payloads.len() + more.len() <= batch_rows =>
+                        {
+                            payloads.extend(more);
+                            holds.extend(more_holds);
                         }
                         other => {
                             held = Some(other);
@@ -184,6 +190,7 @@ pub async fn run_stream(
         let (outputs, errors) = pipeline.push(&batch).await;
         log_rule_errors(&stream, errors, &mut rule_error_log);
         deliver(&stream, outputs, &ctx, &counters).await;
+        drop(holds);
     }
     let open: usize = pipeline.rules.iter().map(|r| r.open_windows()).sum();
     if open > 0 {

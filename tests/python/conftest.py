@@ -27,25 +27,33 @@ def binary() -> pathlib.Path:
 
 
 class Gateway:
-    def __init__(self, tmp: pathlib.Path):
-        self.v4 = free_port()
-        self.v5 = free_port()
+    """One fieldgate process; `broker` holds extra keys of its [broker] table, `extra`
+    whole tables (sinks, journal) appended to the config."""
+
+    def __init__(self, tmp: pathlib.Path, broker: str = "", extra: str = "", rules: str = ""):
+        self.tmp = tmp
+        self.port = free_port()
+        # One port serves MQTT 3.1.1 and 5.
+        self.v4 = self.v5 = self.port
         self.admin = free_port()
-        (tmp / "rules").mkdir()
+        (tmp / "rules").mkdir(exist_ok=True)
         (tmp / "rules" / "r.sql").write_text(
-            "CREATE STREAM s (v BIGINT) WITH (DATASOURCE = 'unused/#', FORMAT = 'json');\n"
+            rules or "CREATE STREAM s (v BIGINT) WITH (DATASOURCE = 'unused/#', FORMAT = 'json');\n"
         )
-        config = tmp / "fieldgate.toml"
-        config.write_text(
-            f'data_dir = "data"\nrules_dir = "rules"\n'
-            f'[broker]\nlisten = "127.0.0.1:{self.v4}"\nlisten_v5 = "127.0.0.1:{self.v5}"\n'
-            f'[admin]\nlisten = "127.0.0.1:{self.admin}"\n'
+        self.config = tmp / "fieldgate.toml"
+        self.config.write_text(
+            f'gateway_id = "gw-test"\ndata_dir = "data"\nrules_dir = "rules"\n'
+            f'[broker]\nlisten = "127.0.0.1:{self.port}"\n{broker}\n'
+            f'[admin]\nlisten = "127.0.0.1:{self.admin}"\n{extra}\n'
         )
         self.log = tmp / "fieldgate.log"
+        self.start()
+
+    def start(self):
         self.proc = subprocess.Popen(
-            [str(binary()), "run", "--config", str(config)],
+            [str(binary()), "run", "--config", str(self.config)],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.log, "w"),
+            stderr=open(self.log, "a"),
         )
         deadline = time.monotonic() + 30
         while True:
@@ -58,6 +66,20 @@ class Gateway:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"fieldgate did not become ready:\n{self.log.read_text()}")
             time.sleep(0.05)
+
+    def metrics(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, _, v = line.rpartition(" ")
+                out[k] = float(v)
+        return out
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)

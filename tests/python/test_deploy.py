@@ -7,7 +7,10 @@ under deploy/k8s/, and the Grafana dashboard under deploy/grafana/.
   mounted as a directory, the admin token from a Secret;
 - the config and rules an overlay puts in its ConfigMaps, laid out as the pod mounts
   them, pass `fieldgate rules check` and `fieldgate validate`;
-- the overlays' rules and configs are the ones in configs/;
+- the broker's password file comes from a Secret and its ACL from a ConfigMap, mounted
+  where the config's `broker.password_file` and `broker.acl_file` say; the password files
+  in configs/ hold no users, and the ACL files load;
+- the overlays' rules, configs and ACLs are the ones in configs/;
 - every metric the dashboard queries is one the gateway exports (CONTRACT_METRICS).
   `dashboard_metric_names()` is meant to be reused by a test that scrapes /metrics.
 """
@@ -41,6 +44,9 @@ RULES_PATH = "/etc/fieldgate/rules"
 DATA_PATH = "/var/lib/fieldgate"
 RUN_ARGS = ["run", "--config", CONFIG_PATH, "--log-format", "json"]
 USER_ID = 10001
+# The broker's users: a Secret (not in git) with the password file under this key.
+MQTT_USERS_SECRET = "fieldgate-mqtt-users"
+MQTT_USERS_KEY = "passwd"
 
 # The metrics the gateway exports on /metrics, by the name of their samples (counters
 # end in _total), with their type and label names. A histogram's samples are
@@ -50,9 +56,18 @@ CONTRACT_METRICS = {
     "fieldgate_ready": ("gauge", set()),
     "fieldgate_mqtt_messages_received_total": ("counter", set()),
     "fieldgate_mqtt_messages_unrouted_total": ("counter", set()),
-    "fieldgate_mqtt_messages_skipped_total": ("counter", set()),
     "fieldgate_broker_connections": ("gauge", set()),
     "fieldgate_broker_connections_accepted_total": ("counter", set()),
+    "fieldgate_broker_refused_total": ("counter", {"reason"}),
+    "fieldgate_broker_access_reloads_total": ("counter", {"result"}),
+    "fieldgate_journal_bytes": ("gauge", set()),
+    "fieldgate_journal_entries": ("gauge", set()),
+    "fieldgate_journal_appended_total": ("counter", set()),
+    "fieldgate_journal_recovered_total": ("counter", set()),
+    "fieldgate_journal_write_errors_total": ("counter", set()),
+    "fieldgate_journal_waits_total": ("counter", set()),
+    "fieldgate_journal_wait_seconds_total": ("counter", set()),
+    "fieldgate_journal_commit_seconds": ("histogram", set()),
     "fieldgate_stream_rows_total": ("counter", {"stream"}),
     "fieldgate_stream_decode_errors_total": ("counter", {"stream"}),
     "fieldgate_stream_payloads_rejected_total": ("counter", {"stream", "reason"}),
@@ -90,6 +105,19 @@ CONTRACT_METRICS = {
     "process_resident_memory_bytes": ("gauge", set()),
     "process_cpu_seconds_total": ("counter", set()),
 }
+# The values of the labels that name a fixed set of causes (every one exported from the
+# start, at 0), which dashboards and alerts may match on.
+CONTRACT_LABEL_VALUES = {
+    ("fieldgate_broker_refused_total", "reason"): {
+        "bad_credentials", "anonymous", "subscribe_denied", "publish_denied", "system_topic",
+        "topic_limits", "too_large",
+    },
+    ("fieldgate_broker_protocol_errors_total", "reason"): {
+        "bad_protocol", "invalid_packet_type", "too_large", "invalid_topic", "packet_id",
+        "malformed", "connect_timeout", "keepalive_timeout", "other",
+    },
+    ("fieldgate_broker_access_reloads_total", "result"): {"ok", "error"},
+}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Labels Prometheus adds to every scraped series (target and Kubernetes discovery labels).
 TARGET_LABELS = {"instance", "job", "namespace", "pod", "node", "service", "container", "endpoint"}
@@ -97,6 +125,11 @@ TARGET_LABELS = {"instance", "job", "namespace", "pod", "node", "service", "cont
 # What the dashboard must show (the metric families behind each required panel).
 DASHBOARD_REQUIRED = {
     "fieldgate_mqtt_messages_received_total",
+    "fieldgate_broker_refused_total",
+    "fieldgate_journal_bytes",
+    "fieldgate_journal_entries",
+    "fieldgate_journal_waits_total",
+    "fieldgate_journal_commit_seconds",
     "fieldgate_rule_records_in_total",
     "fieldgate_rule_records_out_total",
     "fieldgate_rule_batch_duration_seconds",
@@ -280,24 +313,92 @@ def mounted_configmaps(docs: list) -> tuple:
     return config_mount, config_cm, rules_mount, rules_cm
 
 
+def mounted_file(docs: list, path: str) -> tuple:
+    """What the pod shows at `path`: (mount, volume, key), the key being the Secret's or
+    ConfigMap's key behind the file."""
+    spec = pod_spec(workload(docs))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for m in gateway_container(docs)["volumeMounts"]:
+        if m.get("subPath"):
+            if m["mountPath"] != path:
+                continue
+            rel = m["subPath"]
+        elif path.startswith(m["mountPath"].rstrip("/") + "/"):
+            rel = path[len(m["mountPath"].rstrip("/")) + 1:]
+        else:
+            continue
+        volume = volumes[m["name"]]
+        source = volume.get("secret") or volume.get("configMap") or {}
+        items = source.get("items")
+        if items is None:
+            return m, volume, rel
+        keys = [i["key"] for i in items if i["path"] == rel]
+        assert keys, f"volume {m['name']} mounted at {m['mountPath']} has no item {rel}"
+        return m, volume, keys[0]
+    pytest.fail(f"the pod mounts nothing at {path}")
+
+
+def broker_config(docs: list) -> dict:
+    config_mount, config_cm, _, _ = mounted_configmaps(docs)
+    return tomllib.loads(config_cm["data"][config_mount["subPath"]]).get("broker", {})
+
+
+NO_USERS = "# The fieldgate-mqtt-users Secret's password file stands here: no users.\n"
+
+
 def lay_out_pod_files(docs: list, tmp: pathlib.Path) -> pathlib.Path:
     """Writes the ConfigMaps' files where the pod sees them, under tmp, and returns the
-    config file; the config's absolute pod paths are moved under tmp too."""
+    config file; the config's absolute pod paths are moved under tmp too. The password
+    file, a Secret's that git does not hold, is one without users."""
     config_mount, config_cm, _, rules_cm = mounted_configmaps(docs)
-    return lay_out_files(config_cm["data"][config_mount["subPath"]], rules_cm["data"], tmp)
+    broker = broker_config(docs)
+    files = {}
+    if "password_file" in broker:
+        files[broker["password_file"]] = NO_USERS
+    if "acl_file" in broker:
+        _, volume, key = mounted_file(docs, broker["acl_file"])
+        files[broker["acl_file"]] = one(docs, "ConfigMap", volume["configMap"]["name"])["data"][key]
+    return lay_out_files(config_cm["data"][config_mount["subPath"]], rules_cm["data"], tmp, files)
 
 
-def lay_out_files(config_text: str, rules: dict, tmp: pathlib.Path) -> pathlib.Path:
+def lay_out_files(config_text: str, rules: dict, tmp: pathlib.Path, files: dict | None = None) -> pathlib.Path:
+    """`files`: other files of the pod, {absolute path under /etc/fieldgate: text}."""
     etc = tmp / "etc" / "fieldgate"
     data = tmp / "var" / "lib" / "fieldgate"
     (etc / "rules").mkdir(parents=True)
     data.mkdir(parents=True)
     for name, text in rules.items():
         (etc / "rules" / name).write_text(text)
-    text = config_text.replace(RULES_PATH, str(etc / "rules")).replace(DATA_PATH, str(data))
+    for path, text in (files or {}).items():
+        rel = pathlib.PurePosixPath(path).relative_to("/etc/fieldgate")
+        (etc / rel).parent.mkdir(parents=True, exist_ok=True)
+        (etc / rel).write_text(text)
+    text = config_text.replace("/etc/fieldgate/", f"{etc}/").replace(DATA_PATH, str(data))
     config = etc / "fieldgate.toml"
     config.write_text(text)
     return config
+
+
+def check_access_files(tmp: pathlib.Path, password_file: pathlib.Path, acl_file: pathlib.Path | None):
+    """`fieldgate validate` (not --offline: it reads the password and ACL files) of a
+    config on free loopback ports that uses these files."""
+    from conftest import free_port
+
+    (tmp / "rules").mkdir(exist_ok=True)
+    (tmp / "rules" / "r.sql").write_text(
+        "CREATE STREAM s (v BIGINT) WITH (DATASOURCE = 'unused/#', FORMAT = 'json');\n"
+    )
+    config = tmp / "access.toml"
+    config.write_text(
+        f'data_dir = "data"\nrules_dir = "rules"\n'
+        f'[broker]\nlisten = "127.0.0.1:{free_port()}"\nallow_anonymous = false\n'
+        f"password_file = {json.dumps(str(password_file))}\n"
+        + (f"acl_file = {json.dumps(str(acl_file))}\n" if acl_file else "")
+        + f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    out = subprocess.run([str(binary()), "validate", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{password_file}, {acl_file}: validate failed:\n{out.stdout}{out.stderr}"
 
 
 def env_for(config_text: str) -> dict:
@@ -357,7 +458,7 @@ def test_pod_keeps_the_contract(overlay):
     assert c["args"] == RUN_ARGS
     assert c["image"].split("/")[-1].startswith("fieldgate:")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"mqtt": 1883, "mqtt-v5": 1884, "admin": 9180}
+    assert ports == {"mqtt": 1883, "admin": 9180}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "64Mi"},
@@ -391,6 +492,23 @@ def test_pod_keeps_the_contract(overlay):
     assert config_mount["subPath"] == "fieldgate.toml"
     assert tomllib.loads(config_text)["rules_dir"] == RULES_PATH
     assert tomllib.loads(config_text)["data_dir"] == DATA_PATH
+    # The broker listens on the pod's network: its clients log in with a user of the
+    # password file, a Secret's, mounted as a directory (a changed Secret then reaches
+    # the running pod, which reloads it) where `broker.password_file` says; an ACL file
+    # likewise comes from a ConfigMap.
+    broker = tomllib.loads(config_text)["broker"]
+    assert broker.get("allow_anonymous") is not True
+    assert "listen_v5" not in broker
+    users_mount, users_volume, users_key = mounted_file(docs, broker["password_file"])
+    assert users_volume.get("secret", {}).get("secretName") == MQTT_USERS_SECRET, users_volume
+    assert users_key == MQTT_USERS_KEY
+    assert users_mount.get("readOnly") is True and "subPath" not in users_mount
+    assert name != "factory" or "acl_file" in broker, "the factory's broker has an ACL"
+    if "acl_file" in broker:
+        acl_mount, acl_volume, acl_key = mounted_file(docs, broker["acl_file"])
+        assert acl_mount.get("readOnly") is True and "subPath" not in acl_mount
+        acl_cm = one(docs, "ConfigMap", acl_volume["configMap"]["name"])
+        assert acl_key in acl_cm["data"], f"ConfigMap {acl_cm['metadata']['name']} has no key {acl_key}"
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert DATA_PATH in mounts and not mounts[DATA_PATH].get("readOnly")
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -412,7 +530,7 @@ def test_pod_keeps_the_contract(overlay):
         assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
         mqtt = one(docs, "Service", "fieldgate-mqtt")
         assert mqtt["spec"]["type"] in ("LoadBalancer", "NodePort")
-        assert {p["port"] for p in mqtt["spec"]["ports"]} == {1883, 1884}
+        assert {p["port"] for p in mqtt["spec"]["ports"]} == {1883}
 
 
 def test_overlay_rules_check(overlay, tmp_path):
@@ -438,6 +556,42 @@ def test_overlay_validates(overlay, tmp_path):
     )
     assert out.returncode == 0, f"{name}: validate failed:\n{out.stdout}{out.stderr}"
     assert out.stdout.startswith("ok"), out.stdout
+
+
+def test_overlay_access_files_load(overlay, tmp_path):
+    """The ACL the overlay's ConfigMap holds, and a password file in the Secret's place,
+    load as `run` loads them (`validate --offline` does not read them)."""
+    name, docs = overlay
+    config = lay_out_pod_files(docs, tmp_path / "pod")
+    broker = tomllib.loads(config.read_text())["broker"]
+    acl = broker.get("acl_file")
+    check_access_files(tmp_path, pathlib.Path(broker["password_file"]), acl and pathlib.Path(acl))
+
+
+def test_base_pod_mounts_the_base_configs_password_file():
+    """The image's config, which the base also mounts, names the password file where the
+    base pod mounts the fieldgate-mqtt-users Secret."""
+    need_yaml()
+    pod = yaml.safe_load((K8S / "base" / "pod" / "gateway-pod.yaml").read_text())
+    broker = tomllib.loads((K8S / "base" / "fieldgate.toml").read_text())["broker"]
+    mount, volume, key = mounted_file([pod], broker["password_file"])
+    assert volume.get("secret", {}).get("secretName") == MQTT_USERS_SECRET and key == MQTT_USERS_KEY
+    assert mount.get("readOnly") is True and "subPath" not in mount
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_configs_ship_no_users_and_their_acls_load(name, tmp_path):
+    """configs/<name>.toml's password file holds no users (nothing is open before users
+    are added with `fieldgate passwd`), and it and the ACL load."""
+    source_config = ROOT / "configs" / f"{name}.toml"
+    broker = tomllib.loads(source_config.read_text())["broker"]
+    assert "listen_v5" not in broker and broker.get("allow_anonymous") is not True
+    passwd = source_config.parent / broker["password_file"]
+    lines = [l.strip() for l in passwd.read_text().splitlines()]
+    assert all(not l or l.startswith("#") for l in lines), f"{passwd} holds users: ship it without"
+    assert f"fieldgate passwd configs/{name}/mqtt/passwd" in passwd.read_text()
+    acl = broker.get("acl_file") and source_config.parent / broker["acl_file"]
+    check_access_files(tmp_path, passwd, acl)
 
 
 def test_base_config_validates(tmp_path):
@@ -475,7 +629,27 @@ def test_rules_and_config_match_configs(name):
     for cfg in (k8s, src):
         for key in ("token", "token_env"):
             cfg.get("admin", {}).pop(key, None)
+    # broker.password_file and broker.acl_file differ by design: configs/ runs from the
+    # repository and names the files next to it (relative to its directory), the overlay
+    # names the absolute paths where the pod mounts the fieldgate-mqtt-users Secret and the
+    # ACL ConfigMap (test_pod_keeps_the_contract checks those mounts). Both set the same
+    # keys, the files keep their names, and the ACL the pod gets is configs/'s (below).
+    access = {}
+    for key in ("password_file", "acl_file"):
+        access[key] = (k8s.get("broker", {}).pop(key, None), src.get("broker", {}).pop(key, None))
+        ours_path, theirs_path = access[key]
+        assert (ours_path is None) == (theirs_path is None), f"broker.{key}: one config sets it, the other not"
+        if ours_path is not None:
+            assert pathlib.PurePosixPath(ours_path).is_absolute(), f"broker.{key}: the pod's path"
+            assert pathlib.PurePosixPath(ours_path).name == pathlib.PurePosixPath(theirs_path).name, key
     assert k8s == src, f"deploy/k8s/overlays/{name}/fieldgate.toml differs from {source_config}"
+    pod_acl, src_acl = access["acl_file"]
+    if pod_acl is not None:
+        docs = render(K8S / "overlays" / name)
+        _, volume, key = mounted_file(docs, pod_acl)
+        mounted = one(docs, "ConfigMap", volume["configMap"]["name"])["data"][key]
+        assert mounted == (source_config.parent / src_acl).read_text(), (
+            f"the ACL of deploy/k8s/overlays/{name} differs from configs/{src_acl}: copy it again")
 
 
 def test_kubectl_and_fallback_render_alike():
@@ -562,7 +736,7 @@ def test_dockerfile():
     user = [a for w, a in final if w == "USER"]
     assert user and user[-1].split(":")[0] == str(USER_ID)
     exposed = {p for w, a in final if w == "EXPOSE" for p in a.split()}
-    assert {"1883", "1884", "9180"} <= exposed
+    assert exposed == {"1883", "9180"}
     health = [a for w, a in final if w == "HEALTHCHECK"]
     assert health and "/healthz" in health[0] and "9180" in health[0]
     assert any(w == "VOLUME" and DATA_PATH in a for w, a in final)
@@ -675,14 +849,14 @@ def test_dashboard_is_importable():
 
 def running_gateway_metrics(tmp: pathlib.Path) -> dict:
     """Starts the gateway with a sink of every kind and an unreachable Modbus device,
-    scrapes /metrics once it is ready, stops it, and returns {family: (type, labels)}
-    from the exposition (# TYPE lines, and label names of the samples)."""
+    scrapes /metrics once it is ready, stops it, and returns {family: (type, labels,
+    {label: values})} from the exposition (# TYPE lines, and the labels of the samples)."""
     import time
     import urllib.request
 
     from conftest import free_port
 
-    v4, v5, admin, dead = free_port(), free_port(), free_port(), free_port()
+    mqtt, admin, dead = free_port(), free_port(), free_port()
     (tmp / "rules").mkdir()
     (tmp / "rules" / "r.sql").write_text(
         "CREATE STREAM s (device STRING, v BIGINT) WITH (DATASOURCE = 'sensors/+');\n"
@@ -693,7 +867,7 @@ def running_gateway_metrics(tmp: pathlib.Path) -> dict:
     config = tmp / "fieldgate.toml"
     config.write_text(
         f'data_dir = "data"\nrules_dir = "rules"\n'
-        f'[broker]\nlisten = "127.0.0.1:{v4}"\nlisten_v5 = "127.0.0.1:{v5}"\n'
+        f'[broker]\nlisten = "127.0.0.1:{mqtt}"\n'
         f'[admin]\nlisten = "127.0.0.1:{admin}"\ntoken = "t0k"\n'
         f"[[modbus.devices]]\nname = \"plc\"\n"
         f'transport = {{ type = "tcp", host = "127.0.0.1", port = {dead} }}\ntimeout = "100ms"\n'
@@ -733,15 +907,18 @@ def running_gateway_metrics(tmp: pathlib.Path) -> dict:
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
-            families[name] = (kind, set())
+            families[name] = (kind, set(), {})
         elif line and not line.startswith("#"):
             sample = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})? ", line)
             assert sample, f"not a sample line: {line}"
             name = sample.group(1)
             family = next((f for f in families if name == f or name in (f + s for s in HISTOGRAM_SUFFIXES)), None)
             assert family, f"a sample without its # TYPE line: {line}"
-            labels = set(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="', sample.group(2) or "")) - {"le"}
-            families[family][1].update(labels)
+            pairs = re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', sample.group(2) or "")
+            for label, value in pairs:
+                if label != "le":
+                    families[family][1].add(label)
+                    families[family][2].setdefault(label, set()).add(value)
     return families
 
 
@@ -751,5 +928,8 @@ def test_a_running_gateway_exports_the_contract_and_the_dashboard_metrics(tmp_pa
         assert name in exposed, f"/metrics lacks {name}"
         assert exposed[name][0] == kind, f"{name} is a {exposed[name][0]}, not a {kind}"
         assert exposed[name][1] == labels, f"{name} has labels {exposed[name][1]}, not {labels}"
+    for (name, label), values in CONTRACT_LABEL_VALUES.items():
+        got = exposed[name][2].get(label, set())
+        assert got == values, f"{name}{{{label}}} has {sorted(got)}, not {sorted(values)}"
     missing = sorted(dashboard_metric_names() - exposed.keys())
     assert not missing, f"the dashboard queries metrics /metrics does not have: {missing}"

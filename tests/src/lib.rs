@@ -205,8 +205,8 @@ pub fn fieldgate_binary() -> PathBuf {
 /// Ports and files of one gateway under test.
 pub struct GatewaySetup {
     pub dir: PathBuf,
+    /// The broker's port: MQTT 3.1.1 and 5.
     pub mqtt_port: u16,
-    pub mqtt5_port: u16,
     pub admin_port: u16,
 }
 
@@ -226,7 +226,6 @@ impl GatewaySetup {
         let s = GatewaySetup {
             dir: dir.to_path_buf(),
             mqtt_port: free_port(),
-            mqtt5_port: free_port(),
             admin_port: free_port(),
         };
         std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
@@ -235,10 +234,10 @@ impl GatewaySetup {
             dir.join("fieldgate.toml"),
             format!(
                 "gateway_id = \"gw-test\"\ndata_dir = \"data\"\nrules_dir = \"rules\"\n\
-                 [broker]\nlisten = \"127.0.0.1:{}\"\nlisten_v5 = \"127.0.0.1:{}\"\n\
+                 [broker]\nlisten = \"127.0.0.1:{}\"\n\
                  [admin]\nlisten = \"127.0.0.1:{}\"\n{admin_toml}\n[ingest]\nbatch_delay = \"5ms\"\n\
                  [queue]\ndrain_timeout = \"1s\"\n{sinks_toml}",
-                s.mqtt_port, s.mqtt5_port, s.admin_port
+                s.mqtt_port, s.admin_port
             ),
         )
         .expect("config file");
@@ -249,13 +248,16 @@ impl GatewaySetup {
         self.dir.join("fieldgate.toml")
     }
 
-    /// Adds `lines` to the `[table]` of the written config (`broker`, `queue`, ...).
+    /// Adds `lines` to the `[table]` of the written config (`broker`, `queue`, ...),
+    /// which is added at the end when the config has none.
     pub fn add_to_table(&self, table: &str, lines: &str) {
         let path = self.config();
         let text = std::fs::read_to_string(&path).expect("config file");
         let header = format!("[{table}]\n");
-        assert!(text.contains(&header), "the config has no [{table}] table");
-        let text = text.replacen(&header, &format!("{header}{lines}\n"), 1);
+        let text = match text.contains(&header) {
+            true => text.replacen(&header, &format!("{header}{lines}\n"), 1),
+            false => format!("{text}\n{header}{lines}\n"),
+        };
         std::fs::write(&path, text).expect("config file");
     }
 }

@@ -55,6 +55,7 @@ async fn metrics_count_exactly_what_was_sent() {
         eventually(WAIT, || {
             let m = scrape(setup.admin_port, None);
             m.get("fieldgate_sink_delivered_total{sink=\"disk\"}") == Some(&500.0)
+                && m.get("fieldgate_stream_decode_errors_total{stream=\"readings\"}") == Some(&7.0)
         })
         .await,
         "not all results delivered; log:\n{}",

@@ -20,11 +20,7 @@ fn config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
 }
 
 fn ports() -> String {
-    format!(
-        "listen = \"127.0.0.1:{}\"\nlisten_v5 = \"127.0.0.1:{}\"\n",
-        free_port(),
-        free_port()
-    )
+    format!("listen = \"127.0.0.1:{}\"\n", free_port())
 }
 
 fn admin() -> String {
@@ -81,20 +77,49 @@ fn what_cannot_run_is_refused_by_validate_and_by_run_naming_the_key() {
             "log.level",
         ),
         (
-            "the MQTT 5 listener on the MQTT 3.1.1 port",
-            {
-                let p = free_port();
-                format!(
-                    "[broker]\nlisten = \"127.0.0.1:{p}\"\nlisten_v5 = \"127.0.0.1:{p}\"\n{}",
-                    admin()
-                )
-            },
+            "a separate MQTT 5 listener (one port serves both)",
+            format!(
+                "[broker]\n{b}listen_v5 = \"127.0.0.1:{}\"\n{}",
+                free_port(),
+                admin()
+            ),
             "broker.listen_v5",
         ),
         (
-            "segments smaller than rumqttd takes",
-            format!("[broker]\n{b}segment_size = 1\n{}", admin()),
-            "broker.segment_size",
+            "a listener off loopback with no way to authenticate",
+            format!(
+                "[broker]\nlisten = \"0.0.0.0:{}\"\n{}",
+                free_port(),
+                admin()
+            ),
+            "broker.password_file",
+        ),
+        (
+            "a password file that is not one",
+            {
+                let pw = tmp.path().join("passwd");
+                std::fs::write(&pw, "alice:plaintext\n").unwrap();
+                format!(
+                    "[broker]\n{b}password_file = \"{}\"\n{}",
+                    pw.display(),
+                    admin()
+                )
+            },
+            "passwd:1",
+        ),
+        (
+            "an ACL file with an unknown keyword",
+            {
+                let acl = tmp.path().join("acl");
+                std::fs::write(&acl, "user alice\ntopic read a/#\ngrant all\n").unwrap();
+                format!("[broker]\n{b}acl_file = \"{}\"\n{}", acl.display(), admin())
+            },
+            "acl:3",
+        ),
+        (
+            "a journal smaller than two messages",
+            format!("[broker]\n{b}{}[journal]\nmax_bytes = 1000\n", admin()),
+            "journal.max_bytes",
         ),
         (
             "packets too small for a CONNECT",
@@ -113,11 +138,7 @@ fn what_cannot_run_is_refused_by_validate_and_by_run_naming_the_key() {
         ),
         (
             "a broker port in use",
-            format!(
-                "[broker]\nlisten = \"127.0.0.1:{taken_port}\"\nlisten_v5 = \"127.0.0.1:{}\"\n{}",
-                free_port(),
-                admin()
-            ),
+            format!("[broker]\nlisten = \"127.0.0.1:{taken_port}\"\n{}", admin()),
             "broker.listen",
         ),
         (

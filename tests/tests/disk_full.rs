@@ -48,8 +48,8 @@ fn setup(
         STREAM,
     );
     setup.add_to_table("queue", queue);
-    // A small broker log: backpressure reaches the devices after a few hundred messages.
-    setup.add_to_table("broker", "segment_size = 65536\nsegment_count = 4");
+    // A small journal: backpressure reaches the devices after a few thousand messages.
+    setup.add_to_table("journal", "max_bytes = 1048576\nsegment_bytes = 65536");
     setup.add_to_table("ingest", "batch_rows = 128");
     let disk = SmallDisk::mount(&dir.join("data"), mib);
     (setup, disk)
@@ -92,21 +92,31 @@ async fn a_disk_filled_by_something_else_holds_devices_back_and_loses_nothing() 
     let filler = disk.fill();
     let total: i64 = 40_000;
     let device = CountingPublisher::start(setup.mqtt_port, "dev2", readings(first..total));
-    let failing = eventually(Duration::from_secs(30), || {
+    // Whichever writes first meets the full disk: the sink's queue, or the ingest
+    // journal in front of it.
+    let queue_failed = || {
         metric(
             setup.admin_port,
             "fieldgate_queue_storage_errors_total{sink=\"cloud\"}",
         ) > 0.0
+    };
+    let journal_failed = || metric(setup.admin_port, "fieldgate_journal_write_errors_total") > 0.0;
+    let failing = eventually(Duration::from_secs(30), || {
+        queue_failed() || journal_failed()
     })
     .await;
     assert!(failing, "no storage error counted; log:\n{}", gw.log_text());
     let (status, body) = http(setup.admin_port, "GET", "/readyz", None);
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("cloud") && body.contains("durable"), "{body}");
-    assert_eq!(
-        metric(setup.admin_port, "fieldgate_queue_writable{sink=\"cloud\"}"),
-        0.0
-    );
+    if queue_failed() {
+        assert!(body.contains("cloud") && body.contains("durable"), "{body}");
+        assert_eq!(
+            metric(setup.admin_port, "fieldgate_queue_writable{sink=\"cloud\"}"),
+            0.0
+        );
+    } else {
+        assert!(body.contains("journal"), "{body}");
+    }
     // Held back: the device gets no more acknowledgements while the disk stays full.
     let mut stalled = false;
     for _ in 0..15 {
@@ -127,6 +137,7 @@ async fn a_disk_filled_by_something_else_holds_devices_back_and_loses_nothing() 
             setup.admin_port,
             "fieldgate_stream_queue_waits_total{stream=\"readings\"}"
         ) > 0.0
+            || journal_failed()
     );
 
     // Space returns: the same process takes everything, then delivers it.

@@ -15,7 +15,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::ops::{Ops, Running, SinkExtra};
-use crate::broker::Violation;
+use crate::broker::{ProtocolError, Refusal};
+use crate::journal::COMMIT_BUCKETS;
 
 /// Label pairs of one sample.
 type Labels<'a> = Vec<(&'static str, &'a str)>;
@@ -148,13 +149,6 @@ fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
         "Messages whose topic matched no stream.",
         [(vec![], load(&r.mqtt.unrouted))],
     )?;
-    counter(
-        e,
-        "fieldgate_mqtt_messages_skipped_total",
-        "Messages the broker acknowledged but skipped before the gateway read them, \
-         because the rules fell behind for longer than the broker's log holds.",
-        [(vec![], load(&r.mqtt.skipped))],
-    )?;
     gauge(
         e,
         "fieldgate_broker_connections",
@@ -164,38 +158,100 @@ fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
     counter(
         e,
         "fieldgate_broker_connections_accepted_total",
-        "MQTT connections the embedded broker accepted (CONNECT received).",
+        "MQTT connections the embedded broker accepted (CONNACK success).",
         [(vec![], load(&r.broker.accepted))],
     )?;
     counter(
         e,
-        "fieldgate_broker_protocol_errors_total",
-        "Device connections the embedded broker closed for a protocol violation, by reason.",
-        Violation::ALL.iter().map(|v| {
+        "fieldgate_broker_refused_total",
+        "Connections, subscriptions and publishes the embedded broker refused, by reason.",
+        Refusal::ALL.iter().map(|v| {
             (
                 vec![("reason", v.as_str())],
-                load(&r.broker.violations[v.index()]),
+                load(&r.broker.refused[v.index()]),
             )
         }),
     )?;
-    let bp = &r.backpressure;
+    counter(
+        e,
+        "fieldgate_broker_protocol_errors_total",
+        "Device connections the embedded broker closed for a protocol error, by reason.",
+        ProtocolError::ALL.iter().map(|v| {
+            (
+                vec![("reason", v.as_str())],
+                crate::broker::protocol_errors_count(*v),
+            )
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_broker_access_reloads_total",
+        "Reloads of the broker's password and ACL files, by result.",
+        [
+            (vec![("result", "ok")], load(&r.broker.access_reloads)),
+            (
+                vec![("result", "error")],
+                load(&r.broker.access_reload_errors),
+            ),
+        ],
+    )?;
+    let j = &r.journal;
     gauge(
         e,
-        "fieldgate_broker_ingest_lag_bytes",
-        "Bytes in the broker's log that the gateway's streams have not taken yet.",
-        [(vec![], bp.lag())],
+        "fieldgate_journal_bytes",
+        "Bytes of accepted messages in the ingest journal not yet processed.",
+        [(vec![], load(&j.bytes))],
+    )?;
+    gauge(
+        e,
+        "fieldgate_journal_entries",
+        "Accepted messages in the ingest journal not yet processed.",
+        [(vec![], load(&j.entries))],
     )?;
     counter(
         e,
-        "fieldgate_broker_backpressure_pauses_total",
-        "Times the broker stopped reading from devices until the streams caught up.",
-        [(vec![], load(&bp.pauses))],
+        "fieldgate_journal_appended_total",
+        "Messages appended to the ingest journal.",
+        [(vec![], load(&j.appended))],
     )?;
     counter(
         e,
-        "fieldgate_broker_backpressure_seconds_total",
-        "Time the broker spent not reading from devices while the streams caught up.",
-        [(vec![], load(&bp.paused_us) as f64 / 1e6)],
+        "fieldgate_journal_recovered_total",
+        "Messages read back from the journal at start, to be processed again.",
+        [(vec![], load(&j.recovered))],
+    )?;
+    counter(
+        e,
+        "fieldgate_journal_write_errors_total",
+        "Journal writes or syncs that failed (each retried; devices wait meanwhile).",
+        [(vec![], load(&j.write_errors))],
+    )?;
+    histogram(
+        e,
+        "fieldgate_journal_commit_seconds",
+        "Time of one journal commit (write and fdatasync), shared by the appends it holds.",
+        [(
+            vec![],
+            load(&j.commit_nanos) as f64 / 1e9,
+            load(&j.commits),
+            COMMIT_BUCKETS
+                .iter()
+                .zip(&j.commit_buckets)
+                .map(|(b, c)| (*b, load(c)))
+                .collect(),
+        )],
+    )?;
+    counter(
+        e,
+        "fieldgate_journal_waits_total",
+        "Publishes that waited for room in a full journal (their devices held back).",
+        [(vec![], load(&j.waits))],
+    )?;
+    counter(
+        e,
+        "fieldgate_journal_wait_seconds_total",
+        "Time publishes spent waiting for room in the journal.",
+        [(vec![], load(&j.wait_nanos) as f64 / 1e9)],
     )?;
     let view = r.rules.read().map_err(|_| std::fmt::Error)?;
     counter(

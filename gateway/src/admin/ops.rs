@@ -11,9 +11,10 @@ use fieldgate_connectors::source::modbus::DevicePoller;
 use fieldgate_rules::RuleCounters;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{Backpressure, BrokerCounters, BrokerHealth};
+use crate::broker::{BrokerCounters, BrokerHealth};
 use crate::ingest::modbus::ModbusIngestCounters;
 use crate::ingest::mqtt::IngestCounters;
+use crate::journal::{Journal, JournalStats};
 use crate::pipeline::StreamCounters;
 use crate::queue::Queue;
 use crate::reload::ReloadCounters;
@@ -43,6 +44,7 @@ impl Ops {
             return vec!["starting".into()];
         };
         let mut out: Vec<String> = r.broker_health.problem().into_iter().collect();
+        out.extend(r.journal_handle.problem());
         out.extend(r.sinks.iter().filter_map(|s| s.queue.problem()));
         out
     }
@@ -53,7 +55,8 @@ pub struct Running {
     pub gateway_id: String,
     pub broker: Arc<BrokerCounters>,
     pub broker_health: Arc<BrokerHealth>,
-    pub backpressure: Arc<Backpressure>,
+    pub journal: Arc<JournalStats>,
+    pub journal_handle: Journal,
     pub mqtt: Arc<IngestCounters>,
     pub modbus: Arc<ModbusIngestCounters>,
     pub devices: Vec<Arc<DevicePoller>>,

@@ -1,339 +1,322 @@
-//! The embedded MQTT broker (rumqttd) and the gateway's in-process links to it.
+//! The embedded MQTT broker (rmqtt) and what the gateway decides in it.
 //!
-//! The router and listeners are started here rather than through `rumqttd::Broker` so
-//! that each listener's protocol codec can be wrapped ([`codec`]): it accepts keepalive 0,
-//! counts connections, and applies [`backpressure`], which holds devices back while the
-//! rules are behind instead of letting the router's log drop what it acknowledged.
+//! rmqtt runs the listeners and sessions; the gateway plugs into its hooks ([`gate`]):
+//! who may connect ([`passwords`], mutual TLS), what they may publish and subscribe
+//! ([`acl`]), and what happens to an allowed PUBLISH: it is appended to the ingest
+//! [`Journal`](crate::journal::Journal) and, for QoS 1 and 2, acknowledged only once the
+//! journal has made it durable (`broker.ack = "durable"`). Ingest reads the journal, not
+//! the broker, so no message a device was told was accepted can be skipped.
 //!
-//! The listeners run on a thread of their own (a current-thread Tokio runtime, as
-//! rumqttd runs them itself): backpressure pauses that thread, and with it every device
-//! socket, without holding up the gateway's runtime where ingest catches up.
+//! rmqtt is pinned to one exact version and used only from this module. What it does
+//! and does not keep across a restart is in `docs/security.md`.
 
-mod backpressure;
-mod codec;
+pub mod acl;
+mod gate;
+pub mod passwords;
+mod protocol_errors;
+mod retained;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::Context;
-use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Protocol, v4::V4, v5::V5};
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
-use tokio::sync::oneshot;
+use bytes::Bytes;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::Type;
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+use tokio::task::JoinHandle;
 
-pub use backpressure::Backpressure;
-use codec::Codec;
-pub use codec::Violation;
-
-use crate::config::BrokerConfig;
+use crate::config::{AckMode, BrokerConfig};
+use crate::journal::{Journal, Message};
 use crate::logging::RateLimited;
+pub use gate::Refusal;
+use gate::{Access, Gate};
+pub use protocol_errors::{ProtocolError, ProtocolErrorLayer, count as protocol_errors_count};
 
-/// Client id of the gateway's own in-process subscriber.
-pub const INGEST_CLIENT_ID: &str = "fieldgate-ingest";
+/// Listener ids inside rmqtt.
+const PLAIN_LISTENER: u16 = 1;
+const TLS_LISTENER: u16 = 2;
 
-/// Opens an in-process link to the router under a client id.
-type LinkFactory = Box<dyn Fn(&str) -> anyhow::Result<(LinkTx, LinkRx)> + Send + Sync>;
-
-/// The running broker: its router, the listeners' thread once started, and a way to
-/// open in-process links.
-pub struct Broker {
-    pub counters: Arc<BrokerCounters>,
-    /// Whether the router and the listeners still run.
-    pub health: Arc<BrokerHealth>,
-    /// The lag between the router's log and ingest; ingest reports what it takes.
-    pub backpressure: Arc<Backpressure>,
-    listeners: Option<Listeners>,
-    links: LinkFactory,
-    /// Starts the listeners; taken by [`Broker::listen`].
-    start_listeners: Option<Box<dyn FnOnce() -> anyhow::Result<Listeners> + Send>>,
+/// Reads the password and ACL files the config names, so that `validate` and the start
+/// report a broken one with its line.
+pub fn check_files(cfg: &BrokerConfig) -> anyhow::Result<()> {
+    Access::load(cfg).map(|_| ())
 }
 
-/// The listeners' thread and how to stop it.
-struct Listeners {
-    stop: oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
+/// The running broker.
+pub struct Broker {
+    pub counters: Arc<BrokerCounters>,
+    pub health: Arc<BrokerHealth>,
+    scx: ServerContext,
+    gate: Gate,
+    journal: Journal,
+    server: Option<MqttServer>,
+    running: Option<JoinHandle<()>>,
+    reloader: Option<JoinHandle<()>>,
 }
 
 impl Broker {
-    /// An in-process link, e.g. the ingest's subscription.
-    pub fn link(&self, client_id: &str) -> anyhow::Result<(LinkTx, LinkRx)> {
-        (self.links)(client_id)
-    }
-
-    /// A link that only publishes: what the broker sends back to it is taken and
-    /// dropped by a task of its own, so the router never waits on it.
-    pub fn publisher(&self, client_id: &str) -> anyhow::Result<Publisher> {
-        let (link, mut rx) = self.link(client_id)?;
-        tokio::spawn(async move {
-            loop {
-                match rx.next().await {
-                    Ok(Some(rumqttd::Notification::Unschedule)) => {
-                        if rx.wake().await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        Ok(Publisher {
-            link,
-            backpressure: self.backpressure.clone(),
-        })
-    }
-
-    /// Starts the configured listeners: devices can connect from now on. Once.
-    pub fn listen(&mut self) -> anyhow::Result<()> {
-        if let Some(start) = self.start_listeners.take() {
-            self.listeners = Some(start()?);
+    /// A publisher for the gateway's own messages (republish sinks, Modbus rows).
+    pub fn publisher(&self, client_id: &str) -> Publisher {
+        Publisher {
+            journal: self.journal.clone(),
+            scx: self.scx.clone(),
+            id: rmqtt::types::Id::new(self.scx.node.id(), 0, None, None, client_id.into(), None),
         }
-        Ok(())
     }
 
-    /// Stops accepting connections and drops the existing ones.
-    pub fn stop_listeners(&mut self) {
-        self.backpressure.stop();
-        if let Some(l) = self.listeners.take() {
-            let _ = l.stop.send(());
-            if l.thread.join().is_err() {
-                tracing::error!("the broker listeners' thread panicked");
+    /// Starts accepting connections. Once.
+    pub fn listen(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        let health = self.health.clone();
+        self.running = Some(tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "the embedded broker stopped");
+                health.failed(format!("the embedded broker stopped: {e}"));
             }
+            health.ended.store(true, Ordering::Relaxed);
+        }));
+        self.reloader = Some(tokio::spawn(self.gate.clone().reload_on_change()));
+    }
+
+    /// Stops acknowledging and accepting: PUBLISHes arriving from now on are never
+    /// acknowledged (their devices send them again), the listeners close.
+    pub fn stop(&mut self) {
+        self.gate.stop();
+        if let Some(r) = self.running.take() {
+            r.abort();
         }
+        if let Some(r) = self.reloader.take() {
+            r.abort();
+        }
+        self.health.ended.store(true, Ordering::Relaxed);
     }
 }
 
-/// Publishes into the broker from inside the gateway (republish sinks, Modbus rows).
+/// Publishes into the broker from inside the gateway: journaled like a device's
+/// message (so streams reading the topic get it once), then forwarded to subscribers.
 pub struct Publisher {
-    link: LinkTx,
-    backpressure: Arc<Backpressure>,
+    journal: Journal,
+    scx: ServerContext,
+    id: rmqtt::types::Id,
 }
 
 impl Publisher {
-    /// Publishes at QoS 0 without waiting. When the router's queue is full the message
-    /// stays in the link and goes with its next wake-up, so only a router that is gone
-    /// is an error.
-    pub fn publish(&mut self, topic: String, payload: bytes::Bytes) -> Result<(), String> {
-        let size = Backpressure::size(topic.len(), payload.len());
-        match self.link.try_publish(topic, payload) {
-            Ok(_) | Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {
-                self.backpressure.accepted(size);
-                Ok(())
+    /// Returns once the messages are durable in the journal and handed to subscribers.
+    pub async fn publish(&self, messages: Vec<(String, Bytes)>) -> Result<(), String> {
+        let journaled = messages
+            .iter()
+            .map(|(topic, payload)| Message {
+                topic: topic.clone(),
+                payload: payload.clone(),
+            })
+            .collect();
+        self.journal
+            .append(journaled, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (topic, payload) in messages {
+            let publish = rmqtt::types::Publish::new(
+                Box::new(rmqtt::types::CodecPublish {
+                    dup: false,
+                    retain: false,
+                    qos: rmqtt::types::QoS::AtMostOnce,
+                    topic: topic.into(),
+                    packet_id: None,
+                    payload,
+                    properties: None,
+                }),
+                None,
+                None,
+                Some(rmqtt::utils::timestamp_millis()),
+            );
+            let from = rmqtt::types::From::from_system(self.id.clone());
+            if let Err(e) =
+                rmqtt::session::SessionState::forwards(&self.scx, from, publish, false, None).await
+            {
+                return Err(format!("cannot forward to subscribers: {e}"));
             }
-            Err(e) => Err(e.to_string()),
         }
+        Ok(())
     }
 }
 
-/// Whether the broker's parts still run: the router thread and every listener.
+/// Whether the broker still runs.
+#[derive(Debug, Default)]
 pub struct BrokerHealth {
-    router_alive: Box<dyn Fn() -> bool + Send + Sync>,
-    /// Listeners that stopped, with why.
-    failed: Mutex<Vec<String>>,
-    /// Set when the listeners' thread ended (stopped, or panicked).
-    listeners_ended: AtomicBool,
-}
-
-impl std::fmt::Debug for BrokerHealth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerHealth")
-            .field("problem", &self.problem())
-            .finish()
-    }
+    failed: Mutex<Option<String>>,
+    ended: AtomicBool,
 }
 
 impl BrokerHealth {
-    /// Why the broker cannot take messages from devices, if it cannot (asked while it
-    /// runs: before its listeners start and after they stop, readiness is off anyway).
+    /// Why the broker cannot take messages from devices, if it cannot.
     pub fn problem(&self) -> Option<String> {
-        if !(self.router_alive)() {
-            return Some("the embedded broker's router stopped".into());
-        }
-        if let Ok(failed) = self.failed.lock()
-            && let Some(f) = failed.first()
+        if let Ok(f) = self.failed.lock()
+            && let Some(f) = f.as_ref()
         {
             return Some(f.clone());
         }
-        if self.listeners_ended.load(Ordering::Relaxed) {
-            return Some("the embedded broker's listeners stopped".into());
-        }
-        None
+        self.ended
+            .load(Ordering::Relaxed)
+            .then(|| "the embedded broker's listeners stopped".to_string())
     }
 
-    fn listener_failed(&self, why: String) {
+    fn failed(&self, why: String) {
         if let Ok(mut f) = self.failed.lock() {
-            f.push(why);
+            *f = Some(why);
         }
     }
 }
 
-/// Sets a flag when dropped: at the end of a thread, however it ends.
-struct SetOnDrop(Arc<BrokerHealth>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.listeners_ended.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Device connections, counted by the listeners' codecs.
+/// What the broker's hooks count.
 #[derive(Debug, Default)]
 pub struct BrokerCounters {
-    /// Connections open now (past their CONNECT).
+    /// Connections open now, and accepted since start.
     pub connections: AtomicI64,
-    /// Connections accepted (CONNECT received) since start.
     pub accepted: AtomicU64,
-    /// Connections closed for a protocol violation, by [`Violation::index`].
-    pub violations: [AtomicU64; Violation::ALL.len()],
-    /// Violations, logged at a bounded rate.
-    violation_log: Mutex<Option<RateLimited>>,
+    /// Connections, subscriptions and publishes refused, by [`Refusal::index`].
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// Messages journaled from devices.
+    pub published: AtomicU64,
+    /// Reloads of the password and ACL files, and reloads that failed.
+    pub access_reloads: AtomicU64,
+    pub access_reload_errors: AtomicU64,
+    refusal_log: Mutex<Option<RateLimited>>,
 }
 
-/// Least time between two log lines about protocol violations.
-const VIOLATION_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl BrokerCounters {
-    /// Counts a violation; logs it unless one was logged within the last few seconds.
-    fn violation(&self, v: Violation, what: &str) {
-        self.violations[v.index()].fetch_add(1, Ordering::Relaxed);
-        let Ok(mut log) = self.violation_log.lock() else {
+    /// Counts a refusal; logs it unless one was logged within the last few seconds.
+    fn refused(&self, r: Refusal, client: &str, detail: &str) {
+        self.refused[r.index()].fetch_add(1, Ordering::Relaxed);
+        let Ok(mut log) = self.refusal_log.lock() else {
             return;
         };
-        let log = log.get_or_insert_with(|| RateLimited::new(VIOLATION_LOG_EVERY));
+        let log = log.get_or_insert_with(|| RateLimited::new(Duration::from_secs(5)));
         if let Some(held) = log.allow(1) {
             tracing::warn!(
-                reason = v.as_str(),
-                detail = %what,
+                reason = r.as_str(),
+                client = %client,
+                detail = %detail,
                 not_logged_before = held,
-                "broker closed a connection for a protocol violation"
+                "broker refused a client's request"
             );
         }
     }
 }
 
-/// Starts the router (no listeners yet; see [`Broker::listen`]). Fails early and clearly when a
-/// listener's port is taken. Must run inside a Tokio runtime.
-pub fn start(cfg: &BrokerConfig) -> anyhow::Result<Broker> {
-    // rumqttd would only log a port that is taken.
-    for (key, addr) in [("listen", cfg.listen), ("listen_v5", cfg.listen_v5)] {
-        if let Some(addr) = addr {
-            std::net::TcpListener::bind(addr)
-                .with_context(|| format!("key `broker.{key}`: cannot listen on {addr}"))?;
-        }
+/// Starts the broker's context and binds its listeners (so a taken port fails here);
+/// devices are served once [`Broker::listen`] is called.
+pub async fn start(
+    cfg: &BrokerConfig,
+    journal: Journal,
+    data_dir: &Path,
+) -> anyhow::Result<Broker> {
+    let access = Access::load(cfg)?;
+    if cfg.allow_anonymous == Some(true) && cfg.addresses().any(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "broker.allow_anonymous = true on a listener reachable from other hosts: anyone on \
+             the network can publish readings and subscribe to everything"
+        );
     }
-    let router = Router::new(
-        0,
-        RouterConfig {
-            max_connections: cfg.max_connections,
-            max_outgoing_packet_count: 200,
-            max_segment_size: cfg.segment_size,
-            max_segment_count: cfg.segment_count,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-    );
-    let router_tx = router.spawn();
-    let for_health = router_tx.clone();
-    let health = Arc::new(BrokerHealth {
-        router_alive: Box::new(move || !for_health.is_disconnected()),
-        failed: Mutex::default(),
-        listeners_ended: AtomicBool::new(false),
-    });
-    let for_links = router_tx.clone();
-    let links: LinkFactory = Box::new(move |client_id: &str| {
-        let (tx, rx, _ack) = LinkBuilder::new(client_id, for_links.clone())
-            .clean_session(true)
-            .build()
-            .with_context(|| {
-                format!("cannot open the in-process link `{client_id}` to the broker")
-            })?;
-        Ok((tx, rx))
-    });
-    let cfg = cfg.clone();
+    let scx = ServerContext::new()
+        .busy_check_enable(false)
+        .mqtt_max_sessions(0)
+        .build()
+        .await;
+    let retained = retained::RetainedStore::open(&data_dir.join("retained.redb"))
+        .await
+        .map_err(|e| anyhow::anyhow!("retained messages: {e:#}"))?;
+    *scx.extends.retain_mut().await = Box::new(retained);
     let counters = Arc::new(BrokerCounters::default());
-    let backpressure = Arc::new(Backpressure::new(cfg.segment_size, cfg.segment_count));
-    let for_codecs = (counters.clone(), backpressure.clone());
-    let for_listeners = health.clone();
-    let start_listeners = Box::new(move || {
-        let (c, bp) = &for_codecs;
-        let health = for_listeners;
-        let settings = |name: &str, listen: SocketAddr| ServerSettings {
-            name: name.to_string(),
-            listen,
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections: ConnectionSettings {
-                connection_timeout_ms: u16::try_from(cfg.connect_timeout.as_millis())
-                    .unwrap_or(u16::MAX),
-                max_payload_size: cfg.max_payload_size,
-                max_inflight_count: cfg.max_inflight,
-                auth: None::<HashMap<String, String>>,
-                external_auth: None,
-                dynamic_filters: true,
-            },
-        };
-        let v4 = cfg.listen.map(|addr| {
-            let s = settings("mqtt-v4", addr);
-            (
-                addr,
-                Server::new(s, router_tx.clone(), Codec::new(V4, c, bp)),
-            )
-        });
-        let v5 = cfg.listen_v5.map(|addr| {
-            let s = settings("mqtt-v5", addr);
-            (
-                addr,
-                Server::new(s, router_tx.clone(), Codec::new(V5, c, bp)),
-            )
-        });
-        let (stop, stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the broker listeners' runtime")?;
-        let thread = std::thread::Builder::new()
-            .name("broker-listeners".into())
-            .spawn(move || {
-                let _ended = SetOnDrop(health.clone());
-                runtime.block_on(async move {
-                    if let Some((addr, server)) = v4 {
-                        serve(addr, server, "MQTT 3.1.1", health.clone());
-                    }
-                    if let Some((addr, server)) = v5 {
-                        serve(addr, server, "MQTT 5", health.clone());
-                    }
-                    let _ = stopped.await;
-                });
-                // Dropping the runtime drops every connection.
-            })
-            .context("cannot start the broker listeners' thread")?;
-        Ok(Listeners { stop, thread })
-    });
+    let mut mutual_tls = Vec::new();
+    if cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+        mutual_tls.push(TLS_LISTENER);
+    }
+    let gate = Gate::new(
+        access,
+        cfg.clone(),
+        journal.clone(),
+        counters.clone(),
+        mutual_tls,
+    );
+    let register = scx.extends.hook_mgr().register();
+    for t in [
+        Type::ClientAuthenticate,
+        Type::ClientConnack,
+        Type::ClientConnected,
+        Type::ClientDisconnected,
+        Type::ClientSubscribeCheckAcl,
+        Type::MessagePublishCheckAcl,
+    ] {
+        register.add(t, Box::new(gate.clone())).await;
+    }
+    register.start().await;
+
+    let mut server = MqttServer::new(scx.clone());
+    if let Some(addr) = cfg.listen {
+        let l = listener(cfg, "mqtt", addr)
+            .bind()
+            .and_then(|l| l.tcp())
+            .map_err(|e| anyhow::anyhow!("key `broker.listen`: cannot listen on {addr}: {e}"))?;
+        server = server.listener_by_id(l, PLAIN_LISTENER);
+        tracing::info!(%addr, "MQTT listener (3.1.1 and 5) bound");
+    }
+    if let Some(t) = &cfg.tls {
+        let path = |p: &PathBuf| p.display().to_string();
+        let l = listener(cfg, "mqtt-tls", t.listen)
+            .tls_cert(Some(path(&t.cert)))
+            .tls_key(Some(path(&t.key)))
+            .tls_cross_certificate(t.client_ca.is_some())
+            .tls_client_ca_certs(t.client_ca.as_ref().map(path))
+            .cert_cn_as_username(t.client_ca.is_some())
+            .bind()
+            .and_then(|l| l.tls())
+            .map_err(|e| anyhow::anyhow!("key `broker.tls`: cannot listen on {}: {e}", t.listen))?;
+        server = server.listener_by_id(l, TLS_LISTENER);
+        tracing::info!(addr = %t.listen, mutual = t.client_ca.is_some(), "MQTT TLS listener bound");
+    }
     Ok(Broker {
         counters,
-        health,
-        backpressure,
-        listeners: None,
-        links,
-        start_listeners: Some(start_listeners),
+        health: Arc::default(),
+        scx,
+        gate,
+        journal,
+        server: Some(server.build()),
+        running: None,
+        reloader: None,
     })
 }
 
-/// Runs a listener on the current runtime.
-fn serve<P: Protocol + Clone + Send + Sync + 'static>(
-    addr: SocketAddr,
-    mut server: Server<P>,
-    what: &'static str,
-    health: Arc<BrokerHealth>,
-) {
-    tokio::spawn(async move {
-        if let Err(e) = server.start(LinkType::Remote).await {
-            tracing::error!(%addr, error = %e, "{what} listener stopped");
-            health.listener_failed(format!("the {what} listener on {addr} stopped: {e}"));
-        }
-    });
-    tracing::info!(%addr, "{what} listener started");
+/// A listener's settings from the config.
+fn listener(cfg: &BrokerConfig, name: &str, addr: SocketAddr) -> Builder {
+    let inflight = NonZeroU16::new(u16::try_from(cfg.max_inflight).unwrap_or(u16::MAX))
+        .unwrap_or(NonZeroU16::MIN);
+    Builder::new()
+        .name(name)
+        .laddr(addr)
+        .nodelay(true)
+        .reuseaddr(Some(true))
+        .max_connections(cfg.max_connections)
+        .max_handshaking_limit(cfg.max_connections.min(1000))
+        .max_packet_size(u32::try_from(cfg.max_payload_size).unwrap_or(u32::MAX))
+        .allow_anonymous(cfg.anonymous_allowed())
+        .max_inflight(inflight)
+        .handshake_timeout(cfg.connect_timeout)
+        .max_clientid_len(cfg.max_client_id_length)
+        .max_topic_levels(cfg.max_topic_levels)
+        .max_subscriptions(cfg.max_subscriptions)
+        .max_keepalive(cfg.max_keepalive)
+        .max_topic_aliases(64)
+        .max_mqueue_len(10_000)
+}
+
+/// Whether the broker acknowledges after the journal's sync.
+fn durable(ack: AckMode) -> bool {
+    ack == AckMode::Durable
 }

@@ -1,7 +1,8 @@
 //! Ingest: what comes in, on its way to the streams.
 //!
-//! - [`mqtt`]: the in-process subscriber of the embedded broker, routing messages to the
-//!   streams whose topic filter matches, in micro-batches of raw payloads;
+//! - [`mqtt`]: the reader of the ingest journal (what the embedded broker accepted),
+//!   routing messages to the streams whose topic filter matches, in micro-batches of raw
+//!   payloads;
 //! - [`modbus`]: the Modbus pollers, whose rows (already Arrow) go to the streams that
 //!   read their poll group, and optionally out to the broker as JSON.
 //!
@@ -16,11 +17,14 @@ use datafusion::arrow::record_batch::RecordBatch;
 use fieldgate_rules::Source;
 use tokio::sync::mpsc;
 
+use crate::journal::Hold;
+
 /// What a stream task is handed.
 #[derive(Debug)]
 pub enum Input {
-    /// Raw MQTT payloads, decoded by the stream.
-    Payloads(Vec<Bytes>),
+    /// Raw MQTT payloads, decoded by the stream, and the holds that keep them in the
+    /// journal until the stream has processed them.
+    Payloads(Vec<Bytes>, Vec<Hold>),
     /// Rows already in the stream's schema.
     Rows(RecordBatch),
 }

@@ -201,7 +201,7 @@ pub async fn run(
         tasks.spawn(p.run(rows_tx.clone(), stop.clone()));
     }
     drop(rows_tx);
-    let (topic, mut link) = match republish {
+    let (topic, link) = match republish {
         Some(Republish { topic, link }) => (topic, Some(link)),
         None => (String::new(), None),
     };
@@ -236,14 +236,14 @@ pub async fn run(
         if !routed {
             counters.unrouted.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(tx) = link.as_mut() {
-            publish(tx, &topic, &row, &counters);
+        if let Some(tx) = link.as_ref() {
+            publish(tx, &topic, &row, &counters).await;
         }
     }
     while tasks.join_next().await.is_some() {}
 }
 
-fn publish(tx: &mut Publisher, template: &str, row: &PollRow, counters: &ModbusIngestCounters) {
+async fn publish(tx: &Publisher, template: &str, row: &PollRow, counters: &ModbusIngestCounters) {
     let topic = template
         .replace("{device}", &row.device)
         .replace("{group}", &row.group);
@@ -254,13 +254,12 @@ fn publish(tx: &mut Publisher, template: &str, row: &PollRow, counters: &ModbusI
             return;
         }
     };
-    for p in payloads {
-        match tx.publish(topic.clone(), p) {
-            Ok(()) => counters.republished.fetch_add(1, Ordering::Relaxed),
-            Err(e) => {
-                tracing::warn!(%topic, error = %e, "Modbus row not republished");
-                return;
-            }
-        };
+    let n = payloads.len() as u64;
+    let messages = payloads.into_iter().map(|p| (topic.clone(), p)).collect();
+    match tx.publish(messages).await {
+        Ok(()) => {
+            counters.republished.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(%topic, error = %e, "Modbus row not republished"),
     }
 }

@@ -2,6 +2,8 @@
 //! so this crate does not depend on the broker's implementation.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 
@@ -10,13 +12,17 @@ use crate::sink::encode::MessageIds;
 use crate::sink::topic::TopicTemplate;
 use crate::sink::{Message, Sink, SinkError, SinkEvent};
 
-/// Hands one message (topic, payload) to the embedded broker; an error means the broker
-/// is gone.
-pub type Publish = Box<dyn FnMut(String, Bytes) -> Result<(), String> + Send>;
+/// Hands messages (topic, payload) to the embedded broker; resolves once the broker has
+/// them for good (journaled for the streams that read them, forwarded to subscribers).
+/// An error means the broker cannot take them.
+pub type Publish = Box<
+    dyn FnMut(Vec<(String, Bytes)>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send,
+>;
 
-/// Publishes each result, with its message id, to the embedded broker (QoS 0). A result
-/// counts as delivered once the broker took it: subscribers that are not connected at
-/// that moment do not get it.
+/// Publishes each result, with its message id, to the embedded broker (QoS 0 to its
+/// subscribers). A result counts as delivered once the broker took it: subscribers that
+/// are not connected at that moment do not get it; streams reading the topic do.
 pub struct RepublishSink {
     topic: TopicTemplate,
     ids: MessageIds,
@@ -46,10 +52,14 @@ impl Sink for RepublishSink {
     }
 
     async fn send(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
-        for m in msgs {
-            let topic = self.topic.render(&m.rule, &m.payload);
-            (self.publish)(topic, self.ids.stamp(&m.payload, m.seq)).map_err(SinkError::Broker)?;
-        }
+        let batch = msgs
+            .iter()
+            .map(|m| {
+                let topic = self.topic.render(&m.rule, &m.payload);
+                (topic, self.ids.stamp(&m.payload, m.seq))
+            })
+            .collect();
+        (self.publish)(batch).await.map_err(SinkError::Broker)?;
         self.events
             .push_back(SinkEvent::Confirmed(msgs.iter().map(|m| m.seq).collect()));
         Ok(())
@@ -78,9 +88,9 @@ mod tests {
             &cfg,
             "gw",
             MessageIds::new("gw", "loc", 1),
-            Box::new(move |t, p| {
-                sink_got.lock().unwrap().push((t, p));
-                Ok(())
+            Box::new(move |batch| {
+                sink_got.lock().unwrap().extend(batch);
+                Box::pin(async { Ok(()) })
             }),
         );
         assert_eq!(sink.next_event().await, SinkEvent::Ready);
@@ -108,7 +118,7 @@ mod tests {
             &cfg,
             "gw",
             MessageIds::new("gw", "loc", 1),
-            Box::new(|_, _| Err("router stopped".into())),
+            Box::new(|_| Box::pin(async { Err("journal closed".into()) })),
         );
         let m = Message {
             seq: 1,
@@ -116,6 +126,6 @@ mod tests {
             payload: Bytes::from_static(b"{}"),
         };
         let e = sink.send(&[m]).await.unwrap_err();
-        assert!(e.to_string().contains("router stopped"), "{e}");
+        assert!(e.to_string().contains("journal closed"), "{e}");
     }
 }

@@ -1,0 +1,248 @@
+//! Connections the broker closed for a protocol error, counted by reason.
+//!
+//! rmqtt decodes packets itself and reports a connection it closed for a bad packet
+//! only in its log (one line per connection: "MQTTv3 processing error: ...", "MQTT
+//! version detection failed: ..."). A logging layer ([`ProtocolErrorLayer`]) reads those
+//! lines, whatever the log level, and counts them here by the error they name.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, Layer};
+
+use crate::logging::RateLimited;
+
+/// Why the broker closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Not MQTT, or a version the broker does not speak.
+    BadProtocol,
+    /// A packet type a client may not send, or none at all.
+    InvalidPacketType,
+    /// A packet larger than `broker.max_payload_size`.
+    TooLarge,
+    /// A PUBLISH topic with wildcards, or a bad subscription filter.
+    InvalidTopic,
+    /// A QoS 1/2 packet without its packet id, or with id 0.
+    PacketId,
+    /// Lengths, flags or strings that do not add up.
+    Malformed,
+    /// No CONNECT within `broker.connect_timeout`.
+    ConnectTimeout,
+    /// A keepalive that ran out.
+    KeepaliveTimeout,
+    /// Anything else the broker closed a connection for.
+    Other,
+}
+
+impl ProtocolError {
+    pub const ALL: [ProtocolError; 9] = [
+        ProtocolError::BadProtocol,
+        ProtocolError::InvalidPacketType,
+        ProtocolError::TooLarge,
+        ProtocolError::InvalidTopic,
+        ProtocolError::PacketId,
+        ProtocolError::Malformed,
+        ProtocolError::ConnectTimeout,
+        ProtocolError::KeepaliveTimeout,
+        ProtocolError::Other,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolError::BadProtocol => "bad_protocol",
+            ProtocolError::InvalidPacketType => "invalid_packet_type",
+            ProtocolError::TooLarge => "too_large",
+            ProtocolError::InvalidTopic => "invalid_topic",
+            ProtocolError::PacketId => "packet_id",
+            ProtocolError::Malformed => "malformed",
+            ProtocolError::ConnectTimeout => "connect_timeout",
+            ProtocolError::KeepaliveTimeout => "keepalive_timeout",
+            ProtocolError::Other => "other",
+        }
+    }
+
+    /// The reason an rmqtt error text names.
+    fn of(text: &str) -> ProtocolError {
+        let has = |s: &str| text.contains(s);
+        if has("MaxSizeExceeded") || has("OverMaxPacketSize") || has("Max size exceeded") {
+            ProtocolError::TooLarge
+        } else if has("InvalidTopic") || has("Invalid topic") {
+            ProtocolError::InvalidTopic
+        } else if has("UnsupportedPacketType")
+            || has("Unsupported packet type")
+            || has("unimplemented message")
+        {
+            ProtocolError::InvalidPacketType
+        } else if has("PacketId") || has("Packet id") {
+            ProtocolError::PacketId
+        } else if has("Keep Alive timeout") || has("KeepAliveTimeout") {
+            ProtocolError::KeepaliveTimeout
+        } else if has("Handshake timeout") || has("Timeout") {
+            ProtocolError::ConnectTimeout
+        } else if has("InvalidProtocol")
+            || has("UnsupportedProtocolLevel")
+            || has("version detection failed")
+        {
+            ProtocolError::BadProtocol
+        } else if has("InvalidLength")
+            || has("MalformedPacket")
+            || has("Malformed packet")
+            || has("Utf8Error")
+            || has("InvalidClientId")
+            || has("Invalid connect flags")
+            || has("InvalidConnectFlags")
+            || has("reserved flag")
+            || has("Decod")
+        {
+            ProtocolError::Malformed
+        } else {
+            ProtocolError::Other
+        }
+    }
+}
+
+/// Connections closed for a protocol error since start, by [`ProtocolError::index`].
+pub static PROTOCOL_ERRORS: [AtomicU64; ProtocolError::ALL.len()] =
+    [const { AtomicU64::new(0) }; ProtocolError::ALL.len()];
+
+/// Counts rmqtt's lines about connections it closed for an error; give it to
+/// [`crate::logging::init`].
+pub struct ProtocolErrorLayer;
+
+impl ProtocolErrorLayer {
+    /// Whether a line of this target is one this layer reads.
+    fn reads(target: &str) -> bool {
+        target.starts_with("rmqtt")
+    }
+}
+
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_string();
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for ProtocolErrorLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        use tracing_log::NormalizeEvent;
+        let meta = event.normalized_metadata();
+        let target = meta
+            .as_ref()
+            .map_or(event.metadata().target(), |m| m.target());
+        if !Self::reads(target) {
+            return;
+        }
+        let mut m = Message::default();
+        event.record(&mut m);
+        let text = m.0.as_str();
+        let closed =
+            text.contains("processing error:") || text.contains("version detection failed");
+        // A client that just went away is not an error of the protocol.
+        let gone = text.contains("Disconnected")
+            || text.contains("connection reset")
+            || text.contains("Connection reset")
+            || text.contains("Broken pipe")
+            || text.contains("peer closed")
+            || text.contains("unexpected end of file")
+            || text.contains("UnexpectedEof");
+        if closed && !gone {
+            counted(ProtocolError::of(text));
+        }
+    }
+}
+
+/// Counts a session that ended for a protocol error (rmqtt hands the reason to its
+/// disconnect hook rather than logging it).
+pub fn disconnected(reason: &rmqtt::types::Reason) {
+    use rmqtt::types::Reason;
+    let e = match reason {
+        Reason::ProtocolError(t) | Reason::Error(t) => ProtocolError::of(t),
+        Reason::MqttError(e) => ProtocolError::of(&format!("{e:?} {e}")),
+        Reason::ConnectKeepaliveTimeout => ProtocolError::KeepaliveTimeout,
+        Reason::Reasons(all) => {
+            for r in all {
+                disconnected(r);
+            }
+            return;
+        }
+        _ => return,
+    };
+    counted(e);
+}
+
+/// Counts one connection closed for `e`, and logs it unless one was logged within the
+/// last few seconds.
+pub fn counted(e: ProtocolError) {
+    PROTOCOL_ERRORS[e.index()].fetch_add(1, Ordering::Relaxed);
+    static LOG: Mutex<Option<RateLimited>> = Mutex::new(None);
+    let Ok(mut log) = LOG.lock() else { return };
+    let log = log.get_or_insert_with(|| RateLimited::new(Duration::from_secs(5)));
+    if let Some(held) = log.allow(1) {
+        tracing::warn!(
+            target: "fieldgate::broker",
+            reason = e.as_str(),
+            not_logged_before = held,
+            "broker closed a connection for a protocol violation"
+        );
+    }
+}
+
+/// Connections closed for `e` since start.
+pub fn count(e: ProtocolError) -> u64 {
+    PROTOCOL_ERRORS[e.index()].load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmqtt_error_texts_map_to_reasons() {
+        for (text, want) in [
+            (
+                "MQTTv3 processing error: Decoding error: MaxSizeExceeded { size: 307210, max: 262144 }, from: 127.0.0.1:5",
+                ProtocolError::TooLarge,
+            ),
+            (
+                "MQTTv3 processing error: Decoding error: InvalidTopicName, from: x",
+                ProtocolError::InvalidTopic,
+            ),
+            (
+                "MQTT version detection failed: Decoding error: InvalidProtocol, from: x",
+                ProtocolError::BadProtocol,
+            ),
+            (
+                "MQTTv3 processing error: Decoding error: UnsupportedPacketType, from: x",
+                ProtocolError::InvalidPacketType,
+            ),
+            (
+                "MQTTv5 processing error: Decoding error: MalformedPacket, from: x",
+                ProtocolError::Malformed,
+            ),
+            (
+                "MQTTv3 processing error: something new",
+                ProtocolError::Other,
+            ),
+        ] {
+            assert_eq!(ProtocolError::of(text), want, "{text}");
+        }
+    }
+}

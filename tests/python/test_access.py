@@ -1,0 +1,258 @@
+"""Who may connect to the embedded broker and what they may do, with the exact codes of
+MQTT 3.1.1 and 5 on the wire; TLS with client certificates made by openssl here;
+retained messages across a restart; immediate reconnects with the same client id."""
+
+import signal
+import ssl
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import Gateway, binary
+from mqtt_raw import Conn
+
+ACL = """\
+# anonymous clients: none of these apply to a logged-in user
+user alice
+topic readwrite plant/#
+topic deny plant/secret/#
+pattern write devices/%c/#
+user sensor-7
+topic write sensors/#
+"""
+
+
+def passwd(path, user, password):
+    """`fieldgate passwd`, fed the password on standard input."""
+    subprocess.run(
+        [str(binary()), "passwd", str(path), user],
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory):
+    """A gateway that refuses anonymous clients, with a password file and an ACL."""
+    tmp = tmp_path_factory.mktemp("locked")
+    passwd(tmp / "passwd", "alice", "correct horse")
+    passwd(tmp / "passwd", "bob", "battery staple")
+    (tmp / "acl").write_text(ACL)
+    g = Gateway(
+        tmp,
+        broker='allow_anonymous = false\npassword_file = "passwd"\nacl_file = "acl"\n',
+        rules="CREATE STREAM s (n BIGINT) WITH (DATASOURCE = '#', FORMAT = 'json');\n",
+    )
+    yield g
+    g.stop()
+
+
+def cid():
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(condition, what: str, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("version,bad_password,not_authorized", [(4, 4, 5), (5, 0x86, 0x87)])
+def test_credentials_are_checked_with_each_versions_codes(locked, version, bad_password, not_authorized):
+    before = locked.metrics()
+    c = Conn(locked.port, version)
+    assert c.connect(cid(), "alice", "wrong") == bad_password
+    c.close()
+    c = Conn(locked.port, version)
+    assert c.connect(cid(), "mallory", "anything") == bad_password
+    c.close()
+    c = Conn(locked.port, version)
+    assert c.connect(cid()) == not_authorized, "anonymous clients are refused"
+    c.close()
+    c = Conn(locked.port, version)
+    assert c.connect(cid(), "alice", "correct horse") == 0
+    c.disconnect()
+    after = locked.metrics()
+    key = 'fieldgate_broker_refused_total{reason="%s"}'
+    assert after[key % "bad_credentials"] - before[key % "bad_credentials"] == 2
+    assert after[key % "anonymous"] - before[key % "anonymous"] == 1
+    assert "correct horse" not in locked.log.read_text(), "no password in the log"
+
+
+@pytest.mark.parametrize("version,sub_denied,pub_denied", [(4, 0x80, None), (5, 0x87, 0x87)])
+def test_the_acl_refuses_subscribes_and_publishes(locked, version, sub_denied, pub_denied):
+    alice = Conn(locked.port, version)
+    assert alice.connect(cid(), "alice", "correct horse") == 0
+    assert alice.subscribe("plant/line1/+", 1) == 1
+    assert alice.subscribe("#", 1) == sub_denied
+    assert alice.subscribe("plant/secret/key", 1) == sub_denied
+    assert alice.subscribe("plant/#", 1) == sub_denied, "it would see plant/secret/"
+    received = locked.metrics()["fieldgate_mqtt_messages_received_total"]
+    # Refused publishes reach neither the rules nor subscribers.
+    for topic in ["other/x", "plant/secret/key", "$SYS/broker/uptime"]:
+        code = alice.publish(topic, b'{"n": -1}', qos=1)
+        if pub_denied is not None:
+            assert code == pub_denied, topic
+    assert alice.publish("plant/line1/temp", b'{"n": 1}', qos=1) == 0
+    topic, payload, _ = alice.receive()
+    assert (topic, payload) == ("plant/line1/temp", b'{"n": 1}')
+    wait_for(lambda: locked.metrics()["fieldgate_mqtt_messages_received_total"] >= received + 1,
+             "the allowed message did not reach ingest")
+    time.sleep(0.3)
+    assert locked.metrics()["fieldgate_mqtt_messages_received_total"] == received + 1
+    alice.disconnect()
+    # The pattern grants each client its own devices/<client id>/ topics.
+    bob = Conn(locked.port, version)
+    assert bob.connect("press-3", "bob", "battery staple") == 0
+    if pub_denied is not None:
+        assert bob.publish("devices/press-3/t", b"{}", qos=1) == 0
+        assert bob.publish("devices/press-4/t", b"{}", qos=1) == pub_denied
+    bob.disconnect()
+    m = locked.metrics()
+    assert m['fieldgate_broker_refused_total{reason="subscribe_denied"}'] >= 3
+    assert m['fieldgate_broker_refused_total{reason="system_topic"}'] >= 1
+
+
+def test_the_acl_is_reloaded_on_sighup(locked):
+    def bob_subscribes() -> int:
+        c = Conn(locked.port, 5)
+        assert c.connect(cid(), "bob", "battery staple") == 0
+        code = c.subscribe("reports/#", 1)
+        c.disconnect()
+        return code
+
+    def reloaded(result: str, what: str):
+        key = 'fieldgate_broker_access_reloads_total{result="%s"}' % result
+        before = locked.metrics()[key]
+        locked.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: locked.metrics()[key] > before, what)
+
+    assert bob_subscribes() == 0x87
+    (locked.tmp / "acl").write_text(ACL + "user bob\ntopic read reports/#\n")
+    reloaded("ok", "no reload")
+    assert bob_subscribes() == 1
+    # A broken file keeps the rules in force.
+    (locked.tmp / "acl").write_text("grant everything\n")
+    reloaded("error", "the broken file was not reported")
+    assert bob_subscribes() == 1
+    (locked.tmp / "acl").write_text(ACL)
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 and a device certificate, by openssl."""
+    d = tmp_path_factory.mktemp("certs")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    for name, cn, ext in [("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+                          ("device", "sensor-7", "extendedKeyUsage=clientAuth")]:
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)
+    return d
+
+
+def test_a_tls_listener_with_client_certificates(tmp_path, certs):
+    tls_port = __import__("conftest").free_port()
+    (tmp_path / "acl").write_text(ACL)
+    g = Gateway(
+        tmp_path,
+        broker=(
+            f'acl_file = "acl"\n'
+            f'tls = {{ listen = "127.0.0.1:{tls_port}", cert = "{certs}/server.pem", '
+            f'key = "{certs}/server.key", client_ca = "{certs}/ca.pem" }}\n'
+        ),
+        rules="CREATE STREAM s (n BIGINT) WITH (DATASOURCE = 'sensors/#', FORMAT = 'json');\n",
+    )
+    try:
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        ctx.load_cert_chain(str(certs / "device.pem"), str(certs / "device.key"))
+        for version in (4, 5):
+            c = Conn(tls_port, version, tls=ctx)
+            # No username: the certificate's common name is the username.
+            assert c.connect(cid()) == 0
+            if version == 5:
+                assert c.publish("sensors/t1", b'{"n": 7}', qos=1) == 0
+                assert c.publish("plant/line1/x", b'{"n": 8}', qos=1) == 0x87, "sensor-7 may not"
+            c.disconnect()
+        wait_for(lambda: g.metrics()["fieldgate_mqtt_messages_received_total"] >= 1,
+                 "the reading over TLS did not reach ingest")
+        # Without a client certificate the handshake fails.
+        bare = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            c = Conn(tls_port, 4, tls=bare)
+            c.connect(cid())
+        # A server certificate the client does not trust fails too.
+        with pytest.raises(ssl.SSLError):
+            Conn(tls_port, 4, tls=ssl.create_default_context())
+    finally:
+        g.stop()
+
+
+def test_retained_messages_survive_a_restart(tmp_path):
+    g = Gateway(tmp_path)
+    try:
+        for version, topic in [(4, "status/press-1"), (5, "status/press-2")]:
+            c = Conn(g.port, version)
+            assert c.connect(cid()) == 0
+            assert c.publish(topic, f"online {version}".encode(), qos=1, retain=True) == 0
+            c.disconnect()
+        c = Conn(g.port, 4)
+        assert c.connect(cid()) == 0
+        assert c.publish("status/press-3", b"gone", qos=1, retain=True) == 0
+        assert c.publish("status/press-3", b"", qos=1, retain=True) == 0, "cleared again"
+        c.disconnect()
+        g.stop()
+        g.start()
+        got = {}
+        c = Conn(g.port, 5)
+        assert c.connect(cid()) == 0
+        c.s.settimeout(3)
+        pid = c.next_id
+        c.subscribe("status/#", 1)
+        try:
+            while len(got) < 3:
+                topic, payload, retain = c.receive()
+                assert retain
+                got[topic] = payload
+        except (TimeoutError, OSError):
+            pass
+        assert got == {"status/press-1": b"online 4", "status/press-2": b"online 5"}, pid
+        c.disconnect()
+    finally:
+        g.stop()
+
+
+def test_immediate_reconnects_with_the_same_client_id_are_accepted(gateway):
+    refused = []
+    for i in range(500):
+        c = Conn(gateway.port, 4 if i % 2 else 5)
+        code = c.connect("same-device")
+        if code != 0:
+            refused.append((i, code))
+        if i % 3 == 0:
+            c.close()  # without DISCONNECT, as a device losing its link
+        else:
+            c.disconnect()
+    assert not refused, f"{len(refused)} of 500 reconnects refused: {refused[:10]}"
+
+
+def test_a_v5_client_taken_over_is_told_why(gateway):
+    first = Conn(gateway.port, 5)
+    assert first.connect("twin") == 0
+    second = Conn(gateway.port, 5)
+    assert second.connect("twin") == 0
+    t, _, body = first.read()
+    assert (t, body[0]) == (14, 0x8E), "DISCONNECT with reason Session taken over"
+    second.disconnect()
