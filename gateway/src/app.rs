@@ -133,6 +133,7 @@ pub fn raise_open_files_limit(cfg: &Config) {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // What cannot run is refused now, naming its key, rather than failing later.
     cfg.check_host()?;
+    broker::check_files(&cfg.broker)?;
     let ops = Arc::new(Ops::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 

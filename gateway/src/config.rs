@@ -485,7 +485,6 @@ impl Config {
     /// devices exist. `run` makes these checks at start, and `validate` unless told it
     /// runs elsewhere (`--offline`). Errors name the key.
     pub fn check_host(&self) -> anyhow::Result<()> {
-        crate::broker::check_files(&self.broker)?;
         for (key, addr) in self.listeners() {
             let Some(addr) = addr else { continue };
             if let Err(e) = std::net::TcpListener::bind(addr) {

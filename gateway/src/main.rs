@@ -239,6 +239,7 @@ fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<bool> {
     let cfg = config::Config::load(path)?;
     if !offline {
         cfg.check_host()
+            .and_then(|()| fieldgate::broker::check_files(&cfg.broker))
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     }
     if !cfg.rules_dir.is_dir() {

@@ -411,8 +411,7 @@ impl Gateway {
             .arg(setup.config())
             .env(
                 "RUST_LOG",
-                std::env::var("FIELDGATE_TEST_LOG")
-                    .unwrap_or_else(|_| "info,rumqttd=warn,rumqttd::router::routing=off".into()),
+                std::env::var("FIELDGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

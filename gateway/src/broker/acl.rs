@@ -8,9 +8,9 @@
 //! - `#` starts a comment.
 //!
 //! A `deny` that matches wins over any grant; otherwise an action is allowed when a rule
-//! grants it, and refused when none does. A subscription is granted when every topic it
-//! can match is granted (`a/+` under `a/#`), and refused whole when it can match a
-//! denied one (mosquitto would grant it and hold back the denied messages instead).
+//! grants it, and refused when none does. As in mosquitto, a subscription is granted
+//! when a read rule covers part of what it can match and no `deny` covers all of it;
+//! each message is then checked against the subscriber's rules before it is delivered.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +19,7 @@ use fieldgate_connectors::source::mqtt::topic_matches;
 
 /// What a client wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+enum Action {
     /// Subscribe (receive).
     Read,
     /// Publish.
@@ -106,9 +106,8 @@ impl Acl {
         Ok(acl)
     }
 
-    /// Whether `client` may `action` on `topic` (a topic name to publish, a filter to
-    /// subscribe).
-    pub fn allows(&self, client: &Client, action: Action, topic: &str) -> bool {
+    /// The rules that apply to `client`, patterns filled in.
+    fn rules_for(&self, client: &Client) -> Vec<Rule> {
         let own: &[Rule] = match client.username {
             Some(u) => self.users.get(u).map_or(&[], |r| r.as_slice()),
             None => &self.anonymous,
@@ -117,21 +116,46 @@ impl Acl {
             access: r.access,
             topic: substitute(&r.topic, client),
         });
-        let rules: Vec<Rule> = own.iter().cloned().chain(patterns).collect();
-        let applies = |pattern: &str, strict: bool| match action {
-            Action::Write => topic_matches(pattern, topic),
-            Action::Read if strict => filter_within(topic, pattern),
-            Action::Read => filters_overlap(topic, pattern),
-        };
+        own.iter().cloned().chain(patterns).collect()
+    }
+
+    /// Whether `client` may publish to the topic name `topic`.
+    pub fn may_publish(&self, client: &Client, topic: &str) -> bool {
+        self.decide(client, Action::Write, |p| topic_matches(p, topic))
+    }
+
+    /// Whether `client` may receive a message published to the topic name `topic`.
+    pub fn may_receive(&self, client: &Client, topic: &str) -> bool {
+        self.decide(client, Action::Read, |p| topic_matches(p, topic))
+    }
+
+    /// Whether `client` may subscribe to `filter`: refused when a `deny` covers all of
+    /// it, granted when a read rule covers part of it. What it then receives is checked
+    /// message by message ([`Acl::may_receive`]).
+    pub fn may_subscribe(&self, client: &Client, filter: &str) -> bool {
+        let rules = self.rules_for(client);
         if rules
             .iter()
-            .any(|r| r.access == Access::Deny && applies(&r.topic, false))
+            .any(|r| r.access == Access::Deny && filter_within(filter, &r.topic))
         {
             return false;
         }
         rules
             .iter()
-            .any(|r| r.access.grants(action) && applies(&r.topic, true))
+            .any(|r| r.access.grants(Action::Read) && filters_overlap(filter, &r.topic))
+    }
+
+    fn decide(&self, client: &Client, action: Action, applies: impl Fn(&str) -> bool) -> bool {
+        let rules = self.rules_for(client);
+        if rules
+            .iter()
+            .any(|r| r.access == Access::Deny && applies(&r.topic))
+        {
+            return false;
+        }
+        rules
+            .iter()
+            .any(|r| r.access.grants(action) && applies(&r.topic))
     }
 }
 
@@ -219,6 +243,8 @@ mod tests {
     const ACL: &str = "\
 # anonymous clients
 topic read public/#
+topic read #
+topic deny private/#
 
 user alice
 topic readwrite plant/#
@@ -243,37 +269,62 @@ pattern read status/%u
         let alice = who(Some("alice"), "a1");
         let bob = who(Some("bob"), "b1");
         let carol = who(Some("carol"), "c1");
-        use Action::*;
+        enum Do {
+            Pub,
+            Sub,
+            Get,
+        }
+        use Do::*;
         let cases = [
-            (&anon, Read, "public/weather", true),
-            (&anon, Read, "public/#", true),
-            (&anon, Write, "public/weather", false),
-            (&anon, Read, "#", false),
-            (&alice, Write, "plant/line1/temp", true),
-            // Could match plant/secret/temp: refused whole.
-            (&alice, Read, "plant/+/temp", false),
-            (&alice, Read, "plant/line1/+", true),
-            (&alice, Write, "plant/secret/key", false),
-            (&alice, Read, "plant/#", false),
-            (&alice, Read, "plant/secret", false),
-            (&alice, Read, "plant/secrets", true),
-            (&alice, Read, "public/weather", false),
-            (&bob, Write, "plant/line1/temp", true),
-            (&bob, Write, "plant/line1/temp/x", false),
-            (&bob, Read, "plant/line1/temp", false),
-            (&bob, Write, "devices/b1/t", true),
-            (&bob, Write, "devices/a1/t", false),
-            (&bob, Read, "status/bob", true),
-            (&carol, Write, "devices/c1/x/y", true),
-            (&carol, Read, "status/bob", false),
-            (&carol, Read, "status/carol", true),
+            (&anon, Sub, "public/weather", true),
+            (&anon, Sub, "public/#", true),
+            (&anon, Sub, "#", true),
+            (&anon, Get, "public/weather", true),
+            (&anon, Get, "private/x", false),
+            (&anon, Pub, "public/weather", false),
+            (&alice, Pub, "plant/line1/temp", true),
+            (&alice, Sub, "plant/+/temp", true),
+            (&alice, Pub, "plant/secret/key", false),
+            (&alice, Sub, "plant/#", true),
+            (&alice, Sub, "plant/secret/#", false),
+            (&alice, Sub, "plant/secret/key", false),
+            (&alice, Sub, "plant/secret", false),
+            (&alice, Get, "plant/secret/key", false),
+            (&alice, Get, "plant/line1/temp", true),
+            (&alice, Sub, "public/weather", false),
+            (&bob, Pub, "plant/line1/temp", true),
+            (&bob, Pub, "plant/line1/temp/x", false),
+            (&bob, Sub, "plant/line1/temp", false),
+            (&bob, Pub, "devices/b1/t", true),
+            (&bob, Pub, "devices/a1/t", false),
+            (&bob, Sub, "status/bob", true),
+            (&bob, Sub, "status/+", true),
+            (&bob, Get, "status/carol", false),
+            (&carol, Pub, "devices/c1/x/y", true),
+            (&carol, Get, "status/bob", false),
+            (&carol, Get, "status/carol", true),
         ];
-        for (c, a, t, want) in cases {
-            assert_eq!(acl.allows(c, a, t), want, "{:?} {a:?} {t}", c.username);
+        for (c, what, t, want) in cases {
+            let got = match what {
+                Pub => acl.may_publish(c, t),
+                Sub => acl.may_subscribe(c, t),
+                Get => acl.may_receive(c, t),
+            };
+            assert_eq!(
+                got,
+                want,
+                "{:?} {} {t}",
+                c.username,
+                match what {
+                    Pub => "publish",
+                    Sub => "subscribe",
+                    Get => "receive",
+                }
+            );
         }
         // A client id with a slash or wildcard cannot widen a pattern.
-        assert!(!acl.allows(&who(Some("carol"), "#"), Write, "devices/x/y"));
-        assert!(!acl.allows(&who(Some("carol"), "a/b"), Write, "devices/a/b/c"));
+        assert!(!acl.may_publish(&who(Some("carol"), "#"), "devices/x/y"));
+        assert!(!acl.may_publish(&who(Some("carol"), "a/b"), "devices/a/b/c"));
     }
 
     #[test]

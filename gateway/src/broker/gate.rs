@@ -15,7 +15,7 @@ use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::types::{AuthResult, PublishAclResult, SubscribeAclResult};
 
 use super::BrokerCounters;
-use super::acl::{Acl, Action, Client};
+use super::acl::{Acl, Client};
 use super::passwords::Passwords;
 use crate::config::BrokerConfig;
 use crate::journal::{Journal, Message};
@@ -31,7 +31,7 @@ pub enum Refusal {
     SubscribeDenied,
     /// A publish the ACL does not grant.
     PublishDenied,
-    /// A publish to a `$` topic (`$SYS`), which only the broker writes.
+    /// A publish to a `$SYS` topic, which only the broker writes.
     SystemTopic,
     /// A topic longer or deeper than `broker.max_topic_length` / `max_topic_levels`.
     TopicLimits,
@@ -266,7 +266,7 @@ impl Gate {
                 username: s.id.username.as_deref(),
                 client_id: &client,
             };
-            if !acl.allows(&who, Action::Read, plain) {
+            if !acl.may_subscribe(&who, plain) {
                 self.0
                     .counters
                     .refused(Refusal::SubscribeDenied, &client, filter);
@@ -274,6 +274,20 @@ impl Gate {
             }
         }
         true
+    }
+
+    fn may_receive(&self, s: &rmqtt::session::Session, topic: &str) -> bool {
+        let Some(acl) = self.access().acl else {
+            return true;
+        };
+        let client = s.id.client_id.to_string();
+        acl.may_receive(
+            &Client {
+                username: s.id.username.as_deref(),
+                client_id: &client,
+            },
+            topic,
+        )
     }
 
     async fn publish(
@@ -292,11 +306,8 @@ impl Gate {
             super::protocol_errors::counted(super::ProtocolError::InvalidTopic);
             return PublishAclResult::rejected(true, Some("invalid topic name".into()));
         }
-        if topic.starts_with('$') {
-            return refuse(
-                Refusal::SystemTopic,
-                "topics starting with $ are the broker's",
-            );
+        if topic == "$SYS" || topic.starts_with("$SYS/") {
+            return refuse(Refusal::SystemTopic, "$SYS topics are the broker's");
         }
         if !self.within_limits(topic) {
             return refuse(Refusal::TopicLimits, "topic too long or too deep");
@@ -306,7 +317,7 @@ impl Gate {
                 username: s.id.username.as_deref(),
                 client_id: &client,
             };
-            if !acl.allows(&who, Action::Write, topic) {
+            if !acl.may_publish(&who, topic) {
                 return refuse(Refusal::PublishDenied, "not authorized");
             }
         }
@@ -362,6 +373,15 @@ impl Handler for Gate {
                     )
                 };
                 (false, Some(HookResult::SubscribeAclResult(r)))
+            }
+            Parameter::MessageExpiryCheck(s, _, p) => {
+                // The subscription was granted; this message may still be one the
+                // subscriber must not see (a `deny` inside what it subscribed to).
+                if self.may_receive(s, &p.topic) {
+                    (true, acc)
+                } else {
+                    (false, Some(HookResult::MessageExpiry))
+                }
             }
             Parameter::MessagePublishCheckAcl(s, p) => {
                 let r = self.publish(s, p).await;

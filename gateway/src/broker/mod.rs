@@ -15,6 +15,7 @@ mod gate;
 pub mod passwords;
 mod protocol_errors;
 mod retained;
+mod shared_subscriptions;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
@@ -233,6 +234,8 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("retained messages: {e:#}"))?;
     *scx.extends.retain_mut().await = Box::new(retained);
+    *scx.extends.shared_subscription_mut().await =
+        Box::new(shared_subscriptions::RoundRobin::default());
     let counters = Arc::new(BrokerCounters::default());
     let mut mutual_tls = Vec::new();
     if cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
@@ -253,6 +256,7 @@ pub async fn start(
         Type::ClientDisconnected,
         Type::ClientSubscribeCheckAcl,
         Type::MessagePublishCheckAcl,
+        Type::MessageExpiryCheck,
     ] {
         register.add(t, Box::new(gate.clone())).await;
     }

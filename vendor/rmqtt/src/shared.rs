@@ -431,8 +431,12 @@ impl Entry for LockEntry {
             .lockers
             .entry(self.id.client_id.clone())
             .or_insert(Arc::new(Mutex::new(())))
-            .clone()
-            .try_lock_owned()?;
+            .clone();
+        // Another connection with this client id is being set up (or is kicking the old
+        // session): wait for it, as long as a kick may take, rather than refusing.
+        let locker = tokio::time::timeout(Duration::from_secs(6), locker.lock_owned())
+            .await
+            .map_err(|_| anyhow!("another connection with this client id is still being set up"))?;
         Ok(Box::new(LockEntry::new(self.id.clone(), self.shared.clone(), Some(locker))))
     }
 
