@@ -261,17 +261,13 @@ impl Gate {
             .strip_prefix("$share/")
             .and_then(|r| r.split_once('/'))
             .map_or(filter, |(_, f)| f);
-        if let Some(acl) = self.access().acl {
-            let who = Client {
-                username: s.id.username.as_deref(),
-                client_id: &client,
-            };
-            if !acl.may_subscribe(&who, plain) {
-                self.0
-                    .counters
-                    .refused(Refusal::SubscribeDenied, &client, filter);
-                return false;
-            }
+        if let Some(acl) = self.access().acl
+            && !acl.may_subscribe(&acl_client(s, &client), plain)
+        {
+            self.0
+                .counters
+                .refused(Refusal::SubscribeDenied, &client, filter);
+            return false;
         }
         true
     }
@@ -281,13 +277,7 @@ impl Gate {
             return true;
         };
         let client = s.id.client_id.to_string();
-        acl.may_receive(
-            &Client {
-                username: s.id.username.as_deref(),
-                client_id: &client,
-            },
-            topic,
-        )
+        acl.may_receive(&acl_client(s, &client), topic)
     }
 
     async fn publish(
@@ -312,14 +302,10 @@ impl Gate {
         if !self.within_limits(topic) {
             return refuse(Refusal::TopicLimits, "topic too long or too deep");
         }
-        if let Some(acl) = self.access().acl {
-            let who = Client {
-                username: s.id.username.as_deref(),
-                client_id: &client,
-            };
-            if !acl.may_publish(&who, topic) {
-                return refuse(Refusal::PublishDenied, "not authorized");
-            }
+        if let Some(acl) = self.access().acl
+            && !acl.may_publish(&acl_client(s, &client), topic)
+        {
+            return refuse(Refusal::PublishDenied, "not authorized");
         }
         if self.0.stopping.load(Ordering::Relaxed) {
             // Never acknowledged: the device sends it again to the next run.
@@ -341,6 +327,14 @@ impl Gate {
             }
             Err(e) => refuse(Refusal::TooLarge, &e.to_string()),
         }
+    }
+}
+
+/// The ACL's view of a session's client; `client_id` is the session's client id as text.
+fn acl_client<'a>(s: &'a rmqtt::session::Session, client_id: &'a str) -> Client<'a> {
+    Client {
+        username: s.id.username.as_deref(),
+        client_id,
     }
 }
 
