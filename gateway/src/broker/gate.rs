@@ -17,7 +17,7 @@ use rmqtt::types::{AuthResult, PublishAclResult, SubscribeAclResult};
 use super::BrokerCounters;
 use super::acl::{Acl, Client};
 use super::passwords::Passwords;
-use crate::config::BrokerConfig;
+use crate::config::{AckMode, BrokerConfig};
 use crate::journal::{Journal, Message};
 
 /// Why the broker refused a client something.
@@ -315,16 +315,13 @@ impl Gate {
             // Clearing a retained message is for the broker, not a reading.
             return PublishAclResult::allow();
         }
-        let wait = p.qos != rmqtt::types::QoS::AtMostOnce && super::durable(self.0.cfg.ack);
+        let wait = p.qos != rmqtt::types::QoS::AtMostOnce && self.0.cfg.ack == AckMode::Durable;
         let message = Message {
             topic: topic.to_string(),
             payload: p.payload.clone(),
         };
         match self.0.journal.append(vec![message], wait).await {
-            Ok(()) => {
-                self.0.counters.published.fetch_add(1, Ordering::Relaxed);
-                PublishAclResult::allow()
-            }
+            Ok(()) => PublishAclResult::allow(),
             Err(e) => refuse(Refusal::TooLarge, &e.to_string()),
         }
     }

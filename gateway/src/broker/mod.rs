@@ -31,7 +31,7 @@ use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 use tokio::task::JoinHandle;
 
-use crate::config::{AckMode, BrokerConfig};
+use crate::config::BrokerConfig;
 use crate::journal::{Journal, Message};
 use crate::logging::RateLimited;
 pub use gate::Refusal;
@@ -183,8 +183,6 @@ pub struct BrokerCounters {
     pub accepted: AtomicU64,
     /// Connections, subscriptions and publishes refused, by [`Refusal::index`].
     pub refused: [AtomicU64; Refusal::ALL.len()],
-    /// Messages journaled from devices.
-    pub published: AtomicU64,
     /// Reloads of the password and ACL files, and reloads that failed.
     pub access_reloads: AtomicU64,
     pub access_reload_errors: AtomicU64,
@@ -318,9 +316,4 @@ fn listener(cfg: &BrokerConfig, name: &str, addr: SocketAddr) -> Builder {
         .max_keepalive(cfg.max_keepalive)
         .max_topic_aliases(64)
         .max_mqueue_len(10_000)
-}
-
-/// Whether the broker acknowledges after the journal's sync.
-fn durable(ack: AckMode) -> bool {
-    ack == AckMode::Durable
 }

@@ -105,12 +105,15 @@ pub async fn run(
                     *quiet_until = Instant::now() + DRAIN_QUIET;
                 }
                 let mut routed = false;
+                // Whether ingest has recorded taking this entry (with a hold) yet.
+                let mut recorded = false;
                 for (i, route) in routes.iter().enumerate() {
                     if topic_matches(&route.filter, &r.topic) {
                         routed = true;
                         let p = &mut pending[i];
                         if p.hold.is_none() {
                             p.hold = holds.taken(r.seq, true);
+                            recorded = true;
                         }
                         p.payloads.push(r.payload.clone());
                         if p.payloads.len() >= batch_rows {
@@ -118,7 +121,9 @@ pub async fn run(
                         }
                     }
                 }
-                holds.taken(r.seq, false);
+                if !recorded {
+                    holds.taken(r.seq, false);
+                }
                 if !routed {
                     counters.unrouted.fetch_add(1, Ordering::Relaxed);
                 }
