@@ -101,6 +101,10 @@ pub struct BrokerConfig {
     /// Largest keepalive a client may ask for: an MQTT 5 client asking for more is given
     /// this one, an MQTT 3.1.1 client is refused.
     pub max_keepalive: u16,
+    /// How long a persistent session outlives its connection: an MQTT 3.1.1 session
+    /// (clean session 0) ends after it, an MQTT 5 client asking for longer gets this.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
 }
 
 /// When the broker acknowledges a QoS 1/2 PUBLISH.
@@ -147,6 +151,7 @@ impl Default for BrokerConfig {
             max_subscriptions: 100,
             max_client_id_length: 256,
             max_keepalive: u16::MAX,
+            session_expiry: Duration::from_secs(2 * 60 * 60),
         }
     }
 }
@@ -604,6 +609,11 @@ impl Config {
         if b.max_keepalive == 0 {
             bail!("key `broker.max_keepalive` must be at least 1 second");
         }
+        if b.session_expiry < Duration::from_secs(1)
+            || b.session_expiry > Duration::from_secs(u32::MAX.into())
+        {
+            bail!("key `broker.session_expiry` must be 1s to 136 years (MQTT's 2^32 - 1 seconds)");
+        }
         let j = &self.journal;
         let least = 2 * b.max_payload_size as u64 + 2 * u64::from(u16::MAX);
         if j.max_bytes < least {
@@ -850,6 +860,7 @@ mod tests {
             ("[journal]\nmax_bytes = 100", "journal.max_bytes"),
             ("[broker]\nmax_payload_size = 0", "broker.max_payload_size"),
             ("[broker]\nmax_connections = 0", "broker.max_connections"),
+            ("[broker]\nsession_expiry = '0s'", "broker.session_expiry"),
             ("[broker]\nmax_inflight = 0", "broker.max_inflight"),
             ("[broker]\nconnect_timeout = '2m'", "broker.connect_timeout"),
             ("[admin]\nmax_connections = 0", "admin.max_connections"),

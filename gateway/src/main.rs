@@ -206,6 +206,12 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             "sent {} messages ({} acknowledged) in {:.2} s: {:.0} msgs/s",
             report.sent, report.acknowledged, report.seconds, report.rate
         );
+        if let Some(l) = report.puback {
+            println!(
+                "PUBACK latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! `fieldgate simulate`: a load generator. Simulated sensors publish JSON readings over
 //! real MQTT TCP connections, at a total rate or as fast as the broker takes them,
 //! bounded by a count and a duration. Each payload carries its send time (`sent_us`,
-//! epoch microseconds) so that the far end can measure latency.
+//! epoch microseconds) so that the far end can measure latency. At QoS 1 the report
+//! also gives the PUBACK latency: from the PUBLISH written to the socket to its PUBACK.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -44,6 +45,35 @@ pub struct Report {
     pub seconds: f64,
     /// Messages per second achieved.
     pub rate: f64,
+    /// PUBACK latency over every acknowledged message (QoS 1 only).
+    pub puback: Option<Latency>,
+}
+
+/// Percentiles of a latency, in milliseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// The percentiles of samples in microseconds; `None` when there are none.
+    fn of(mut micros: Vec<u32>) -> Option<Latency> {
+        if micros.is_empty() {
+            return None;
+        }
+        micros.sort_unstable();
+        let at = |q: f64| {
+            let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1;
+            f64::from(micros[i]) / 1000.0
+        };
+        Some(Latency {
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        })
+    }
 }
 
 /// Runs the simulation and reports what it sent.
@@ -59,6 +89,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let deadline = (!opts.duration.is_zero()).then(|| started + opts.duration);
     let sent = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = JoinSet::new();
     for c in 0..connections {
         // Devices c, c + connections, ... publish through connection c.
@@ -79,6 +110,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             deadline,
             sent: sent.clone(),
             acked: acked.clone(),
+            latencies: latencies.clone(),
         };
         tasks.spawn(conn.run());
     }
@@ -87,11 +119,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let sent = sent.load(Ordering::Relaxed);
+    let micros = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Report {
         sent,
         acknowledged: acked.load(Ordering::Relaxed),
         seconds,
         rate: sent as f64 / seconds.max(1e-9),
+        puback: Latency::of(micros),
     })
 }
 
@@ -106,6 +140,8 @@ struct Connection {
     deadline: Option<Instant>,
     sent: Arc<AtomicU64>,
     acked: Arc<AtomicU64>,
+    /// PUBACK latencies in microseconds, appended by each connection as it ends.
+    latencies: Arc<Mutex<Vec<u32>>>,
 }
 
 impl Connection {
@@ -123,12 +159,23 @@ impl Connection {
         let acked = self.acked.clone();
         let acked_here = Arc::new(AtomicU64::new(0));
         let counted = acked_here.clone();
+        let latencies = self.latencies.clone();
         // The event loop: sends what the publisher queues and counts acknowledgements;
         // ends when the publisher has dropped the client and everything went out.
         let network = tokio::spawn(async move {
-            loop {
+            // When each packet id in flight was written, and the latencies measured.
+            let mut written: Vec<Option<Instant>> = vec![None; usize::from(u16::MAX) + 1];
+            let mut micros = Vec::new();
+            let result = loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) if qos != QoS::AtMostOnce => {
+                        written[usize::from(pkid)] = Some(Instant::now());
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(at) = written[usize::from(ack.pkid)].take() {
+                            micros
+                                .push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        }
                         acked.fetch_add(1, Ordering::Relaxed);
                         counted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -136,11 +183,16 @@ impl Connection {
                         acked.fetch_add(1, Ordering::Relaxed);
                         counted.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => break Ok(()),
                     Ok(_) => {}
-                    Err(e) => return Err(anyhow::anyhow!("MQTT connection: {e}")),
+                    Err(e) => break Err(anyhow::anyhow!("MQTT connection: {e}")),
                 }
-            }
+            };
+            latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(micros);
+            result
         });
         let mut n: u64 = 0;
         let tick = Duration::from_millis(1);

@@ -64,21 +64,29 @@ class Conn:
     def _props(self) -> bytes:
         return b"\x00" if self.version == 5 else b""
 
-    def connect(self, client_id: str, user=None, password=None, clean=True, keepalive=30) -> int:
-        """Sends CONNECT; returns the CONNACK's return / reason code."""
+    def connect(self, client_id: str, user=None, password=None, clean=True, keepalive=30,
+                session_expiry=None) -> int:
+        """Sends CONNECT; returns the CONNACK's return / reason code and keeps its
+        session present flag in `session_present`. `session_expiry` (seconds) is the
+        MQTT 5 property."""
         flags = 0x02 if clean else 0
         if user is not None:
             flags |= 0x80
         if password is not None:
             flags |= 0x40
         body = _str(b"MQTT") + bytes([self.version, flags]) + keepalive.to_bytes(2, "big")
-        body += self._props() + _str(client_id.encode())
+        if self.version == 5 and session_expiry is not None:
+            body += b"\x05\x11" + session_expiry.to_bytes(4, "big")
+        else:
+            body += self._props()
+        body += _str(client_id.encode())
         if user is not None:
             body += _str(user.encode())
         if password is not None:
             body += _str(password.encode())
         self.s.sendall(_packet(0x10, body))
         _, body = self.read_type(2)
+        self.session_present = bool(body[0] & 1)
         return body[1]
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> int:
@@ -93,6 +101,14 @@ class Conn:
             plen, i = self._varint_at(rest)
             rest = rest[i + plen:]
         return rest[0]
+
+    def unsubscribe(self, topic_filter: str):
+        """Sends UNSUBSCRIBE and waits for its UNSUBACK."""
+        pid = self.next_id
+        self.next_id += 1
+        body = pid.to_bytes(2, "big") + self._props() + _str(topic_filter.encode())
+        self.s.sendall(_packet(0xA2, body))
+        self.read_type(11)
 
     @staticmethod
     def _varint_at(b: bytes):

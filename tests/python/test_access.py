@@ -1,6 +1,7 @@
 """Who may connect to the embedded broker and what they may do, with the exact codes of
 MQTT 3.1.1 and 5 on the wire; TLS with client certificates made by openssl here;
-retained messages across a restart; immediate reconnects with the same client id."""
+retained messages and persistent sessions across a restart; immediate reconnects with the
+same client id."""
 
 import signal
 import ssl
@@ -250,6 +251,132 @@ def test_retained_messages_survive_a_restart(tmp_path):
         g.stop()
 
 
+def test_limits_refuse_with_each_versions_codes_and_are_counted(tmp_path):
+    g = Gateway(tmp_path, broker="max_connections = 3\nmax_subscriptions = 2\nmax_client_id_length = 23")
+    key = 'fieldgate_broker_refused_total{reason="%s"}'
+    try:
+        for version, code in [(4, 2), (5, 0x85)]:
+            assert Conn(g.port, version).connect("x" * 24) == code, "client id too long"
+        for version, code in [(4, 0x80), (5, 0x97)]:
+            c = Conn(g.port, version)
+            assert c.connect(cid()) == 0
+            assert c.subscribe("a/#", 1) == 1
+            assert c.subscribe("b/#", 1) == 1
+            assert c.subscribe("a/#", 0) == 0, "subscribing again replaces, it is not one more"
+            assert c.subscribe("c/#", 1) == code, "third subscription"
+            c.disconnect()
+        held = []
+
+        def held_one_more() -> bool:
+            c = Conn(g.port, 4)
+            if c.connect(cid()) == 0:
+                held.append(c)
+                return True
+            c.close()
+            return False
+        for _ in range(3):  # once the sessions of the clients above have ended
+            wait_for(held_one_more, "three connections are allowed")
+        for version, code in [(4, 3), (5, 0x88)]:
+            assert Conn(g.port, version).connect(cid()) == code, "a fourth connection"
+        held.pop().disconnect()
+        wait_for(held_one_more, "a connection closed makes room")
+        m = g.metrics()
+        assert m[key % "client_id"] == 2
+        assert m[key % "subscription_limit"] == 2
+        assert m[key % "unavailable"] >= 2
+        for c in held:
+            c.disconnect()
+    finally:
+        g.stop()
+
+
+def drain(c: Conn, seconds: float = 2) -> list:
+    """The topics of the PUBLISHes that arrive until `seconds` pass without one."""
+    c.s.settimeout(seconds)
+    got = []
+    try:
+        while True:
+            got.append(c.receive()[0])
+    except (TimeoutError, OSError):
+        pass
+    return got
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "kill9"])
+def test_persistent_sessions_keep_their_subscriptions_across_a_restart(tmp_path, crash):
+    g = Gateway(tmp_path, broker="session_expiry = '1h'")
+    try:
+        # Persistent: 3.1.1 with clean session 0, MQTT 5 with an expiry. Each also
+        # subscribes to a filter it drops again, and one drops its connection without
+        # DISCONNECT. Not persistent: a clean 3.1.1 session, an MQTT 5 one without expiry.
+        kept = {"keeper-4": 4, "keeper-5": 5, "keeper-lost": 4}
+        for client, version in kept.items():
+            c = Conn(g.port, version)
+            assert c.connect(client, clean=False, session_expiry=600) == 0
+            assert c.subscribe(f"alerts/{client}/#", 1) == 1
+            assert c.subscribe(f"alerts/{client}-dropped/#", 1) == 1
+            c.unsubscribe(f"alerts/{client}-dropped/#")
+            c.close() if client == "keeper-lost" else c.disconnect()
+        for client, version, clean in [("transient-4", 4, True), ("transient-5", 5, False)]:
+            c = Conn(g.port, version)
+            assert c.connect(client, clean=clean, session_expiry=0) == 0
+            assert c.subscribe(f"alerts/{client}/#", 1) == 1
+            c.disconnect()
+        # Taken over by a clean session: the persistent one it replaced is gone.
+        c = Conn(g.port, 4)
+        assert c.connect("replaced", clean=False) == 0
+        assert c.subscribe("alerts/replaced/#", 1) == 1
+        c.disconnect()
+        c = Conn(g.port, 4)
+        assert c.connect("replaced", clean=True) == 0
+        c.disconnect()
+        time.sleep(0.5)  # the disconnects are handled
+        g.kill9() if crash else g.stop()
+        g.start()
+
+        # Published while every subscriber is offline, after the restart.
+        pub = Conn(g.port, 5)
+        assert pub.connect(cid()) == 0
+        clients = [*kept, "transient-4", "transient-5", "replaced"]
+        for client in clients:
+            for sub in ("", "-dropped"):
+                assert pub.publish(f"alerts/{client}{sub}/x", b"hello", qos=1) == 0
+        pub.disconnect()
+
+        for client, version in kept.items():
+            c = Conn(g.port, version)
+            assert c.connect(client, clean=False, session_expiry=600) == 0
+            assert c.session_present, f"{client}: session present after the restart"
+            assert drain(c) == [f"alerts/{client}/x"], client
+            c.disconnect()
+        for client, version in [("transient-4", 4), ("transient-5", 5), ("replaced", 4)]:
+            c = Conn(g.port, version)
+            assert c.connect(client, clean=False, session_expiry=600) == 0
+            assert not c.session_present, f"{client} had no persistent session"
+            assert drain(c, 0.5) == [], client
+            c.disconnect()
+    finally:
+        g.stop()
+
+
+def test_a_persistent_session_expires_across_a_restart(tmp_path):
+    g = Gateway(tmp_path, broker="session_expiry = '2s'")
+    try:
+        c = Conn(g.port, 4)
+        assert c.connect("short-lived", clean=False) == 0
+        assert c.subscribe("alerts/short/#", 1) == 1
+        c.disconnect()
+        g.stop()
+        time.sleep(2.5)
+        g.start()
+        c = Conn(g.port, 4)
+        assert c.connect("short-lived", clean=False) == 0
+        assert not c.session_present, "expired while the gateway was down"
+        c.disconnect()
+    finally:
+        g.stop()
+
+
 def test_immediate_reconnects_with_the_same_client_id_are_accepted(gateway):
     refused = []
     for i in range(500):
@@ -262,6 +389,34 @@ def test_immediate_reconnects_with_the_same_client_id_are_accepted(gateway):
         else:
             c.disconnect()
     assert not refused, f"{len(refused)} of 500 reconnects refused: {refused[:10]}"
+
+
+def test_two_connects_of_one_client_id_at_once_are_both_accepted(gateway):
+    """The second handshake waits for the first and then takes the session over."""
+    import threading
+    refused = []
+    for i in range(50):
+        version = 4 if i % 2 else 5
+        conns = [Conn(gateway.port, version), Conn(gateway.port, version)]
+        start = threading.Barrier(2)
+        codes = []
+
+        def connect(c):
+            start.wait()
+            try:
+                codes.append(c.connect("racing-device"))
+            except OSError as e:
+                codes.append(repr(e))
+        threads = [threading.Thread(target=connect, args=(c,)) for c in conns]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=15)
+        if codes != [0, 0]:
+            refused.append((i, codes))
+        for c in conns:
+            c.close()
+    assert not refused, f"{len(refused)} of 50 pairs not both accepted: {refused[:5]}"
 
 
 def test_a_v5_client_taken_over_is_told_why(gateway):

@@ -165,12 +165,9 @@ fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
         e,
         "fieldgate_broker_refused_total",
         "Connections, subscriptions and publishes the embedded broker refused, by reason.",
-        Refusal::ALL.iter().map(|v| {
-            (
-                vec![("reason", v.as_str())],
-                load(&r.broker.refused[v.index()]),
-            )
-        }),
+        Refusal::ALL
+            .iter()
+            .map(|v| (vec![("reason", v.as_str())], r.broker.refusals(*v))),
     )?;
     counter(
         e,

@@ -7,10 +7,11 @@
 //! the journal) for superusers.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use rmqtt::codec::v5::SubscribeAckReason as SubAck;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::types::{AuthResult, PublishAclResult, SubscribeAclResult};
 
@@ -19,6 +20,7 @@ use super::acl::{Acl, Client};
 use super::passwords::Passwords;
 use crate::config::{AckMode, BrokerConfig};
 use crate::journal::{Journal, Message};
+use crate::logging::RateLimited;
 
 /// Why the broker refused a client something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +39,18 @@ pub enum Refusal {
     TopicLimits,
     /// A message the journal cannot hold.
     TooLarge,
+    /// A subscription past `broker.max_subscriptions`.
+    SubscriptionLimit,
+    /// A CONNECT with a client id longer than `broker.max_client_id_length` or invalid.
+    ClientId,
+    /// A CONNECT past `broker.max_connections`, or one the broker could not serve in time.
+    Unavailable,
+    /// A CONNECT refused for another reason (its CONNACK code is logged).
+    Connect,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::BadCredentials,
         Refusal::Anonymous,
         Refusal::SubscribeDenied,
@@ -48,6 +58,10 @@ impl Refusal {
         Refusal::SystemTopic,
         Refusal::TopicLimits,
         Refusal::TooLarge,
+        Refusal::SubscriptionLimit,
+        Refusal::ClientId,
+        Refusal::Unavailable,
+        Refusal::Connect,
     ];
 
     pub fn index(self) -> usize {
@@ -63,6 +77,10 @@ impl Refusal {
             Refusal::SystemTopic => "system_topic",
             Refusal::TopicLimits => "topic_limits",
             Refusal::TooLarge => "too_large",
+            Refusal::SubscriptionLimit => "subscription_limit",
+            Refusal::ClientId => "client_id",
+            Refusal::Unavailable => "unavailable",
+            Refusal::Connect => "connect_other",
         }
     }
 }
@@ -248,13 +266,28 @@ impl Gate {
             && topic.split('/').count() <= self.0.cfg.max_topic_levels
     }
 
-    fn subscribe(&self, s: &rmqtt::session::Session, filter: &str) -> bool {
+    /// Whether a subscription is granted; `Err` with the MQTT 5 reason code if not.
+    async fn subscribe(&self, s: &rmqtt::session::Session, filter: &str) -> Result<(), SubAck> {
         let client = s.id.client_id.to_string();
         if !self.within_limits(filter) {
             self.0
                 .counters
                 .refused(Refusal::TopicLimits, &client, filter);
-            return false;
+            return Err(SubAck::NotAuthorized);
+        }
+        let max = self.0.cfg.max_subscriptions;
+        if max > 0
+            && let Ok(subs) = s.subscriptions().await
+        {
+            let subs = subs.read().await;
+            // Subscribing again to a filter replaces it: not one more.
+            if subs.len() >= max && !subs.contains_key(filter) {
+                drop(subs);
+                self.0
+                    .counters
+                    .refused(Refusal::SubscriptionLimit, &client, filter);
+                return Err(SubAck::QuotaExceeded);
+            }
         }
         // A shared subscription is checked on the filter it shares.
         let plain = filter
@@ -267,9 +300,9 @@ impl Gate {
             self.0
                 .counters
                 .refused(Refusal::SubscribeDenied, &client, filter);
-            return false;
+            return Err(SubAck::NotAuthorized);
         }
-        true
+        Ok(())
     }
 
     fn may_receive(&self, s: &rmqtt::session::Session, topic: &str) -> bool {
@@ -327,6 +360,53 @@ impl Gate {
     }
 }
 
+/// CONNECTs rmqtt refused in its handshake by itself (client id, session limit,
+/// handshake timeout), by [`Refusal::index`]. No hook sees those clients: rmqtt reports
+/// them only in its log, where the [`ProtocolErrorLayer`](super::ProtocolErrorLayer)
+/// finds them.
+static HANDSHAKE_REFUSALS: [AtomicU64; Refusal::ALL.len()] =
+    [const { AtomicU64::new(0) }; Refusal::ALL.len()];
+
+/// Counts a CONNECT rmqtt refused, by the CONNACK code's name in its log line
+/// (`V3(IdentifierRejected)`, `V5(ServerUnavailable)`...). The credential refusals are
+/// not counted here: [`Gate::authenticate`] counted them already.
+pub(super) fn handshake_refused(code: &str) {
+    let has = |names: &[&str]| names.iter().any(|n| code.contains(n));
+    let r = if has(&["BadUserNameOrPassword", "NotAuthorized"]) {
+        return;
+    } else if has(&["IdentifierRejected", "ClientIdentifierNotValid"]) {
+        Refusal::ClientId
+    } else if has(&[
+        "ServiceUnavailable",
+        "ServerUnavailable",
+        "ServerBusy",
+        "QuotaExceeded",
+    ]) {
+        Refusal::Unavailable
+    } else {
+        Refusal::Connect
+    };
+    HANDSHAKE_REFUSALS[r.index()].fetch_add(1, Ordering::Relaxed);
+    static LOG: Mutex<Option<RateLimited>> = Mutex::new(None);
+    let Ok(mut log) = LOG.lock() else { return };
+    let log = log.get_or_insert_with(|| RateLimited::new(Duration::from_secs(5)));
+    if let Some(held) = log.allow(1) {
+        tracing::warn!(
+            target: "fieldgate::broker",
+            reason = r.as_str(),
+            connack = %code,
+            not_logged_before = held,
+            "broker refused a connection"
+        );
+    }
+}
+
+/// Refusals of one reason so far: the hooks' and the handshake's.
+pub(super) fn refusals(counters: &BrokerCounters, r: Refusal) -> u64 {
+    counters.refused[r.index()].load(Ordering::Relaxed)
+        + HANDSHAKE_REFUSALS[r.index()].load(Ordering::Relaxed)
+}
+
 /// The ACL's view of a session's client; `client_id` is the session's client id as text.
 fn acl_client<'a>(s: &'a rmqtt::session::Session, client_id: &'a str) -> Client<'a> {
     Client {
@@ -356,12 +436,9 @@ impl Handler for Gate {
                 (true, acc)
             }
             Parameter::ClientSubscribeCheckAcl(s, sub) => {
-                let r = if self.subscribe(s, &sub.topic_filter) {
-                    SubscribeAclResult::new_success(sub.opts.qos(), None)
-                } else {
-                    SubscribeAclResult::new_failure(
-                        rmqtt::codec::v5::SubscribeAckReason::NotAuthorized,
-                    )
+                let r = match self.subscribe(s, &sub.topic_filter).await {
+                    Ok(()) => SubscribeAclResult::new_success(sub.opts.qos(), None),
+                    Err(code) => SubscribeAclResult::new_failure(code),
                 };
                 (false, Some(HookResult::SubscribeAclResult(r)))
             }

@@ -7,6 +7,9 @@
 //! journal has made it durable (`broker.ack = "durable"`). Ingest reads the journal, not
 //! the broker, so no message a device was told was accepted can be skipped.
 //!
+//! Retained messages ([`retained`]) and persistent sessions with their subscriptions
+//! ([`sessions`]) are kept on disk, since rmqtt keeps them in memory only.
+//!
 //! rmqtt is pinned to one exact version and used only from this module. What it does
 //! and does not keep across a restart is in `docs/security.md`.
 
@@ -15,6 +18,7 @@ mod gate;
 pub mod passwords;
 mod protocol_errors;
 mod retained;
+mod sessions;
 mod shared_subscriptions;
 
 use std::net::SocketAddr;
@@ -190,6 +194,11 @@ pub struct BrokerCounters {
 }
 
 impl BrokerCounters {
+    /// Refusals of one reason so far, those rmqtt's handshake decided included.
+    pub fn refusals(&self, r: Refusal) -> u64 {
+        gate::refusals(self, r)
+    }
+
     /// Counts a refusal; logs it unless one was logged within the last few seconds.
     fn refused(&self, r: Refusal, client: &str, detail: &str) {
         self.refused[r.index()].fetch_add(1, Ordering::Relaxed);
@@ -225,7 +234,9 @@ pub async fn start(
     }
     let scx = ServerContext::new()
         .busy_check_enable(false)
-        .mqtt_max_sessions(0)
+        // Sessions, open and offline persistent ones: a client with a session may always
+        // reconnect.
+        .mqtt_max_sessions(isize::try_from(cfg.max_connections).unwrap_or(isize::MAX))
         .build()
         .await;
     let retained = retained::RetainedStore::open(&data_dir.join("retained.redb"))
@@ -258,6 +269,17 @@ pub async fn start(
     ] {
         register.add(t, Box::new(gate.clone())).await;
     }
+    let sessions = sessions::SessionStore::open(&data_dir.join("sessions.redb"))
+        .map_err(|e| anyhow::anyhow!("persistent sessions: {e:#}"))?;
+    for t in [
+        Type::ClientConnected,
+        Type::ClientDisconnected,
+        Type::SessionSubscribed,
+        Type::SessionUnsubscribed,
+        Type::SessionTerminated,
+    ] {
+        register.add(t, Box::new(sessions.clone())).await;
+    }
     register.start().await;
 
     let mut server = MqttServer::new(scx.clone());
@@ -283,6 +305,11 @@ pub async fn start(
         server = server.listener_by_id(l, TLS_LISTENER);
         tracing::info!(addr = %t.listen, mutual = t.client_ca.is_some(), "MQTT TLS listener bound");
     }
+    // The listeners are registered with the context: sessions can be rebuilt on them.
+    sessions
+        .restore(&scx)
+        .await
+        .map_err(|e| anyhow::anyhow!("persistent sessions: {e:#}"))?;
     Ok(Broker {
         counters,
         health: Arc::default(),
@@ -312,8 +339,11 @@ fn listener(cfg: &BrokerConfig, name: &str, addr: SocketAddr) -> Builder {
         .handshake_timeout(cfg.connect_timeout)
         .max_clientid_len(cfg.max_client_id_length)
         .max_topic_levels(cfg.max_topic_levels)
-        .max_subscriptions(cfg.max_subscriptions)
+        // Counted by the gate, which does not count a subscription replaced as a new one.
+        .max_subscriptions(0)
         .max_keepalive(cfg.max_keepalive)
+        .session_expiry_interval(cfg.session_expiry)
+        .max_session_expiry_interval(cfg.session_expiry)
         .max_topic_aliases(64)
         .max_mqueue_len(10_000)
 }

@@ -153,6 +153,12 @@ impl<S: tracing::Subscriber> Layer<S> for ProtocolErrorLayer {
         let mut m = Message::default();
         event.record(&mut m);
         let text = m.0.as_str();
+        if text.contains("Connection Refused, handshake, ack_code") {
+            if let Some((_, code)) = text.split_once("new_ack_code: ") {
+                super::gate::handshake_refused(code.split(',').next().unwrap_or(code));
+            }
+            return;
+        }
         let closed =
             text.contains("processing error:") || text.contains("version detection failed");
         // A client that just went away is not an error of the protocol.
