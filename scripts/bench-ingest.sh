@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Ingest benchmark of the embedded broker: devices publishing QoS 1 as fast as their
-# PUBACKs come back, over 1, 4, 100 and 1,000 connections, into
+# Ingest benchmark of the embedded broker: devices publishing QoS 1 (BENCH_QOS) as fast
+# as their PUBACKs come back, over 1, 4, 100 and 1,000 connections, into
 #   mosquitto           persistence false, relaying to one subscriber (bench_sub)
 #   mosquitto_persist   the same with persistence true (its default autosave)
 #   fieldgate           broker.ack = "durable" (the default): a PUBACK only once the
@@ -23,27 +23,34 @@
 #
 # Environment (defaults in brackets):
 #   BENCH_TARGETS ["mosquitto mosquitto_persist fieldgate fieldgate_received"]
-#   BENCH_CONNECTIONS_LIST ["1 4 100 1000"]  BENCH_REPEAT [3]
+#   BENCH_CONNECTIONS_LIST ["1 4 100 1000"]  BENCH_REPEAT [3]  BENCH_QOS [1]
+#   BENCH_REP_START [1] (number of the first repetition, to add runs to earlier ones)
 #   BENCH_SECONDS [10]  BENCH_LATENCY_SECONDS [10]  BENCH_DRAIN_TIMEOUT [120]
 #   BENCH_DEVICES [1000] (at least one per connection)
 #   BENCH_DOC [docs/benchmarks.md] (empty: do not touch the doc)
 #   BENCH_OUT [target/bench-ingest/<time>]  BENCH_BUILD [1] (0: use the binaries as built)
 #   BENCH_BIN_DIR [$CARGO_TARGET_DIR/release]
-set -euo pipefail
+#   BENCH_REPORT (results.jsonl files of earlier runs: print the table and rewrite the doc
+#                 from them, with this run's results if it runs any)
+#   BENCH_REPEAT=0 runs nothing (with BENCH_REPORT: only the table)
+# A run whose load generator fails (a device connection closed) is recorded with its
+# error and left out of the medians; the benchmark goes on.set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 TARGETS=${BENCH_TARGETS:-mosquitto mosquitto_persist fieldgate fieldgate_received}
 CONNECTIONS_LIST=${BENCH_CONNECTIONS_LIST:-1 4 100 1000}
 REPEAT=${BENCH_REPEAT:-3}
+REP_START=${BENCH_REP_START:-1}
+QOS=${BENCH_QOS:-1}
 SECONDS_FULL=${BENCH_SECONDS:-10}
 SECONDS_HALF=${BENCH_LATENCY_SECONDS:-10}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-120}
 DEVICES=${BENCH_DEVICES:-1000}
 DOC=${BENCH_DOC-docs/benchmarks.md}
-OUT=${BENCH_OUT:-$ROOT/target/bench-ingest/$(date -u +%Y%m%dT%H%M%SZ)}
+OUT=$(realpath -m "${BENCH_OUT:-$ROOT/target/bench-ingest/$(date -u +%Y%m%dT%H%M%SZ)}")
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=${BENCH_BIN_DIR:-$TARGET/release}
+BIN=$(realpath -m "${BENCH_BIN_DIR:-$TARGET/release}")
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 for tool in curl python3 "$MOSQUITTO"; do
@@ -221,8 +228,15 @@ wait_taken() { # want
 
 simulate() { # connections rate seconds
   "$BIN/fieldgate" simulate --broker "127.0.0.1:$LOAD_PORT" --devices "$DEVICES_RUN" \
-    --connections "$1" --rate "$2" --duration "$3s" --qos 1 \
+    --connections "$1" --rate "$2" --duration "$3s" --qos "$QOS" \
     --topic 'sensors/{device}/telemetry' --json
+}
+
+failed() { # dir target connections rep what: records a run that could not be measured
+  echo "  $2 $3 conns #$4: $5 failed: $(tail -c 300 "$1/simulate.err" | tr '\n' ' ')" >&2
+  python3 -c 'import json, sys; print(json.dumps({"target": sys.argv[1], "connections": int(sys.argv[2]), "rep": int(sys.argv[3]), "qos": int(sys.argv[4]), "error": sys.argv[5]}))' \
+    "$2" "$3" "$4" "$QOS" "$5: $(tail -c 300 "$1/simulate.err")" >>"$RESULTS"
+  cleanup
 }
 
 run_one() { # target connections rep
@@ -243,7 +257,7 @@ run_one() { # target connections rep
   local cpu0 t0 sim t_done cpu1 t1
   cpu0=$(cpu_seconds "$pid")
   t0=$(now_us)
-  sim=$(simulate "$conns" 0 "$SECONDS_FULL")
+  sim=$(simulate "$conns" 0 "$SECONDS_FULL" 2>"$dir/simulate.err") || { failed "$dir" "$target" "$conns" "$rep" "full-rate load"; return 0; }
   t1=$(now_us)
   cpu1=$(cpu_seconds "$pid")
   if [ "$gateway" = 1 ]; then
@@ -265,13 +279,13 @@ else:
 print(max(int(rows / max((done - t0) / 1e6, 1e-3) / 2), 1))
 EOF
 )
-  sim_half=$(simulate "$conns" "$half_rate" "$SECONDS_HALF")
+  sim_half=$(simulate "$conns" "$half_rate" "$SECONDS_HALF" 2>"$dir/simulate.err") || { failed "$dir" "$target" "$conns" "$rep" "half-rate load"; return 0; }
   local rss
   rss=$(peak_rss_bytes "$pid")
   stop "$pid" 20
-  python3 - "$dir" "$target" "$conns" "$rep" "$sim" "$sim_half" "$t0" "$t1" "$t_done" "$cpu0" "$cpu1" "$half_rate" "$rss" "$gateway" >>"$RESULTS" <<'EOF'
+  python3 - "$dir" "$target" "$conns" "$rep" "$sim" "$sim_half" "$t0" "$t1" "$t_done" "$cpu0" "$cpu1" "$half_rate" "$rss" "$gateway" "$QOS" >>"$RESULTS" <<'EOF'
 import json, os, sys
-(d, target, conns, rep, sim, sim_half, t0, t1, done, cpu0, cpu1, half_rate, rss, gateway) = sys.argv[1:]
+(d, target, conns, rep, sim, sim_half, t0, t1, done, cpu0, cpu1, half_rate, rss, gateway, qos) = sys.argv[1:]
 sim, half = json.loads(sim), json.loads(sim_half)
 t0, t1, done = int(t0), int(t1), int(done)
 m = {}
@@ -286,7 +300,7 @@ if gateway == "1":
     rows = m.get("fieldgate_stream_rows_total", 0)
 else:
     rows = json.load(open(os.path.join(d, "sub-full.json")))["rows"]
-r = {"target": target, "connections": int(conns), "rep": int(rep),
+r = {"target": target, "connections": int(conns), "rep": int(rep), "qos": int(qos),
      "sent": sim["sent"], "acknowledged": sim["acknowledged"],
      "puback_rate": sim["acknowledged"] / sim["seconds"], "rows": rows,
      "rate": rows / max((done - t0) / 1e6, 1e-3), "lost": sim["acknowledged"] - int(rows),
@@ -312,7 +326,7 @@ print("  %-18s %4d conns #%d: %8s rows/s (PUBACK %8s/s, lost %d), half load %s/s
 
 STARTED=$(date -u +'%Y-%m-%d %H:%M UTC')
 echo "bench-ingest.sh: results in $OUT"
-for ((rep = 1; rep <= REPEAT; rep++)); do
+for ((rep = REP_START; rep < REP_START + REPEAT; rep++)); do
   for conns in $CONNECTIONS_LIST; do
     for target in $TARGETS; do
       run_one "$target" "$conns" "$rep"
@@ -322,12 +336,15 @@ done
 
 MACHINE="$(awk -F': ' '/^model name/ { m = $2 } END { print m }' /proc/cpuinfo), $(nproc) vCPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB, $(. /etc/os-release && echo "$PRETTY_NAME"), Linux $(uname -r), disk $(df -h "$OUT" | awk 'NR == 2 { print $1 }'), mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/^mosquitto version //')"
 export MACHINE STARTED TREE="$(git describe --always --dirty 2>/dev/null || echo unknown)"
-export SETTINGS="BENCH_SECONDS=$SECONDS_FULL BENCH_LATENCY_SECONDS=$SECONDS_HALF BENCH_REPEAT=$REPEAT BENCH_DEVICES=$DEVICES"
-python3 - "$RESULTS" "$DOC" <<'EOF'
+export SETTINGS="BENCH_SECONDS=$SECONDS_FULL BENCH_LATENCY_SECONDS=$SECONDS_HALF BENCH_DEVICES=$DEVICES"
+# shellcheck disable=SC2086
+python3 - "$DOC" "$RESULTS" ${BENCH_REPORT:-} <<'EOF'
 import json, os, statistics, sys
 
-results = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-doc = sys.argv[2]
+doc = sys.argv[1]
+results = [json.loads(l) for f in sys.argv[2:] for l in open(f) if l.strip()]
+failures = [r for r in results if "error" in r]
+results = [r for r in results if "error" not in r]
 names = {"mosquitto": "mosquitto, persistence false", "mosquitto_persist": "mosquitto, persistence true",
          "fieldgate": "fieldgate, `ack = \"durable\"`", "fieldgate_received": "fieldgate, `ack = \"received\"`"}
 def med(xs):
@@ -339,13 +356,13 @@ def ms(x):
     return "—" if x is None else f"{x:.2f}"
 by = {}
 for r in results:
-    by.setdefault((r["connections"], r["target"]), []).append(r)
-lines = ["| connections | broker | sustained rows/s | ratio to mosquitto | PUBACK/s | PUBACK p50 / p99 at half load (ms) | lost | CPU cores | peak RSS | journal entries per commit |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
-for conns in sorted({c for c, _ in by}):
-    base = med([r["rate"] for r in by.get((conns, "mosquitto"), [])])
+    by.setdefault((r.get("qos", 1), r["connections"], r["target"]), []).append(r)
+lines = ["| QoS | connections | broker | runs | sustained rows/s | ratio to mosquitto | PUBACK/s (QoS 0: sent/s) | PUBACK p50 / p99 at half load (ms) | lost | CPU cores | peak RSS | journal entries per commit |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for qos, conns in sorted({(q, c) for q, c, _ in by}, key=lambda x: (-x[0], x[1])):
+    base = med([r["rate"] for r in by.get((qos, conns, "mosquitto"), [])])
     for t in ["mosquitto", "mosquitto_persist", "fieldgate", "fieldgate_received"]:
-        rs = by.get((conns, t))
+        rs = by.get((qos, conns, t))
         if not rs:
             continue
         rate = med([r["rate"] for r in rs])
@@ -353,11 +370,14 @@ for conns in sorted({c for c, _ in by}):
         p99 = med([(r["puback_half"] or {}).get("p99_ms") for r in rs])
         epc = med([r.get("entries_per_commit") for r in rs])
         lines.append(
-            f"| {conns} | {names[t]} | **{k(rate)}** | {'—' if t == 'mosquitto' or not base else f'{rate / base:.2f}×'} | "
+            f"| {qos} | {conns} | {names[t]} | {len(rs)} | **{k(rate)}** | {'—' if t == 'mosquitto' or not base else f'{rate / base:.2f}×'} | "
             f"{k(med([r['puback_rate'] for r in rs]))} | {ms(p50)} / {ms(p99)} | {sum(max(r['lost'], 0) for r in rs):,} | "
             f"{med([r['cpu_cores'] for r in rs]):.2f} | {med([r['peak_rss_bytes'] for r in rs]) / 2**20:.0f} MiB | "
             f"{'—' if epc is None else f'{epc:.1f}'} |")
 table = "\n".join(lines)
+if failures:
+    table += "\n\nRuns that could not be measured (left out above): " + "; ".join(
+        f"{f['target']}, {f['connections']} connections, QoS {f.get('qos', 1)}, run {f['rep']}: {f['error'].strip()}" for f in failures)
 print(table)
 if not doc:
     sys.exit(0)

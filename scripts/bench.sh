@@ -160,7 +160,7 @@ sample_anon() { # pid file
 }
 
 # Another benchmark would distort both: wait (bounded) until none runs.
-OTHERS_PATTERN='bench-modbus.sh|bench-drain.sh|cargo bench|criterion'
+OTHERS_PATTERN='bench-modbus.sh|bench-drain.sh|bench-ingest.sh|cargo bench|criterion'
 wait_for_others() { # -> RUN_NOTE
   local waited=0
   RUN_NOTE=""

@@ -160,6 +160,7 @@ impl Connection {
         let acked_here = Arc::new(AtomicU64::new(0));
         let counted = acked_here.clone();
         let latencies = self.latencies.clone();
+        let id = self.id;
         // The event loop: sends what the publisher queues and counts acknowledgements;
         // ends when the publisher has dropped the client and everything went out.
         let network = tokio::spawn(async move {
@@ -185,7 +186,7 @@ impl Connection {
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => break Ok(()),
                     Ok(_) => {}
-                    Err(e) => break Err(anyhow::anyhow!("MQTT connection: {e}")),
+                    Err(e) => break Err(anyhow::anyhow!("MQTT connection {id}: {e}")),
                 }
             };
             latencies
@@ -216,10 +217,13 @@ impl Connection {
             payload.clear();
             self.payload(&mut payload, device, n);
             let topic = self.opts.topic.replace("{device}", device);
-            client
-                .publish(topic, qos, false, payload.clone())
-                .await
-                .context("publishing")?;
+            if let Err(e) = client.publish(topic, qos, false, payload.clone()).await {
+                // The connection's event loop ended; its error says why.
+                return match network.await {
+                    Ok(Err(ended)) => Err(ended),
+                    _ => Err(anyhow::anyhow!("publishing: {e}")),
+                };
+            }
             n += 1;
             self.sent.fetch_add(1, Ordering::Relaxed);
         }

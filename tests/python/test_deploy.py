@@ -110,7 +110,8 @@ CONTRACT_METRICS = {
 CONTRACT_LABEL_VALUES = {
     ("fieldgate_broker_refused_total", "reason"): {
         "bad_credentials", "anonymous", "subscribe_denied", "publish_denied", "system_topic",
-        "topic_limits", "too_large",
+        "topic_limits", "too_large", "subscription_limit", "client_id", "unavailable",
+        "connect_other",
     },
     ("fieldgate_broker_protocol_errors_total", "reason"): {
         "bad_protocol", "invalid_packet_type", "too_large", "invalid_topic", "packet_id",

@@ -326,7 +326,7 @@ impl Gate {
         };
         if topic.is_empty() || topic.contains(['+', '#', '\0']) {
             // MQTT forbids these in a topic name: the connection is closed.
-            super::protocol_errors::counted(super::ProtocolError::InvalidTopic);
+            super::protocol_errors::counted(super::ProtocolError::InvalidTopic, topic);
             return PublishAclResult::rejected(true, Some("invalid topic name".into()));
         }
         if topic == "$SYS" || topic.starts_with("$SYS/") {

@@ -170,7 +170,7 @@ impl<S: tracing::Subscriber> Layer<S> for ProtocolErrorLayer {
             || text.contains("unexpected end of file")
             || text.contains("UnexpectedEof");
         if closed && !gone {
-            counted(ProtocolError::of(text));
+            counted(ProtocolError::of(text), text);
         }
     }
 }
@@ -179,10 +179,15 @@ impl<S: tracing::Subscriber> Layer<S> for ProtocolErrorLayer {
 /// disconnect hook rather than logging it).
 pub fn disconnected(reason: &rmqtt::types::Reason) {
     use rmqtt::types::Reason;
-    let e = match reason {
-        Reason::ProtocolError(t) | Reason::Error(t) => ProtocolError::of(t),
-        Reason::MqttError(e) => ProtocolError::of(&format!("{e:?} {e}")),
-        Reason::ConnectKeepaliveTimeout => ProtocolError::KeepaliveTimeout,
+    let (e, detail) = match reason {
+        Reason::ProtocolError(t) | Reason::Error(t) => (ProtocolError::of(t), t.to_string()),
+        Reason::MqttError(e) => {
+            let text = format!("{e:?} {e}");
+            (ProtocolError::of(&text), text)
+        }
+        Reason::ConnectKeepaliveTimeout => {
+            (ProtocolError::KeepaliveTimeout, "keepalive timeout".into())
+        }
         Reason::Reasons(all) => {
             for r in all {
                 disconnected(r);
@@ -191,12 +196,12 @@ pub fn disconnected(reason: &rmqtt::types::Reason) {
         }
         _ => return,
     };
-    counted(e);
+    counted(e, &detail);
 }
 
-/// Counts one connection closed for `e`, and logs it unless one was logged within the
-/// last few seconds.
-pub fn counted(e: ProtocolError) {
+/// Counts one connection closed for `e`, and logs it with rmqtt's words for it
+/// (`detail`, cut to 160 bytes) unless one was logged within the last few seconds.
+pub fn counted(e: ProtocolError, detail: &str) {
     PROTOCOL_ERRORS[e.index()].fetch_add(1, Ordering::Relaxed);
     static LOG: Mutex<Option<RateLimited>> = Mutex::new(None);
     let Ok(mut log) = LOG.lock() else { return };
@@ -205,10 +210,20 @@ pub fn counted(e: ProtocolError) {
         tracing::warn!(
             target: "fieldgate::broker",
             reason = e.as_str(),
+            detail = ?cut(detail, 160),
             not_logged_before = held,
             "broker closed a connection for a protocol violation"
         );
     }
+}
+
+/// `text` up to `max` bytes, cut at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Connections closed for `e` since start.
