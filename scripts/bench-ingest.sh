@@ -56,63 +56,14 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 for tool in curl python3 "$MOSQUITTO"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench-ingest.sh: $tool is missing" >&2; exit 1; }
 done
-if [ "${BENCH_BUILD:-1}" = 1 ]; then
-  CARGO_TARGET_DIR=$TARGET nice -n 10 cargo build --release -p fieldgate -p fieldgate-e2e --bins
-fi
-for b in fieldgate bench_sub; do
-  [ -x "$BIN/$b" ] || { echo "bench-ingest.sh: $BIN/$b is not built" >&2; exit 1; }
-done
-mkdir -p "$OUT/bin"
-cp "$BIN/fieldgate" "$BIN/bench_sub" "$OUT/bin/"
-BIN=$OUT/bin
+BENCH_NAME=bench-ingest.sh
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
+bench_binaries "${BENCH_BUILD:-1}"
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 # 1,000 connections and a broker on one machine: more descriptors than the usual 1,024.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-stop() { # pid [grace seconds]: SIGTERM, then SIGKILL
-  local pid=$1 grace=${2:-15} i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < grace * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() { # port what
-  local i
-  for ((i = 0; i < 150; i++)); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench-ingest.sh: $2 did not listen on port $1 within 15 s" >&2
-  return 1
-}
-
-now_us() { date +%s%6N; }
-
-cpu_seconds() { # pid: user + system seconds
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
-}
-
-peak_rss_bytes() { awk '/^VmHWM:/ { print $2 * 1024 }' "/proc/$1/status"; }
 
 start_mosquitto() { # dir port persistence -> MOSQ_PID
   cat >"$1/mosquitto.conf" <<EOF
@@ -143,10 +94,7 @@ start_sub() { # dir name port -> SUB_PID; report in dir/name.json
     >"$1/$2.json" 2>"$1/$2.err" &
   SUB_PID=$!
   PIDS+=("$SUB_PID")
-  local i
-  for ((i = 0; i < 150; i++)); do [ -s "$1/$2.ready" ] && return 0; sleep 0.1; done
-  echo "bench-ingest.sh: bench_sub not ready" >&2
-  return 1
+  wait_file "$1/$2.ready" bench_sub 15
 }
 
 wait_sub() { # pid
@@ -383,12 +331,8 @@ if not doc:
     sys.exit(0)
 block = (f"<!-- bench-ingest.sh:begin -->\nRun {os.environ['STARTED']} on {os.environ['MACHINE']}; tree `{os.environ['TREE']}`; "
          f"`{os.environ['SETTINGS']}`; medians of the runs.\n\n{table}\n<!-- bench-ingest.sh:end -->")
-text = open(doc).read()
-begin, end = "<!-- bench-ingest.sh:begin -->", "<!-- bench-ingest.sh:end -->"
-if begin in text and end in text:
-    text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n## Broker ingest (scripts/bench-ingest.sh)\n\n" + block + "\n"
-open(doc, "w").write(text)
+import subprocess
+subprocess.run(["scripts/doc-section.py", doc,
+                "bench-ingest.sh", "Broker ingest: `scripts/bench-ingest.sh`"], input=block, text=True, check=True)
 print(f"bench-ingest.sh: {doc} updated")
 EOF

@@ -73,76 +73,14 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 for tool in curl python3 "$MOSQUITTO"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: $tool is missing" >&2; exit 1; }
 done
-if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_REPORT:-}" ]; then
-  CARGO_TARGET_DIR=$TARGET nice -n 10 cargo build --release -p fieldgate -p fieldgate-e2e --bins
-fi
-for b in fieldgate bench_sub; do
-  [ -x "$BIN/$b" ] || { echo "bench.sh: $BIN/$b is not built" >&2; exit 1; }
-done
-mkdir -p "$OUT/bin"
-# Run copies: a build into the same target directory during the runs must not swap them.
-cp "$BIN/fieldgate" "$BIN/bench_sub" "$OUT/bin/"
-BIN=$OUT/bin
+BENCH_NAME=bench.sh
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
+build=0
+[ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_REPORT:-}" ] && build=1
+bench_binaries "$build"
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
-
-# ---------------------------------------------------------------- processes and cleanup
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# stop PID [seconds]: SIGTERM, then SIGKILL after the grace period.
-stop() {
-  local pid=$1 grace=${2:-15} i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < grace * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  echo "  pid $pid still running after ${grace}s: SIGKILL" >&2
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() { # port what
-  local i
-  for ((i = 0; i < 150; i++)); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench.sh: $2 did not listen on port $1 within 15 s" >&2
-  return 1
-}
-
-wait_file() { # path what seconds
-  local i
-  for ((i = 0; i < $3 * 10; i++)); do
-    [ -s "$1" ] && return 0
-    sleep 0.1
-  done
-  echo "bench.sh: $2 not ready within $3 s" >&2
-  return 1
-}
-
-now_us() { date +%s%6N; }
-
-# CPU seconds (user + system) of a process, from /proc/PID/stat.
-cpu_seconds() {
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
-}
-
-peak_rss_bytes() { awk '/^VmHWM:/ { print $2 * 1024 }' "/proc/$1/status"; }
 
 # Keeps the largest RssAnon (bytes: the process's own memory, without the pages of its
 # executable) seen every 100 ms in a file; stops when the process does.
@@ -665,12 +603,8 @@ Targets:
 
 </details>
 <!-- bench.sh:end -->"""
-text = open(doc).read()
-begin, end = "<!-- bench.sh:begin -->", "<!-- bench.sh:end -->"
-if begin in text and end in text:
-    text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n## End to end (`scripts/bench.sh`)\n\n" + section + "\n"
-open(doc, "w").write(text)
+import subprocess
+subprocess.run(["scripts/doc-section.py", doc, "bench.sh", "End to end (`scripts/bench.sh`)"],
+               input=section, text=True, check=True)
 print(f"\n{doc}: results section rewritten")
 EOF

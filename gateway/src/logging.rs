@@ -117,7 +117,7 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
-    pub fn new(every: Duration) -> Self {
+    pub const fn new(every: Duration) -> Self {
         Self {
             every,
             last: None,
@@ -138,6 +138,22 @@ impl RateLimited {
         }
         self.last = Some(now);
         Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// A [`RateLimited`] that can be a `static`, shared by every thread that logs one kind
+/// of event.
+#[derive(Debug)]
+pub struct SharedRateLimited(Mutex<RateLimited>);
+
+impl SharedRateLimited {
+    pub const fn new(every: Duration) -> Self {
+        Self(Mutex::new(RateLimited::new(every)))
+    }
+
+    /// As [`RateLimited::allow`].
+    pub fn allow(&self, n: u64) -> Option<u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).allow(n)
     }
 }
 

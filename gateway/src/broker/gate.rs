@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rmqtt::codec::v5::SubscribeAckReason as SubAck;
@@ -20,7 +20,7 @@ use super::acl::{Acl, Client};
 use super::passwords::Passwords;
 use crate::config::{AckMode, BrokerConfig};
 use crate::journal::{Journal, Message};
-use crate::logging::RateLimited;
+use crate::logging::SharedRateLimited;
 
 /// Why the broker refused a client something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,16 +387,20 @@ pub(super) fn handshake_refused(code: &str) {
         Refusal::Connect
     };
     HANDSHAKE_REFUSALS[r.index()].fetch_add(1, Ordering::Relaxed);
-    static LOG: Mutex<Option<RateLimited>> = Mutex::new(None);
-    let Ok(mut log) = LOG.lock() else { return };
-    let log = log.get_or_insert_with(|| RateLimited::new(Duration::from_secs(5)));
-    if let Some(held) = log.allow(1) {
+    log_refusal(r, "(in the handshake)", code);
+}
+
+/// Logs a refusal unless one was logged within the last few seconds.
+pub(super) fn log_refusal(r: Refusal, client: &str, detail: &str) {
+    static LOG: SharedRateLimited = SharedRateLimited::new(Duration::from_secs(5));
+    if let Some(held) = LOG.allow(1) {
         tracing::warn!(
             target: "fieldgate::broker",
             reason = r.as_str(),
-            connack = %code,
+            client = %client,
+            detail = %detail,
             not_logged_before = held,
-            "broker refused a connection"
+            "broker refused a client's request"
         );
     }
 }

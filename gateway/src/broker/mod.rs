@@ -26,7 +26,6 @@ use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use rmqtt::context::ServerContext;
@@ -37,7 +36,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::journal::{Journal, Message};
-use crate::logging::RateLimited;
 pub use gate::Refusal;
 use gate::{Access, Gate};
 pub use protocol_errors::{ProtocolError, ProtocolErrorLayer, count as protocol_errors_count};
@@ -190,7 +188,6 @@ pub struct BrokerCounters {
     /// Reloads of the password and ACL files, and reloads that failed.
     pub access_reloads: AtomicU64,
     pub access_reload_errors: AtomicU64,
-    refusal_log: Mutex<Option<RateLimited>>,
 }
 
 impl BrokerCounters {
@@ -202,19 +199,7 @@ impl BrokerCounters {
     /// Counts a refusal; logs it unless one was logged within the last few seconds.
     fn refused(&self, r: Refusal, client: &str, detail: &str) {
         self.refused[r.index()].fetch_add(1, Ordering::Relaxed);
-        let Ok(mut log) = self.refusal_log.lock() else {
-            return;
-        };
-        let log = log.get_or_insert_with(|| RateLimited::new(Duration::from_secs(5)));
-        if let Some(held) = log.allow(1) {
-            tracing::warn!(
-                reason = r.as_str(),
-                client = %client,
-                detail = %detail,
-                not_logged_before = held,
-                "broker refused a client's request"
-            );
-        }
+        gate::log_refusal(r, client, detail);
     }
 }
 

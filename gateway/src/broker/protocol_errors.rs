@@ -5,14 +5,13 @@
 //! version detection failed: ..."). A logging layer ([`ProtocolErrorLayer`]) reads those
 //! lines, whatever the log level, and counts them here by the error they name.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer};
 
-use crate::logging::RateLimited;
+use crate::logging::SharedRateLimited;
 
 /// Why the broker closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,10 +202,8 @@ pub fn disconnected(reason: &rmqtt::types::Reason) {
 /// (`detail`, cut to 160 bytes) unless one was logged within the last few seconds.
 pub fn counted(e: ProtocolError, detail: &str) {
     PROTOCOL_ERRORS[e.index()].fetch_add(1, Ordering::Relaxed);
-    static LOG: Mutex<Option<RateLimited>> = Mutex::new(None);
-    let Ok(mut log) = LOG.lock() else { return };
-    let log = log.get_or_insert_with(|| RateLimited::new(Duration::from_secs(5)));
-    if let Some(held) = log.allow(1) {
+    static LOG: SharedRateLimited = SharedRateLimited::new(Duration::from_secs(5));
+    if let Some(held) = LOG.allow(1) {
         tracing::warn!(
             target: "fieldgate::broker",
             reason = e.as_str(),

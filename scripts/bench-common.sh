@@ -1,0 +1,78 @@
+# Helpers shared by the end-to-end benchmark scripts (sourced, not run): the processes a
+# script starts and their cleanup, free loopback ports, bounded waits, and readings of a
+# process's CPU time and memory; the binaries measured. The sourcing script sets
+# BENCH_NAME for its messages, and TARGET, BIN and OUT for `bench_binaries`.
+
+# Every process started goes into PIDS; the trap stops them all when the script ends.
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# stop PID [seconds]: SIGTERM, then SIGKILL after the grace period.
+stop() {
+  local pid=$1 grace=${2:-15} i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < grace * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  echo "  pid $pid still running after ${grace}s: SIGKILL" >&2
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() { # port what
+  local i
+  for ((i = 0; i < 150; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$BENCH_NAME: $2 did not listen on port $1 within 15 s" >&2
+  return 1
+}
+
+wait_file() { # path what seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    [ -s "$1" ] && return 0
+    sleep 0.1
+  done
+  echo "$BENCH_NAME: $2 not ready within $3 s" >&2
+  return 1
+}
+
+now_us() { date +%s%6N; }
+
+# CPU seconds (user + system) of a process, from /proc/PID/stat.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
+
+peak_rss_bytes() { awk '/^VmHWM:/ { print $2 * 1024 }' "/proc/$1/status"; }
+
+# Builds the release binaries when $1 is 1, checks that BIN has them and copies them to
+# OUT/bin, which BIN then names: a build into the same target directory during the runs
+# must not swap them.
+bench_binaries() { # build
+  if [ "$1" = 1 ]; then
+    CARGO_TARGET_DIR=$TARGET nice -n 10 cargo build --release -p fieldgate -p fieldgate-e2e --bins
+  fi
+  local b
+  for b in fieldgate bench_sub; do
+    [ -x "$BIN/$b" ] || { echo "$BENCH_NAME: $BIN/$b is not built" >&2; exit 1; }
+  done
+  mkdir -p "$OUT/bin"
+  cp "$BIN/fieldgate" "$BIN/bench_sub" "$OUT/bin/"
+  BIN=$OUT/bin
+}
