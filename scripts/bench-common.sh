@@ -76,3 +76,48 @@ bench_binaries() { # build
   cp "$BIN/fieldgate" "$BIN/bench_sub" "$OUT/bin/"
   BIN=$OUT/bin
 }
+
+# A mosquitto on loopback with unlimited queues and in-flight messages, for the load and
+# as the cloud; persistence false unless $3 says true. Needs MOSQUITTO.
+start_mosquitto() { # dir port [persistence] -> pid in MOSQ_PID
+  cat >"$1/mosquitto.conf" <<CONF
+listener $2 127.0.0.1
+allow_anonymous true
+persistence ${3:-false}
+persistence_location $1/
+set_tcp_nodelay true
+max_queued_messages 10000000
+max_queued_bytes 0
+max_inflight_messages 0
+max_inflight_bytes 0
+max_connections -1
+log_dest file $1/mosquitto.log
+log_type error
+log_type warning
+CONF
+  "$MOSQUITTO" -c "$1/mosquitto.conf" >/dev/null 2>&1 &
+  MOSQ_PID=$!
+  PIDS+=("$MOSQ_PID")
+  wait_port "$2" mosquitto
+}
+
+# bench_sub on `#`, until 3 s pass without a message or `seconds` in all.
+start_sub() { # dir name port seconds -> pid in SUB_PID, report in dir/name.json
+  rm -f "$1/$2.ready"
+  "$BIN/bench_sub" --broker "127.0.0.1:$3" --topic '#' --idle 3s --timeout "$4s" \
+    --ready "$1/$2.ready" >"$1/$2.json" 2>"$1/$2.err" &
+  SUB_PID=$!
+  PIDS+=("$SUB_PID")
+  wait_file "$1/$2.ready" bench_sub 15
+}
+
+# Waits (bounded) for a process started in the background to end; stops it after.
+wait_sub() { # pid seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  echo "  bench_sub did not finish within $2 s" >&2
+  stop "$1" 2
+}

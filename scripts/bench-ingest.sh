@@ -43,6 +43,7 @@ CONNECTIONS_LIST=${BENCH_CONNECTIONS_LIST:-1 4 100 1000}
 REPEAT=${BENCH_REPEAT:-3}
 REP_START=${BENCH_REP_START:-1}
 QOS=${BENCH_QOS:-1}
+SUB_SECONDS=$((SECONDS_FULL + DRAIN_TIMEOUT + 30))
 SECONDS_FULL=${BENCH_SECONDS:-10}
 SECONDS_HALF=${BENCH_LATENCY_SECONDS:-10}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-120}
@@ -64,47 +65,6 @@ RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 # 1,000 connections and a broker on one machine: more descriptors than the usual 1,024.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-start_mosquitto() { # dir port persistence -> MOSQ_PID
-  cat >"$1/mosquitto.conf" <<EOF
-listener $2 127.0.0.1
-allow_anonymous true
-persistence $3
-persistence_location $1/
-set_tcp_nodelay true
-max_queued_messages 10000000
-max_queued_bytes 0
-max_inflight_messages 0
-max_inflight_bytes 0
-max_connections -1
-log_dest file $1/mosquitto.log
-log_type error
-log_type warning
-EOF
-  "$MOSQUITTO" -c "$1/mosquitto.conf" >/dev/null 2>&1 &
-  MOSQ_PID=$!
-  PIDS+=("$MOSQ_PID")
-  wait_port "$2" mosquitto
-}
-
-start_sub() { # dir name port -> SUB_PID; report in dir/name.json
-  rm -f "$1/$2.ready"
-  "$BIN/bench_sub" --broker "127.0.0.1:$3" --topic '#' --idle 3s \
-    --timeout "$((SECONDS_FULL + DRAIN_TIMEOUT + 30))s" --ready "$1/$2.ready" \
-    >"$1/$2.json" 2>"$1/$2.err" &
-  SUB_PID=$!
-  PIDS+=("$SUB_PID")
-  wait_file "$1/$2.ready" bench_sub 15
-}
-
-wait_sub() { # pid
-  local i
-  for ((i = 0; i < (SECONDS_FULL + DRAIN_TIMEOUT + 30) * 10; i++)); do
-    kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  stop "$1" 2
-}
 
 start_gateway() { # dir ack -> GW_PID, ADMIN_PORT
   local dir=$1
@@ -195,13 +155,13 @@ run_one() { # target connections rep
   LOAD_PORT=$(free_port)
   local pid sub_pid="" gateway=0
   case $target in
-    mosquitto) start_mosquitto "$dir" "$LOAD_PORT" false; pid=$MOSQ_PID ;;
+    mosquitto) start_mosquitto "$dir" "$LOAD_PORT"; pid=$MOSQ_PID ;;
     mosquitto_persist) start_mosquitto "$dir" "$LOAD_PORT" true; pid=$MOSQ_PID ;;
     fieldgate) start_gateway "$dir" durable; pid=$GW_PID; gateway=1 ;;
     fieldgate_received) start_gateway "$dir" received; pid=$GW_PID; gateway=1 ;;
     *) echo "bench-ingest.sh: unknown target $target" >&2; return 1 ;;
   esac
-  [ "$gateway" = 1 ] || { start_sub "$dir" sub-full "$LOAD_PORT"; sub_pid=$SUB_PID; }
+  [ "$gateway" = 1 ] || { start_sub "$dir" sub-full "$LOAD_PORT" "$SUB_SECONDS"; sub_pid=$SUB_PID; }
   local cpu0 t0 sim t_done cpu1 t1
   cpu0=$(cpu_seconds "$pid")
   t0=$(now_us)
@@ -212,7 +172,7 @@ run_one() { # target connections rep
     t_done=$(wait_taken "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["acknowledged"])' "$sim")")
     curl -sf --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" >"$dir/metrics-full.txt" || true
   else
-    wait_sub "$sub_pid"
+    wait_sub "$sub_pid" "$SUB_SECONDS"
     t_done=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["last_arrival_us"] or 0)' "$dir/sub-full.json")
     : >"$dir/metrics-full.txt"
   fi

@@ -117,35 +117,6 @@ wait_for_others() { # -> RUN_NOTE
 }
 
 # ---------------------------------------------------------------- the pieces
-start_mosquitto() { # dir port -> pid in MOSQ_PID
-  cat >"$1/mosquitto.conf" <<EOF
-listener $2 127.0.0.1
-allow_anonymous true
-persistence false
-set_tcp_nodelay true
-max_queued_messages 10000000
-max_queued_bytes 0
-max_inflight_messages 0
-max_inflight_bytes 0
-log_dest file $1/mosquitto.log
-log_type error
-log_type warning
-EOF
-  "$MOSQUITTO" -c "$1/mosquitto.conf" >/dev/null 2>&1 &
-  MOSQ_PID=$!
-  PIDS+=("$MOSQ_PID")
-  wait_port "$2" mosquitto
-}
-
-start_sub() { # dir name port seconds -> pid in SUB_PID, report in dir/name.json
-  rm -f "$1/$2.ready"
-  "$BIN/bench_sub" --broker "127.0.0.1:$3" --topic '#' --idle 3s --timeout "$4s" \
-    --ready "$1/$2.ready" >"$1/$2.json" 2>"$1/$2.err" &
-  SUB_PID=$!
-  PIDS+=("$SUB_PID")
-  wait_file "$1/$2.ready" bench_sub 15
-}
-
 simulate() { # port devices rate seconds -> JSON report on stdout
   "$BIN/fieldgate" simulate --broker "127.0.0.1:$1" --devices "$2" \
     --connections "$CONNECTIONS" --rate "$3" --duration "$4s" --qos "$QOS" \
@@ -257,16 +228,6 @@ wait_gateway_done() { # scenario
   done
   echo "  gateway not drained within ${DRAIN_TIMEOUT}s (received $received, rows $rows, taken $taken, queued $entries)" >&2
   echo "${rules_done:-$(now_us)} $(now_us)"
-}
-
-wait_sub() { # pid seconds
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  echo "  bench_sub did not finish within $2 s" >&2
-  stop "$1" 2
 }
 
 # ---------------------------------------------------------------- one run
