@@ -155,6 +155,11 @@ impl Connection {
             .set_inflight(1000)
             .set_request_channel_capacity(1000);
         let (client, mut eventloop) = AsyncClient::new(mqtt, 1000);
+        // Hundreds of connections opening at once under full load: a CONNACK may take
+        // longer than the client's default 5 s.
+        let mut network = eventloop.network_options();
+        network.set_connection_timeout(30);
+        eventloop.set_network_options(network);
         let qos = self.opts.qos;
         let acked = self.acked.clone();
         let acked_here = Arc::new(AtomicU64::new(0));

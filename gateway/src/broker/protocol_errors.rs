@@ -160,15 +160,7 @@ impl<S: tracing::Subscriber> Layer<S> for ProtocolErrorLayer {
         }
         let closed =
             text.contains("processing error:") || text.contains("version detection failed");
-        // A client that just went away is not an error of the protocol.
-        let gone = text.contains("Disconnected")
-            || text.contains("connection reset")
-            || text.contains("Connection reset")
-            || text.contains("Broken pipe")
-            || text.contains("peer closed")
-            || text.contains("unexpected end of file")
-            || text.contains("UnexpectedEof");
-        if closed && !gone {
+        if closed && !gone(text) {
             counted(ProtocolError::of(text), text);
         }
     }
@@ -179,9 +171,14 @@ impl<S: tracing::Subscriber> Layer<S> for ProtocolErrorLayer {
 pub fn disconnected(reason: &rmqtt::types::Reason) {
     use rmqtt::types::Reason;
     let (e, detail) = match reason {
-        Reason::ProtocolError(t) | Reason::Error(t) => (ProtocolError::of(t), t.to_string()),
+        Reason::ProtocolError(t) | Reason::Error(t) if !gone(t) => {
+            (ProtocolError::of(t), t.to_string())
+        }
         Reason::MqttError(e) => {
             let text = format!("{e:?} {e}");
+            if gone(&text) {
+                return;
+            }
             (ProtocolError::of(&text), text)
         }
         Reason::ConnectKeepaliveTimeout => {
@@ -212,6 +209,22 @@ pub fn counted(e: ProtocolError, detail: &str) {
             "broker closed a connection for a protocol violation"
         );
     }
+}
+
+/// Whether rmqtt's words for a closed connection say that the client went away (it
+/// closed or reset the socket, or disconnected): not an error of the protocol.
+fn gone(text: &str) -> bool {
+    [
+        "Disconnected",
+        "connection reset",
+        "Connection reset",
+        "Broken pipe",
+        "peer closed",
+        "unexpected end of file",
+        "UnexpectedEof",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 /// `text` up to `max` bytes, cut at a character boundary.
@@ -262,5 +275,25 @@ mod tests {
         ] {
             assert_eq!(ProtocolError::of(text), want, "{text}");
         }
+    }
+
+    #[test]
+    fn a_client_gone_while_the_broker_wrote_is_not_a_protocol_error() {
+        use rmqtt::types::Reason;
+        let before: Vec<u64> = ProtocolError::ALL.iter().map(|e| count(*e)).collect();
+        // The words rmqtt gave for a device that closed its socket while a PUBACK was sent.
+        disconnected(&Reason::Error(
+            "SendPacket(Encode(Io(\"Broken pipe (os error 32)\"))) Mqtt send packet error".into(),
+        ));
+        disconnected(&Reason::Error(
+            "SendPacket(Encode(Io(\"Connection reset by peer (os error 104)\")))".into(),
+        ));
+        let after: Vec<u64> = ProtocolError::ALL.iter().map(|e| count(*e)).collect();
+        assert_eq!(before, after);
+        disconnected(&Reason::Error("Decoding error: MalformedPacket".into()));
+        assert_eq!(
+            count(ProtocolError::Malformed),
+            before[ProtocolError::Malformed.index()] + 1
+        );
     }
 }
