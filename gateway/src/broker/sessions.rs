@@ -112,13 +112,16 @@ impl SessionStore {
         Ok(restored)
     }
 
-    /// Writes a session's current state, or forgets its client's session if this one
-    /// ends with its connection.
-    async fn save(&self, session: &Session, disconnected: bool) {
+    /// Writes a session's current state. At its CONNECT a session takes its client id
+    /// over (a session that ends with its connection forgets the client's stored one);
+    /// later a session writes only over its own record, so a session taken over that
+    /// reports late cannot overwrite its successor's.
+    async fn save(&self, session: &Session, moment: Moment) {
         let client_id = session.id.client_id.to_string();
-        let stored = match snapshot(session, disconnected).await {
+        let stored = match snapshot(session, moment == Moment::Disconnected).await {
             Ok(Some(s)) => s,
-            Ok(None) => return self.remove(&client_id, None).await,
+            Ok(None) if moment == Moment::Connected => return self.remove(&client_id, None).await,
+            Ok(None) => return,
             Err(e) => {
                 tracing::warn!(client = %client_id, error = %e, "broker: cannot read a session to keep it");
                 return;
@@ -132,10 +135,24 @@ impl SessionStore {
             }
         };
         let db = self.db.clone();
+        let mine = session.id.create_time;
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let tx = db.begin_write()?;
-            tx.open_table(SESSIONS)?
-                .insert(client_id.as_str(), bytes.as_slice())?;
+            {
+                let mut table = tx.open_table(SESSIONS)?;
+                if moment != Moment::Connected {
+                    let owner = table
+                        .get(client_id.as_str())?
+                        .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
+                        .map(|s| s.id.create_time);
+                    if owner.is_some_and(|o| o != mine)
+                        || (owner.is_none() && moment == Moment::Disconnected)
+                    {
+                        return Ok(());
+                    }
+                }
+                table.insert(client_id.as_str(), bytes.as_slice())?;
+            }
             tx.commit()?;
             Ok(())
         })
@@ -172,6 +189,17 @@ impl SessionStore {
             tracing::warn!(client = %client_id, error = %e, "broker: cannot forget an ended session");
         }
     }
+}
+
+/// When a session's record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// At its CONNECT: the session owns its client id from now on.
+    Connected,
+    /// After a SUBSCRIBE or UNSUBSCRIBE.
+    Subscriptions,
+    /// At its disconnect.
+    Disconnected,
 }
 
 fn failure(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> Option<String> {
@@ -297,10 +325,11 @@ async fn rebuild(scx: &ServerContext, stored: Stored, now: TimestampMillis) -> r
 impl Handler for SessionStore {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
-            Parameter::ClientConnected(s)
-            | Parameter::SessionSubscribed(s, _)
-            | Parameter::SessionUnsubscribed(s, _) => self.save(s, false).await,
-            Parameter::ClientDisconnected(s, _) => self.save(s, true).await,
+            Parameter::ClientConnected(s) => self.save(s, Moment::Connected).await,
+            Parameter::SessionSubscribed(s, _) | Parameter::SessionUnsubscribed(s, _) => {
+                self.save(s, Moment::Subscriptions).await
+            }
+            Parameter::ClientDisconnected(s, _) => self.save(s, Moment::Disconnected).await,
             Parameter::SessionTerminated(s, _) => {
                 self.remove(&s.id.client_id, Some(s.id.create_time)).await
             }
