@@ -257,6 +257,75 @@ async fn rule_errors() {
 }
 
 #[tokio::test]
+async fn header_mistakes_are_named() {
+    let at = |line: u32, col: u32| format!("{}:{col}", line + 2);
+    let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");
+    assert_error(
+        &rule("CREATE RULE r INTO AS SELECT device FROM t;"),
+        &at(1, 20),
+        &["sink name is missing after INTO"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE INTO cloud AS SELECT device FROM t;"),
+        &at(1, 13),
+        &["rule's name is missing"],
+    )
+    .await;
+    // A rule may still be called `into`.
+    assert!(
+        errors_of(&rule(
+            "CREATE RULE into INTO cloud AS SELECT device FROM t;"
+        ))
+        .await
+        .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_misspelt_clause_keyword_is_named() {
+    let at = |line: u32, col: u32| format!("{}:{col}", line + 2);
+    let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS\nSELECT device FROM t GRUOP BY device;"),
+        &at(2, 22),
+        &["`GRUOP` is not a keyword", "GROUP BY"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT device FROM t WEHRE temp > 0;"),
+        &at(1, 50),
+        &["`WEHRE`", "WHERE"],
+    )
+    .await;
+    // A real alias followed by something unexpected keeps the plain message.
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT device FROM t readings BY device;"),
+        &at(1, 59),
+        &["unexpected `BY`"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unclosed_comment_is_reported_where_it_opens() {
+    assert_error(
+        &format!("{GOOD_STREAM}/* the cloud rule,\n   not finished\nCREATE RULE r INTO cloud AS SELECT device FROM t;"),
+        "3:1",
+        &["never closed", "/*"],
+    )
+    .await;
+    // Comment markers inside strings and line comments do not count.
+    assert!(
+        errors_of(&format!(
+            "{GOOD_STREAM}-- a line comment with /* in it\nCREATE RULE r INTO cloud AS SELECT device FROM t WHERE device <> '/*';"
+        ))
+        .await
+        .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn window_errors() {
     let at = |line: u32, col: u32| format!("{}:{col}", line + 2);
     let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");

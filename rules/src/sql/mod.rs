@@ -34,6 +34,10 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Statement>, Vec<SqlError>) {
     let tokens = match Tokenizer::new(&dialect, text).tokenize_with_location() {
         Ok(t) => t,
         Err(e) => {
+            if let Some(pos) = unclosed_comment(text) {
+                let message = "this comment is never closed: `/*` needs its `*/`";
+                return (vec![], vec![SqlError::new(file, pos, message)]);
+            }
             let pos = Pos {
                 line: e.location.line,
                 column: e.location.column,
@@ -67,6 +71,50 @@ fn parse_statement(c: &mut Cursor) -> Result<Statement, SqlError> {
         }
         _ => Err(c.error_here("expected STREAM or RULE after CREATE")),
     }
+}
+
+/// Where a `/* ...` comment that is never closed starts, outside strings and quoted names
+/// and line comments; `None` when every comment is closed.
+fn unclosed_comment(text: &str) -> Option<Pos> {
+    let (mut line, mut column) = (1u64, 1u64);
+    let mut open: Option<Pos> = None;
+    let mut quote: Option<char> = None;
+    let mut line_comment = false;
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        let here = Pos { line, column };
+        let next = chars.peek().copied();
+        let mut width = 1;
+        if open.is_some() {
+            if ch == '*' && next == Some('/') {
+                open = None;
+                width = 2;
+            }
+        } else if line_comment {
+            line_comment = ch != '\n';
+        } else if let Some(q) = quote {
+            if ch == q {
+                quote = None;
+            }
+        } else if ch == '/' && next == Some('*') {
+            open = Some(here);
+            width = 2;
+        } else if ch == '-' && next == Some('-') {
+            line_comment = true;
+        } else if ch == '\'' || ch == '"' || ch == '`' {
+            quote = Some(ch);
+        }
+        for _ in 1..width {
+            chars.next();
+        }
+        if ch == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += width;
+        }
+    }
+    open
 }
 
 /// Splits a token list at top-level semicolons, dropping statements that hold nothing

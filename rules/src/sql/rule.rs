@@ -28,9 +28,22 @@ const WINDOW_FUNCTIONS: [&str; 8] = [
 
 pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
     let (name, pos) = c.ident("a rule name")?;
+    if name.eq_ignore_ascii_case("INTO") && c.peek_word_upper().as_deref() != Some("INTO") {
+        return Err(c.error_at(
+            pos,
+            "the rule's name is missing: write `CREATE RULE <name> INTO <sink> AS SELECT ...`",
+        ));
+    }
     c.expect_keyword("INTO")?;
     let mut sinks = Vec::new();
     loop {
+        if c.peek_word_upper().as_deref() == Some("AS") {
+            let at = c.pos();
+            return Err(c.error_at(
+                at,
+                "a sink name is missing after INTO: write `INTO <sink> AS SELECT ...`",
+            ));
+        }
         let (sink, sink_pos) = c.ident("a sink name")?;
         if sinks.contains(&sink) {
             return Err(c.error_at(sink_pos, format!("sink `{sink}` is named twice")));
@@ -94,6 +107,36 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
             line: next.span.start.line,
             column: next.span.start.column,
         };
+        // A misspelt clause keyword (`GRUOP BY`, `WEHRE`) parses as a table alias and
+        // leaves what follows it unexpected: name the word.
+        let alias = match &query.body.as_ref() {
+            SetExpr::Select(s) => s.from.last().and_then(|f| match &f.relation {
+                TableFactor::Table { alias: Some(a), .. } => Some(a.name.clone()),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if let Some(alias) = alias
+            && alias.quote_style.is_none()
+            && let Some(keyword) = misspelt_keyword(&alias.value)
+        {
+            let at = match alias.span.start.line {
+                0 => p,
+                line => Pos {
+                    line,
+                    column: alias.span.start.column,
+                },
+            };
+            return Err(SqlError::new(
+                &file,
+                at,
+                format!(
+                    "`{}` is not a keyword (it was read as a name for the stream): did you \
+                     mean {keyword}?",
+                    alias.value
+                ),
+            ));
+        }
         return Err(SqlError::new(
             &file,
             p,
@@ -123,6 +166,20 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
         query_pos,
         words,
     })
+}
+
+/// The clause keyword a word is a likely misspelling of (one or two letters off).
+fn misspelt_keyword(word: &str) -> Option<&'static str> {
+    const CLAUSES: [&str; 6] = ["WHERE", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "WINDOW"];
+    let upper = word.to_uppercase();
+    CLAUSES
+        .iter()
+        .map(|k| (k, k.split(' ').next().unwrap_or(k)))
+        .filter(|(_, first)| *first != upper)
+        .map(|(k, first)| (k, strsim::damerau_levenshtein(first, &upper)))
+        .filter(|(_, d)| *d <= 2)
+        .min_by_key(|(_, d)| *d)
+        .map(|(k, _)| *k)
 }
 
 type Located = (Option<Pos>, String);
