@@ -308,6 +308,23 @@ async fn a_misspelt_clause_keyword_is_named() {
 }
 
 #[tokio::test]
+async fn an_oversized_window_length_says_so() {
+    let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT count(*) FROM t GROUP BY TUMBLINGWINDOW(ss, 99999999999999999999);"),
+        "3:80",
+        &["too large", "at most"],
+    )
+    .await;
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT count(*) FROM t GROUP BY TUMBLINGWINDOW(dd, 999999999999999);"),
+        "3:80",
+        &["too large"],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn an_unclosed_comment_is_reported_where_it_opens() {
     assert_error(
         &format!("{GOOD_STREAM}/* the cloud rule,\n   not finished\nCREATE RULE r INTO cloud AS SELECT device FROM t;"),

@@ -311,15 +311,21 @@ fn args_of(f: &datafusion::sql::sqlparser::ast::Function) -> Vec<&Expr> {
 }
 
 fn positive_int(e: &Expr) -> Result<i64, Located> {
-    match e {
+    let number = match e {
         Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => n.parse().ok(),
+            Value::Number(n, _) => Some(n),
             _ => None,
         },
         _ => None,
+    };
+    match number.map(|n| (n, n.parse::<i64>())) {
+        Some((_, Ok(n))) if n > 0 => Ok(n),
+        Some((n, Err(_))) if n.chars().all(|c| c.is_ascii_digit()) => Err((
+            span_pos(e),
+            format!("`{e}` is too large: at most {}", i64::MAX),
+        )),
+        _ => Err((span_pos(e), format!("`{e}` must be a positive integer"))),
     }
-    .filter(|n: &i64| *n > 0)
-    .ok_or_else(|| (span_pos(e), format!("`{e}` must be a positive integer")))
 }
 
 /// `INTERVAL '10' SECOND` or `INTERVAL '10 seconds'`, in milliseconds.
