@@ -68,6 +68,51 @@ fn arrow_err(
     }
 }
 
+/// A clearer message for an unknown function the rule language knows of elsewhere: a
+/// window used outside GROUP BY, or one of eKuiper's analytic functions (DataFusion
+/// would suggest a function of a similar name instead).
+fn explain_unknown_function(msg: &str) -> Option<String> {
+    let (_, rest) = msg.split_once("Invalid function '")?;
+    let name = rest.split('\'').next()?.to_ascii_lowercase();
+    const WINDOWS: [&str; 8] = [
+        "tumblingwindow",
+        "hoppingwindow",
+        "slidingwindow",
+        "sessionwindow",
+        "countwindow",
+        "tumble",
+        "hop",
+        "session",
+    ];
+    const ANALYTIC: [&str; 12] = [
+        "lag",
+        "latest",
+        "changed_col",
+        "changed_cols",
+        "had_changed",
+        "acc_sum",
+        "acc_min",
+        "acc_max",
+        "acc_count",
+        "acc_avg",
+        "deduplicate",
+        "collect",
+    ];
+    if WINDOWS.contains(&name.as_str()) {
+        Some(format!(
+            "Invalid function '{name}': a window belongs in GROUP BY, e.g. \
+             GROUP BY device, {}(ss, 10)",
+            name.to_uppercase()
+        ))
+    } else if ANALYTIC.contains(&name.as_str()) {
+        Some(format!(
+            "Invalid function '{name}': eKuiper's analytic function `{name}` is not supported yet"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Where in the rule a planning error is about: the word an unknown column or function
 /// names, else the start of the query.
 fn blame(def: &RuleDef, msg: &str) -> crate::error::Pos {
@@ -162,6 +207,7 @@ impl Rule {
         let err = |msg: String| SqlError::new(&def.file, def.query_pos, msg);
         let plan_err = |e: datafusion::error::DataFusionError| {
             let msg = e.strip_backtrace();
+            let msg = explain_unknown_function(&msg).unwrap_or(msg);
             SqlError::new(
                 &def.file,
                 blame(&def, &msg),

@@ -308,6 +308,44 @@ async fn a_misspelt_clause_keyword_is_named() {
 }
 
 #[tokio::test]
+async fn functions_of_other_places_are_explained() {
+    let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT device FROM t WHERE tumblingwindow(ss, 10) > 0;"),
+        "3:56",
+        &["a window belongs in GROUP BY", "TUMBLINGWINDOW(ss, 10)"],
+    )
+    .await;
+    let errs = errors_of(&rule(
+        "CREATE RULE r INTO cloud AS SELECT lag(temp) AS prev FROM t;",
+    ))
+    .await;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("analytic function `lag` is not supported yet"),
+        "{errs:?}"
+    );
+    assert!(!errs[0].contains("Did you mean"), "{errs:?}");
+    // With OVER, DataFusion would run it per batch: refused where OVER stands.
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT lag(temp) OVER (PARTITION BY device ORDER BY ts) AS prev FROM t;"),
+        "3:46",
+        &["`OVER (...)` is not supported", "one batch"],
+    )
+    .await;
+    // Over the rows of a window it is what it says.
+    assert!(
+        errors_of(&rule(
+            "CREATE RULE r INTO cloud AS SELECT device, avg(temp) AS a, \
+             row_number() OVER (ORDER BY avg(temp) DESC) AS place \
+             FROM t GROUP BY device, TUMBLINGWINDOW(ss, 10);"
+        ))
+        .await
+        .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn an_oversized_window_length_says_so() {
     let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");
     assert_error(

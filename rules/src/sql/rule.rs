@@ -73,6 +73,24 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
             line: t.span.end.line,
             column: t.span.end.column,
         });
+    // Where an `OVER (` stands: a window function in a stateless rule would see the rows
+    // of one micro-batch only, a wrong answer; such a rule is refused below.
+    let over_at = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find_map(|w| match (&w[0].token, &w[1].token) {
+            (Token::Word(word), Token::LParen)
+                if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("OVER") =>
+            {
+                Some(Pos {
+                    line: w[0].span.start.line,
+                    column: w[0].span.start.column,
+                })
+            }
+            _ => None,
+        });
     let words = tokens
         .iter()
         .filter_map(|t| {
@@ -145,6 +163,17 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
     }
     let (stream, window, prefilter, keys) = inspect_select(&mut query)
         .map_err(|(p, m)| SqlError::new(&file, p.unwrap_or(query_pos), m))?;
+    if let Some(at) = over_at
+        && window.is_none()
+    {
+        return Err(SqlError::new(
+            &file,
+            at,
+            "`OVER (...)` is not supported in a rule without a window: such a rule runs on \
+             batches of a few rows at a time, so a window function (lag, lead, row_number, \
+             ...) would see one batch only; add a window to GROUP BY",
+        ));
+    }
     if late_sink.is_some() && !window.is_some_and(|w| w.uses_time()) {
         return Err(SqlError::new(
             &file,
