@@ -191,7 +191,7 @@ pub async fn plan(
             continue;
         }
         let stream = new.streams.iter().find(|s| s.name == def.stream);
-        match compile(def, stream, &sink_exists).await {
+        match compile(def, stream, &new.broken_streams, &sink_exists).await {
             Ok(rule) => {
                 match old {
                     Some(_) => summary.rules_changed.push(def.name.clone()),
@@ -279,6 +279,7 @@ pub async fn plan(
         running: RuleSet {
             streams: new.streams,
             rules: running_rules,
+            broken_streams: new.broken_streams,
         },
         streams,
         removed_streams,
@@ -291,11 +292,13 @@ pub async fn plan(
 async fn compile(
     def: &RuleDef,
     stream: Option<&StreamDef>,
+    broken_streams: &[String],
     sink_exists: &impl Fn(&str) -> bool,
 ) -> Result<Rule, SqlError> {
     let set = RuleSet {
         streams: stream.into_iter().cloned().collect(),
         rules: vec![def.clone()],
+        broken_streams: broken_streams.to_vec(),
     };
     let (pipelines, mut errors) = set.build(sink_exists).await;
     if let Some(e) = errors.pop() {

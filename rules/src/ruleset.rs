@@ -16,6 +16,22 @@ use crate::stream::StreamDef;
 pub struct RuleSet {
     pub streams: Vec<StreamDef>,
     pub rules: Vec<RuleDef>,
+    /// Streams whose declaration has an error, by name.
+    pub broken_streams: Vec<String>,
+}
+
+/// A rule's error for a stream it reads that is not declared, or whose declaration has
+/// an error.
+pub(crate) fn unknown_stream(def: &RuleDef, broken: &[String]) -> SqlError {
+    let message = if broken.contains(&def.stream) {
+        format!(
+            "rule `{}` reads stream `{}`, whose declaration has an error (reported with it)",
+            def.name, def.stream
+        )
+    } else {
+        format!("rule `{}` reads unknown stream `{}`", def.name, def.stream)
+    };
+    SqlError::new(&def.file, def.query_pos, message)
 }
 
 /// The `.sql` files under the given paths: a directory contributes its `*.sql` files
@@ -96,6 +112,7 @@ impl RuleSet {
                     )),
                     None => self.streams.push(d),
                 },
+                Statement::BrokenStream(name) => self.broken_streams.push(name),
                 Statement::Rule(r) => match self.rules.iter().find(|x| x.name == r.name) {
                     Some(prev) => errors.push(SqlError::new(
                         &r.file,
@@ -123,11 +140,7 @@ impl RuleSet {
         let mut by_stream: HashMap<&str, Vec<Rule>> = HashMap::new();
         for def in &self.rules {
             let Some(stream) = self.streams.iter().find(|s| s.name == def.stream) else {
-                errors.push(SqlError::new(
-                    &def.file,
-                    def.query_pos,
-                    format!("rule `{}` reads unknown stream `{}`", def.name, def.stream),
-                ));
+                errors.push(unknown_stream(def, &self.broken_streams));
                 continue;
             };
             if let Some(missing) = def

@@ -456,3 +456,24 @@ async fn one_bad_rule_does_not_stop_the_others() {
     let names: Vec<&str> = pipelines[0].rules.iter().map(|r| r.name()).collect();
     assert_eq!(names, ["good", "good2"]);
 }
+
+#[tokio::test]
+async fn a_rule_on_a_broken_stream_is_told_so() {
+    let errs = errors_of(
+        "CREATE STREAM t (device STRING, temp DUBBLE) WITH (DATASOURCE = 'a/+');\n\
+         CREATE RULE r INTO cloud AS SELECT device FROM t;\n\
+         CREATE RULE s INTO cloud AS SELECT device FROM nowhere;\n",
+    )
+    .await;
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(errs[0].contains("DUBBLE"), "{errs:?}");
+    assert!(
+        errs[1].starts_with("rules/bad.sql:2:")
+            && errs[1].contains("reads stream `t`, whose declaration has an error"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[2].contains("reads unknown stream `nowhere`"),
+        "{errs:?}"
+    );
+}

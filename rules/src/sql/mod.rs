@@ -25,6 +25,9 @@ pub(crate) use cursor::Cursor;
 pub enum Statement {
     Stream(StreamDef),
     Rule(RuleDef),
+    /// A `CREATE STREAM` with an error, by the name it declares (its error is reported
+    /// besides): rules reading it are told the stream is broken, not unknown.
+    BrokenStream(String),
 }
 
 /// Parses every statement of one file's text. Errors in one statement do not stop the
@@ -48,10 +51,14 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Statement>, Vec<SqlError>) {
     let mut statements = Vec::new();
     let mut errors = Vec::new();
     for chunk in split_statements(tokens) {
+        let name = declared_stream(&chunk);
         let mut cursor = Cursor::new(file, chunk);
         match parse_statement(&mut cursor) {
             Ok(s) => statements.push(s),
-            Err(e) => errors.push(e),
+            Err(e) => {
+                errors.push(e);
+                statements.extend(name.map(Statement::BrokenStream));
+            }
         }
     }
     (statements, errors)
@@ -115,6 +122,22 @@ fn unclosed_comment(text: &str) -> Option<Pos> {
         }
     }
     open
+}
+
+/// The name a statement's tokens declare a stream by (`CREATE STREAM name ...`).
+fn declared_stream(tokens: &[TokenWithSpan]) -> Option<String> {
+    let mut words = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map(|t| match &t.token {
+            Token::Word(w) => Some(w),
+            _ => None,
+        });
+    let create = words.next()??;
+    let stream = words.next()??;
+    let name = words.next()??;
+    (create.value.eq_ignore_ascii_case("CREATE") && stream.value.eq_ignore_ascii_case("STREAM"))
+        .then(|| name.value.clone())
 }
 
 /// Splits a token list at top-level semicolons, dropping statements that hold nothing
