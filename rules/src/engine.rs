@@ -74,16 +74,6 @@ fn arrow_err(
 fn explain_unknown_function(msg: &str) -> Option<String> {
     let (_, rest) = msg.split_once("Invalid function '")?;
     let name = rest.split('\'').next()?.to_ascii_lowercase();
-    const WINDOWS: [&str; 8] = [
-        "tumblingwindow",
-        "hoppingwindow",
-        "slidingwindow",
-        "sessionwindow",
-        "countwindow",
-        "tumble",
-        "hop",
-        "session",
-    ];
     const ANALYTIC: [&str; 12] = [
         "lag",
         "latest",
@@ -98,7 +88,10 @@ fn explain_unknown_function(msg: &str) -> Option<String> {
         "deduplicate",
         "collect",
     ];
-    if WINDOWS.contains(&name.as_str()) {
+    if crate::sql::WINDOW_FUNCTIONS
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(&name))
+    {
         Some(format!(
             "Invalid function '{name}': a window belongs in GROUP BY, e.g. \
              GROUP BY device, {}(ss, 10)",

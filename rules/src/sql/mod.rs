@@ -19,6 +19,7 @@ use crate::rule::RuleDef;
 use crate::stream::StreamDef;
 
 pub(crate) use cursor::Cursor;
+pub(crate) use rule::WINDOW_FUNCTIONS;
 
 /// One parsed statement of a rule file.
 #[derive(Debug, Clone)]

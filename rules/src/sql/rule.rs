@@ -15,7 +15,7 @@ use crate::rule::RuleDef;
 use crate::window::{WindowSpec, unit_millis};
 
 /// Window functions accepted in GROUP BY, by eKuiper's spelling.
-const WINDOW_FUNCTIONS: [&str; 8] = [
+pub(crate) const WINDOW_FUNCTIONS: [&str; 8] = [
     "TUMBLINGWINDOW",
     "HOPPINGWINDOW",
     "SLIDINGWINDOW",
