@@ -68,6 +68,45 @@ fn arrow_err(
     }
 }
 
+/// A message a person understands for a DataFusion planning error that would mislead
+/// (an "internal error" asking for a bug report, a wildcard the rule does not have, a
+/// look-alike function suggested); `None` to keep DataFusion's.
+fn explain_plan_error(msg: &str) -> Option<String> {
+    if let Some((_, rest)) =
+        msg.split_once("No function matches the given name and argument types '")
+    {
+        // `sum(Utf8)` and the signatures it has.
+        let call = rest.split('\'').next()?;
+        let (name, args) = call.split_once('(')?;
+        let args = args.trim_end_matches(')');
+        let candidates: Vec<&str> = msg
+            .split_once("Candidate functions:")
+            .map(|(_, c)| c.lines().map(str::trim).filter(|l| !l.is_empty()).collect())
+            .unwrap_or_default();
+        return Some(format!(
+            "function '{name}' does not take ({args}); it takes {}. CAST an argument to the \
+             type wanted, e.g. CAST(x AS DOUBLE)",
+            if candidates.is_empty() {
+                "other types".to_string()
+            } else {
+                candidates.join(", ")
+            }
+        ));
+    }
+    if msg.contains("must appear in the GROUP BY clause")
+        && let Some((_, rest)) = msg.split_once("column \"")
+    {
+        let column = rest.split('"').next()?;
+        let column = column.rsplit('.').next().unwrap_or(column);
+        return Some(format!(
+            "column '{column}' is neither in GROUP BY nor inside an aggregate: a grouped rule \
+             emits one row per group, so add it to GROUP BY or aggregate it (e.g. \
+             avg({column}), last_value({column}))"
+        ));
+    }
+    explain_unknown_function(msg)
+}
+
 /// A clearer message for an unknown function the rule language knows of elsewhere: a
 /// window used outside GROUP BY, or one of eKuiper's analytic functions (DataFusion
 /// would suggest a function of a similar name instead).
@@ -113,6 +152,7 @@ fn blame(def: &RuleDef, msg: &str) -> crate::error::Pos {
         "No field named ",
         "Invalid function '",
         "function '",
+        "column '",
         "Field ",
     ]
     .iter()
@@ -200,7 +240,7 @@ impl Rule {
         let err = |msg: String| SqlError::new(&def.file, def.query_pos, msg);
         let plan_err = |e: datafusion::error::DataFusionError| {
             let msg = e.strip_backtrace();
-            let msg = explain_unknown_function(&msg).unwrap_or(msg);
+            let msg = explain_plan_error(&msg).unwrap_or(msg);
             SqlError::new(
                 &def.file,
                 blame(&def, &msg),

@@ -477,3 +477,30 @@ async fn a_rule_on_a_broken_stream_is_told_so() {
         "{errs:?}"
     );
 }
+
+#[tokio::test]
+async fn planning_errors_are_explained() {
+    let rule = |sql: &str| format!("{GOOD_STREAM}{sql}");
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT sum(device) AS x FROM t GROUP BY TUMBLINGWINDOW(ss, 10);"),
+        "3:36",
+        &["function 'sum' does not take (Utf8)", "sum(Float64)", "CAST"],
+    )
+    .await;
+    let errs = errors_of(&rule(
+        "CREATE RULE r INTO cloud AS SELECT sum(device) AS x FROM t GROUP BY TUMBLINGWINDOW(ss, 10);",
+    ))
+    .await;
+    assert!(!errs[0].contains("bug report"), "{errs:?}");
+    assert_error(
+        &rule("CREATE RULE r INTO cloud AS SELECT device, temp, count(*) AS n FROM t GROUP BY device, TUMBLINGWINDOW(ss, 10);"),
+        "3:44",
+        &["column 'temp' is neither in GROUP BY nor inside an aggregate"],
+    )
+    .await;
+    let errs = errors_of(&rule(
+        "CREATE RULE r INTO cloud AS SELECT device, temp, count(*) AS n FROM t GROUP BY device, TUMBLINGWINDOW(ss, 10);",
+    ))
+    .await;
+    assert!(!errs[0].contains("wildcard"), "{errs:?}");
+}
