@@ -15,8 +15,9 @@
 //! not written. A session whose client was connected at a crash starts its expiry when
 //! the gateway starts again.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,6 +51,9 @@ struct Stored {
 #[derive(Clone)]
 pub struct SessionStore {
     db: Arc<Database>,
+    /// The client ids the store holds a record for: most clients never have one, and
+    /// their connects and disconnects need not touch the file.
+    known: Arc<Mutex<HashSet<String>>>,
 }
 
 impl SessionStore {
@@ -66,7 +70,10 @@ impl SessionStore {
         let tx = db.begin_write()?;
         tx.open_table(SESSIONS)?;
         tx.commit()?;
-        Ok(SessionStore { db: Arc::new(db) })
+        Ok(SessionStore {
+            db: Arc::new(db),
+            known: Arc::default(),
+        })
     }
 
     /// Rebuilds the stored sessions that have not expired as offline sessions of `scx`,
@@ -83,6 +90,8 @@ impl SessionStore {
             }
             all
         };
+        self.known_ids()
+            .extend(stored.iter().map(|(id, _)| id.clone()));
         let now = timestamp_millis();
         let mut restored = 0;
         for (client_id, bytes) in stored {
@@ -157,36 +166,57 @@ impl SessionStore {
             Ok(())
         })
         .await;
-        if let Some(e) = failure(written) {
-            tracing::warn!(client = %session.id.client_id, error = %e, "broker: cannot keep a persistent session; it will not survive a restart");
+        match failure(written) {
+            None => {
+                self.known_ids().insert(session.id.client_id.to_string());
+            }
+            Some(e) => {
+                tracing::warn!(client = %session.id.client_id, error = %e, "broker: cannot keep a persistent session; it will not survive a restart");
+            }
         }
+    }
+
+    fn known_ids(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forgets a client's session; with `only`, only if it is still that session (one
     /// that was taken over must not forget its successor).
     async fn remove(&self, client_id: &str, only: Option<TimestampMillis>) {
+        if !self.known_ids().contains(client_id) {
+            return;
+        }
         let db = self.db.clone();
         let key = client_id.to_string();
-        let removed = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            // Most clients never had a persistent session: a read, not a commit, for them.
-            let stored = db
-                .begin_read()?
-                .open_table(SESSIONS)?
-                .get(key.as_str())?
-                .map(|v| serde_json::from_slice::<Stored>(v.value()).map(|s| s.id.create_time));
-            match (stored, only) {
-                (None, _) => return Ok(()),
-                (Some(Ok(current)), Some(created)) if current != created => return Ok(()),
-                _ => {}
-            }
+        let removed = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
             let tx = db.begin_write()?;
-            tx.open_table(SESSIONS)?.remove(key.as_str())?;
+            // Taken over: the record is its successor's, which stays.
+            let successor = {
+                let mut table = tx.open_table(SESSIONS)?;
+                let current = table
+                    .get(key.as_str())?
+                    .map(|v| serde_json::from_slice::<Stored>(v.value()).map(|s| s.id.create_time));
+                let successor = matches!((current, only), (Some(Ok(c)), Some(mine)) if c != mine);
+                if !successor {
+                    table.remove(key.as_str())?;
+                }
+                successor
+            };
             tx.commit()?;
-            Ok(())
+            Ok(!successor)
         })
         .await;
-        if let Some(e) = failure(removed) {
-            tracing::warn!(client = %client_id, error = %e, "broker: cannot forget an ended session");
+        match removed {
+            Ok(Ok(true)) => {
+                self.known_ids().remove(client_id);
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(client = %client_id, error = %format!("{e:#}"), "broker: cannot forget an ended session")
+            }
+            Err(e) => {
+                tracing::warn!(client = %client_id, error = %e, "broker: cannot forget an ended session")
+            }
         }
     }
 }
