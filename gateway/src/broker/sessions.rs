@@ -145,32 +145,31 @@ impl SessionStore {
         };
         let db = self.db.clone();
         let mine = session.id.create_time;
-        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
             let tx = db.begin_write()?;
-            {
+            let write = {
                 let mut table = tx.open_table(SESSIONS)?;
-                if moment != Moment::Connected {
-                    let owner = table
-                        .get(client_id.as_str())?
-                        .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
-                        .map(|s| s.id.create_time);
-                    if owner.is_some_and(|o| o != mine)
-                        || (owner.is_none() && moment == Moment::Disconnected)
-                    {
-                        return Ok(());
-                    }
+                let write = match (moment, owner(&table, &client_id)?) {
+                    (Moment::Connected, _) => true,
+                    (_, Some(owner)) => owner == mine,
+                    (Moment::Subscriptions, None) => true,
+                    (Moment::Disconnected, None) => false,
+                };
+                if write {
+                    table.insert(client_id.as_str(), bytes.as_slice())?;
                 }
-                table.insert(client_id.as_str(), bytes.as_slice())?;
-            }
+                write
+            };
             tx.commit()?;
-            Ok(())
+            Ok(write)
         })
         .await;
-        match failure(written) {
-            None => {
+        match flatten(written) {
+            Ok(true) => {
                 self.known_ids().insert(session.id.client_id.to_string());
             }
-            Some(e) => {
+            Ok(false) => {}
+            Err(e) => {
                 tracing::warn!(client = %session.id.client_id, error = %e, "broker: cannot keep a persistent session; it will not survive a restart");
             }
         }
@@ -193,10 +192,8 @@ impl SessionStore {
             // Taken over: the record is its successor's, which stays.
             let successor = {
                 let mut table = tx.open_table(SESSIONS)?;
-                let current = table
-                    .get(key.as_str())?
-                    .map(|v| serde_json::from_slice::<Stored>(v.value()).map(|s| s.id.create_time));
-                let successor = matches!((current, only), (Some(Ok(c)), Some(mine)) if c != mine);
+                let successor =
+                    matches!((owner(&table, &key)?, only), (Some(c), Some(mine)) if c != mine);
                 if !successor {
                     table.remove(key.as_str())?;
                 }
@@ -206,14 +203,11 @@ impl SessionStore {
             Ok(!successor)
         })
         .await;
-        match removed {
-            Ok(Ok(true)) => {
+        match flatten(removed) {
+            Ok(true) => {
                 self.known_ids().remove(client_id);
             }
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(client = %client_id, error = %format!("{e:#}"), "broker: cannot forget an ended session")
-            }
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(client = %client_id, error = %e, "broker: cannot forget an ended session")
             }
@@ -232,12 +226,25 @@ enum Moment {
     Disconnected,
 }
 
-fn failure(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> Option<String> {
+/// What a blocking store operation gave, its error and a failed task as one text.
+fn flatten<T>(r: Result<anyhow::Result<T>, tokio::task::JoinError>) -> Result<T, String> {
     match r {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("{e:#}")),
-        Err(e) => Some(e.to_string()),
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(e) => Err(e.to_string()),
     }
+}
+
+/// Which session a client's stored record belongs to, by its creation time; `None`
+/// without a record (or with one that cannot be read).
+fn owner(
+    table: &redb::Table<&str, &[u8]>,
+    client_id: &str,
+) -> Result<Option<TimestampMillis>, redb::StorageError> {
+    Ok(table
+        .get(client_id)?
+        .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
+        .map(|s| s.id.create_time))
 }
 
 /// Whether a session outlives its connection, by the CONNECT that opened it.
