@@ -170,15 +170,16 @@ impl Connection {
         // ends when the publisher has dropped the client and everything went out.
         let network = tokio::spawn(async move {
             // When each packet id in flight was written, and the latencies measured.
-            let mut written: Vec<Option<Instant>> = vec![None; usize::from(u16::MAX) + 1];
+            // Keyed by packet id, so only the ids in flight take room.
+            let mut written: std::collections::HashMap<u16, Instant> = Default::default();
             let mut micros = Vec::new();
             let result = loop {
                 match eventloop.poll().await {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) if qos != QoS::AtMostOnce => {
-                        written[usize::from(pkid)] = Some(Instant::now());
+                        written.insert(pkid, Instant::now());
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(at) = written[usize::from(ack.pkid)].take() {
+                        if let Some(at) = written.remove(&ack.pkid) {
                             micros
                                 .push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
                         }
