@@ -15,6 +15,8 @@ pub struct RuleCounters {
     pub late: AtomicU64,
     /// Rows without an event time, and failed executions.
     pub errors: AtomicU64,
+    /// Partition keys of analytic calls forgotten: idle too long, or too many.
+    pub keys_forgotten: AtomicU64,
     /// Batches processed.
     pub batches: AtomicU64,
     /// Time the rule took per micro-batch.

@@ -15,6 +15,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use futures::FutureExt;
 
+use crate::analytic::AnalyticStage;
 pub use crate::counters::RuleCounters;
 use crate::error::{ExecError, SqlError};
 use crate::plan::CompiledQuery;
@@ -113,19 +114,12 @@ fn explain_plan_error(msg: &str) -> Option<String> {
 fn explain_unknown_function(msg: &str) -> Option<String> {
     let (_, rest) = msg.split_once("Invalid function '")?;
     let name = rest.split('\'').next()?.to_ascii_lowercase();
-    const ANALYTIC: [&str; 12] = [
-        "lag",
-        "latest",
-        "changed_col",
+    const ANALYTIC: [&str; 5] = [
         "changed_cols",
-        "had_changed",
-        "acc_sum",
-        "acc_min",
-        "acc_max",
-        "acc_count",
-        "acc_avg",
         "deduplicate",
         "collect",
+        "merge_agg",
+        "last_agg_hit_count",
     ];
     if crate::sql::WINDOW_FUNCTIONS
         .iter()
@@ -180,6 +174,8 @@ pub struct Rule {
     name: Arc<str>,
     sinks: Arc<[String]>,
     query: CompiledQuery,
+    /// Computes the rule's analytic calls before anything else runs.
+    analytic: Option<AnalyticStage>,
     windowed: Option<Windowed>,
     /// Set when a panic stopped the rule.
     stopped: Option<String>,
@@ -201,6 +197,8 @@ struct Windowed {
     prefilter: Option<CompiledQuery>,
     /// Columns of the stream (the prefilter may append key columns after them).
     stream_cols: usize,
+    /// Columns of the stream as declared (without analytic results), for late rows.
+    late_cols: usize,
     event_time: Option<EventTime>,
     keys: Option<KeyIds>,
     late_sinks: Option<Arc<[String]>>,
@@ -247,6 +245,28 @@ impl Rule {
                 format!("rule `{}`: {msg}", def.name),
             )
         };
+        // Analytic calls are computed first, as columns appended to the stream's rows:
+        // the rest of the rule reads those rows as its stream.
+        let analytic = match def.analytic.is_empty() {
+            true => None,
+            false => Some(
+                AnalyticStage::compile(stream, &def.analytic)
+                    .await
+                    .map_err(plan_err)?,
+            ),
+        };
+        let original = stream.schema.clone();
+        let augmented;
+        let stream = match &analytic {
+            None => stream,
+            Some(a) => {
+                augmented = StreamDef {
+                    schema: a.schema(),
+                    ..stream.clone()
+                };
+                &augmented
+            }
+        };
         let mut input = stream.schema.clone();
         let mut windowed = match def.window {
             None => None,
@@ -276,11 +296,11 @@ impl Rule {
                     ),
                     None => None,
                 };
-                let stream_cols = stream.schema.fields().len();
                 let keys = match (&prefilter, def.keys) {
                     (Some(p), n) if spec.per_key() && n > 0 => {
                         let out = p.schema();
-                        let sort_fields = out.fields()[stream_cols..stream_cols + n]
+                        let tagged_cols = stream.schema.fields().len();
+                        let sort_fields = out.fields()[tagged_cols..tagged_cols + n]
                             .iter()
                             .map(|f| SortField::new(f.data_type().clone()))
                             .collect();
@@ -293,8 +313,7 @@ impl Rule {
                     }
                     _ => None,
                 };
-                let mut late_fields: Vec<Field> = stream
-                    .schema
+                let mut late_fields: Vec<Field> = original
                     .fields()
                     .iter()
                     .map(|f| f.as_ref().clone())
@@ -303,7 +322,8 @@ impl Rule {
                 Some(Windowed {
                     state: Windows::Buffered(WindowState::new(spec, tagged)),
                     prefilter,
-                    stream_cols,
+                    stream_cols: stream.schema.fields().len(),
+                    late_cols: original.fields().len(),
                     event_time: stream.event_time.clone(),
                     keys,
                     late_sinks: def.late_sink.clone().map(|s| Arc::from(vec![s])),
@@ -341,6 +361,7 @@ impl Rule {
             def: Arc::new(def),
             counters: Arc::default(),
             query,
+            analytic,
             windowed,
             stopped: None,
             paused: Arc::default(),
@@ -376,6 +397,19 @@ impl Rule {
         now: i64,
     ) -> Result<Vec<RuleOutput>, ExecError> {
         add(&self.counters.records_in, batch.num_rows());
+        let analysed;
+        let batch = match self.analytic.as_mut() {
+            None => batch,
+            Some(a) => {
+                let (b, forgotten) = a
+                    .apply(batch, now)
+                    .await
+                    .map_err(|e| df_err(&self.counters, &self.name, e))?;
+                add(&self.counters.keys_forgotten, forgotten as usize);
+                analysed = b;
+                &analysed
+            }
+        };
         let Some(w) = self.windowed.as_mut() else {
             let out = self
                 .query
@@ -437,7 +471,7 @@ impl Rule {
                 watermark.current().unwrap_or(i64::MIN)
             );
             let taken = take_record_batch(&rows, &UInt32Array::from(late.clone())).map_err(aerr)?;
-            let mut cols: Vec<ArrayRef> = taken.columns()[..w.stream_cols].to_vec();
+            let mut cols: Vec<ArrayRef> = taken.columns()[..w.late_cols].to_vec();
             cols.push(Arc::new(StringArray::from(vec![
                 reason.as_str();
                 late.len()
@@ -506,6 +540,11 @@ impl Rule {
             Some(Windows::Incremental(panes)) => panes.state_bytes(),
             _ => 0,
         }
+    }
+
+    /// Partition keys the rule's analytic calls hold state for.
+    pub fn analytic_keys(&self) -> usize {
+        self.analytic.as_ref().map_or(0, |a| a.keys())
     }
 
     /// Whether the rule keeps partial aggregate state rather than rows.

@@ -20,6 +20,7 @@
 //! The crate does no I/O beyond reading rule files, so it runs the same in the gateway,
 //! in tests and in benchmarks.
 
+mod analytic;
 mod counters;
 mod engine;
 mod error;

@@ -34,6 +34,7 @@ pub fn same_rule(a: &RuleDef, b: &RuleDef) -> bool {
         && a.sinks == b.sinks
         && a.late_sink == b.late_sink
         && a.window == b.window
+        && a.analytic == b.analytic
         && a.keys == b.keys
         && a.query.to_string() == b.query.to_string()
         && a.prefilter.as_ref().map(|q| q.to_string())

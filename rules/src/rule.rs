@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use datafusion::sql::sqlparser::ast::Query;
 
+use crate::analytic::AnalyticCall;
 use crate::error::Pos;
 use crate::window::WindowSpec;
 
@@ -28,6 +29,9 @@ pub struct RuleDef {
     pub keys: usize,
     /// Optional sink for rows that arrived too late for their window.
     pub late_sink: Option<String>,
+    /// The analytic calls taken out of `query`, each now a column of its rows
+    /// (see [`crate::analytic`]).
+    pub analytic: Vec<AnalyticCall>,
     pub file: PathBuf,
     pub pos: Pos,
     /// Where the SELECT starts, for errors found while planning.

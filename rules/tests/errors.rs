@@ -317,20 +317,20 @@ async fn functions_of_other_places_are_explained() {
     )
     .await;
     let errs = errors_of(&rule(
-        "CREATE RULE r INTO cloud AS SELECT lag(temp) AS prev FROM t;",
+        "CREATE RULE r INTO cloud AS SELECT collect(temp) AS all FROM t;",
     ))
     .await;
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(
-        errs[0].contains("analytic function `lag` is not supported yet"),
+        errs[0].contains("analytic function `collect` is not supported yet"),
         "{errs:?}"
     );
     assert!(!errs[0].contains("Did you mean"), "{errs:?}");
-    // With OVER, DataFusion would run it per batch: refused where OVER stands.
+    // SQL's own window functions would run per batch: refused where the call stands.
     assert_error(
-        &rule("CREATE RULE r INTO cloud AS SELECT lag(temp) OVER (PARTITION BY device ORDER BY ts) AS prev FROM t;"),
-        "3:46",
-        &["`OVER (...)` is not supported", "one batch"],
+        &rule("CREATE RULE r INTO cloud AS SELECT row_number() OVER (PARTITION BY device ORDER BY ts) AS n FROM t;"),
+        "3:36",
+        &["`row_number(...) OVER (...)` is not supported", "one batch", "lag, latest"],
     )
     .await;
     // Over the rows of a window it is what it says.

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::datatypes::Int64Type;
 
 use super::*;
@@ -356,4 +358,32 @@ async fn a_rule_deleted_from_a_good_file_stops() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(summary.rules_removed, ["b"]);
     assert_eq!(r.names(), ["a"]);
+}
+
+#[tokio::test]
+async fn an_unchanged_rule_keeps_its_analytic_state_and_a_changed_one_starts_afresh() {
+    const LAG: &str =
+        "CREATE RULE l INTO out AS SELECT lag(temp) OVER (PARTITION BY device) AS prev FROM t;\n";
+    let prev = |outs: &[RuleOutput]| -> Vec<Option<f64>> {
+        rows_of(outs, "l")
+            .iter()
+            .flat_map(|b| {
+                let c = b
+                    .column(0)
+                    .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+                (0..c.len())
+                    .map(|i| c.is_valid(i).then(|| c.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut r = Running::start(&format!("{STREAM}{LAG}")).await;
+    push(&mut r, &[("a", 1_000, 1.0)]).await;
+    // Another rule added beside it: `l` is kept, with what it saw.
+    r.reload(&format!("{STREAM}{LAG}{FILTER}")).await;
+    assert_eq!(prev(&push(&mut r, &[("a", 2_000, 2.0)]).await), [Some(1.0)]);
+    // Its WHEN changed: a new rule, which has seen nothing.
+    let changed = LAG.replace("PARTITION BY device", "PARTITION BY device WHEN temp > 0");
+    r.reload(&format!("{STREAM}{changed}{FILTER}")).await;
+    assert_eq!(prev(&push(&mut r, &[("a", 3_000, 3.0)]).await), [None]);
 }

@@ -4,6 +4,7 @@
 //! The file is tokenized once with the SQL tokenizer so every token keeps its line and
 //! column; positions in errors therefore point into the file, not into a statement.
 
+mod analytic;
 mod cursor;
 mod rule;
 mod stream;

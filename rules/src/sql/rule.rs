@@ -10,6 +10,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::Cursor;
+use super::analytic;
 use crate::error::{Pos, SqlError};
 use crate::rule::RuleDef;
 use crate::window::{WindowSpec, unit_millis};
@@ -63,7 +64,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
     c.expect_keyword("AS")?;
     let query_pos = c.pos();
     let file = c.file().to_path_buf();
-    let tokens = c.rest();
+    let tokens = analytic::mark_when(c.rest());
     // Where the statement ends: errors about a missing part point there.
     let end_pos = tokens
         .iter()
@@ -72,24 +73,6 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
         .map_or(query_pos, |t| Pos {
             line: t.span.end.line,
             column: t.span.end.column,
-        });
-    // Where an `OVER (` stands: a window function in a stateless rule would see the rows
-    // of one micro-batch only, a wrong answer; such a rule is refused below.
-    let over_at = tokens
-        .iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find_map(|w| match (&w[0].token, &w[1].token) {
-            (Token::Word(word), Token::LParen)
-                if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("OVER") =>
-            {
-                Some(Pos {
-                    line: w[0].span.start.line,
-                    column: w[0].span.start.column,
-                })
-            }
-            _ => None,
         });
     let words = tokens
         .iter()
@@ -161,17 +144,22 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
             format!("unexpected `{}` after the rule's query", next.token),
         ));
     }
-    let (stream, window, prefilter, keys) = inspect_select(&mut query)
-        .map_err(|(p, m)| SqlError::new(&file, p.unwrap_or(query_pos), m))?;
-    if let Some(at) = over_at
+    let located = |(p, m): Located| SqlError::new(&file, p.unwrap_or(query_pos), m);
+    let extracted = analytic::extract(&mut query).map_err(located)?;
+    let (stream, window, prefilter, keys) = inspect_select(&mut query).map_err(located)?;
+    if let Some((at, name)) = extracted.sql_window_at
         && window.is_none()
     {
         return Err(SqlError::new(
             &file,
-            at,
-            "`OVER (...)` is not supported in a rule without a window: such a rule runs on \
+            at.unwrap_or(query_pos),
+            format!(
+                "`{name}(...) OVER (...)` is not supported in a rule without a window: such a rule runs on \
              batches of a few rows at a time, so a window function (lag, lead, row_number, \
-             ...) would see one batch only; add a window to GROUP BY",
+             ...) would see one batch only; add a window to GROUP BY, or use eKuiper's \
+             analytic functions (lag, latest, changed_col, had_changed, acc_*), which keep \
+             their state from batch to batch"
+            ),
         ));
     }
     if late_sink.is_some() && !window.is_some_and(|w| w.uses_time()) {
@@ -190,6 +178,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
         prefilter,
         keys,
         late_sink,
+        analytic: extracted.calls,
         file,
         pos,
         query_pos,
@@ -211,9 +200,9 @@ fn misspelt_keyword(word: &str) -> Option<&'static str> {
         .map(|(k, _)| *k)
 }
 
-type Located = (Option<Pos>, String);
+pub(super) type Located = (Option<Pos>, String);
 
-fn span_pos(e: &impl Spanned) -> Option<Pos> {
+pub(super) fn span_pos(e: &impl Spanned) -> Option<Pos> {
     let s = e.span();
     (s.start.line > 0).then_some(Pos {
         line: s.start.line,
@@ -358,7 +347,7 @@ fn positive_int(e: &Expr) -> Result<i64, Located> {
 }
 
 /// `INTERVAL '10' SECOND` or `INTERVAL '10 seconds'`, in milliseconds.
-fn interval_millis(e: &Expr) -> Result<i64, Located> {
+pub(super) fn interval_millis(e: &Expr) -> Result<i64, Located> {
     let bad = || {
         (
             span_pos(e),
