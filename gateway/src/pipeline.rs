@@ -36,6 +36,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct StreamCounters {
     /// Rows decoded.
     pub rows: AtomicU64,
+    /// Bytes of the payloads decoded (MQTT streams; Modbus rows come decoded).
+    pub bytes_in: AtomicU64,
     /// Payloads that could not be decoded, whatever the reason.
     pub decode_errors: AtomicU64,
     /// Payloads refused, by [`RejectReason::index`].
@@ -159,6 +161,8 @@ pub async fn run_stream(
                         }
                     }
                 }
+                let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+                counters.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
                 let decoded = decoder.decode(&payloads);
                 if !decoded.rejected.is_empty() {
                     let n = decoded.rejected.len() as u64;

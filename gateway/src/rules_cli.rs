@@ -63,17 +63,40 @@ pub struct TestSummary {
     pub rejected: u64,
     /// Rows that came after their window had closed.
     pub late: u64,
-    /// Rule failures: failed executions (their batch's results are missing) and rows
-    /// without an event time.
+    /// Rule failures: failed executions (their batch's results are missing), rows a
+    /// rule failed on, and rows without an event time.
     pub rule_errors: u64,
+    /// Bytes of the payloads fed to the streams (a line feeding two streams counts twice).
+    pub bytes_in: u64,
+    /// Bytes of the results, encoded as the sinks send them.
+    pub bytes_out: u64,
+}
+
+impl TestSummary {
+    /// How much smaller the results are than the input, in percent (negative when larger).
+    pub fn reduction_percent(&self) -> f64 {
+        match self.bytes_in {
+            0 => 0.0,
+            n => 100.0 * (1.0 - self.bytes_out as f64 / n as f64),
+        }
+    }
 }
 
 impl std::fmt::Display for TestSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} lines, {} rows in, {} results out, {} rejected, {} late, {} rule errors",
-            self.lines, self.rows_in, self.rows_out, self.rejected, self.late, self.rule_errors
+            "{} lines, {} rows in, {} results out, {} rejected, {} late, {} rule errors; \
+             {} bytes in, {} bytes out ({:.1}% less)",
+            self.lines,
+            self.rows_in,
+            self.rows_out,
+            self.rejected,
+            self.late,
+            self.rule_errors,
+            self.bytes_in,
+            self.bytes_out,
+            self.reduction_percent()
         )
     }
 }
@@ -138,6 +161,7 @@ pub async fn test_with_summary(opts: &TestOptions) -> anyhow::Result<(bool, Test
             }
         };
         for i in targets {
+            summary.bytes_in += payload.len() as u64;
             let decoded = decoders[i].decode(&[payload.as_bytes()]);
             for r in &decoded.rejected {
                 eprintln!(
@@ -155,7 +179,7 @@ pub async fn test_with_summary(opts: &TestOptions) -> anyhow::Result<(bool, Test
                 for e in errs {
                     eprintln!("{}:{}: {e}", opts.input.display(), n + 1);
                 }
-                collect(outs, opts.rule.as_deref(), &mut results)?;
+                summary.bytes_out += collect(outs, opts.rule.as_deref(), &mut results)?;
             }
         }
     }
@@ -165,7 +189,7 @@ pub async fn test_with_summary(opts: &TestOptions) -> anyhow::Result<(bool, Test
         for e in errs {
             eprintln!("{e}");
         }
-        collect(outs, opts.rule.as_deref(), &mut results)?;
+        summary.bytes_out += collect(outs, opts.rule.as_deref(), &mut results)?;
     }
     if summary.rejected > 0 {
         eprintln!("{} input line(s) could not be used", summary.rejected);
@@ -239,21 +263,25 @@ fn route(
     }
 }
 
+/// Adds the result rows of `outs` (of rule `only`, if given) to `results`; returns the
+/// bytes they take encoded.
 fn collect(
     outs: Vec<RuleOutput>,
     only: Option<&str>,
     results: &mut Vec<Value>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
+    let mut bytes = 0;
     for o in outs {
         if only.is_some_and(|r| r != &*o.rule) {
             continue;
         }
         for row in json_rows(&o.batches)? {
+            bytes += row.len() as u64;
             let row: Value = serde_json::from_slice(&row)?;
             results.push(serde_json::json!({ "rule": &*o.rule, "row": row }));
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// Compares results with the expected lines, in any order; numbers match within a
@@ -356,6 +384,12 @@ FROM env GROUP BY reading.site, TUMBLINGWINDOW(ss, 10);
         let (passed, summary) = test_with_summary(&opts(NESTED_EXPECTED)).await.unwrap();
         assert!(passed);
         // Device d's "hot" temperature is the one rejected line.
+        // Bytes in are the input lines; bytes out the result rows as sinks send them.
+        let bytes_in: usize = NESTED_INPUT.lines().map(str::len).sum();
+        let bytes_out: usize = NESTED_EXPECTED
+            .lines()
+            .map(|l| l.len() - l.find("\"row\":").unwrap() - "\"row\":".len() - 1)
+            .sum();
         assert_eq!(
             summary,
             TestSummary {
@@ -364,9 +398,15 @@ FROM env GROUP BY reading.site, TUMBLINGWINDOW(ss, 10);
                 rows_out: 5,
                 rejected: 1,
                 late: 0,
-                rule_errors: 0
+                rule_errors: 0,
+                bytes_in: bytes_in as u64,
+                bytes_out: bytes_out as u64,
             }
         );
+        assert!(summary.to_string().contains(&format!(
+            "{bytes_in} bytes in, {bytes_out} bytes out ({:.1}% less)",
+            100.0 * (1.0 - bytes_out as f64 / bytes_in as f64)
+        )));
         // Without --allow-rejects that rejected line fails the run.
         let strict = TestOptions {
             allow_rejects: false,
@@ -407,7 +447,7 @@ FROM env GROUP BY reading.site, TUMBLINGWINDOW(ss, 10);
         let (passed, s) = test_with_summary(&opts(false)).await.unwrap();
         assert!(!passed, "{s}");
         assert_eq!((s.lines, s.rows_in, s.rejected), (5, 3, 2), "{s}");
-        // `CAST('d9' AS BIGINT)` fails its batch; the row at 2000 came after the first
+        // `CAST('d9' AS BIGINT)` fails its row; the row at 2000 came after the first
         // window closed (watermark 29 s).
         assert_eq!((s.rule_errors, s.late), (1, 1), "{s}");
         let (passed, s2) = test_with_summary(&opts(true)).await.unwrap();

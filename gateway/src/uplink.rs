@@ -5,7 +5,7 @@
 //! queue, so whatever was unconfirmed when the link dropped or the gateway stopped is
 //! sent again: delivery is at least once, in queue order.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,6 +30,8 @@ const READ_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct UplinkCounters {
     /// Results the sink confirmed (and the queue deleted).
     pub delivered: AtomicU64,
+    /// Bytes of the results confirmed (their encoded payloads).
+    pub delivered_bytes: AtomicU64,
     /// Failed sends and lost connections, each followed by a retry.
     pub retries: AtomicU64,
     /// Whether the sink is reachable and sending.
@@ -48,7 +50,8 @@ pub async fn run<S: Sink>(
     let mut committed = queue.committed();
     let mut ready = false;
     let mut cursor = 0u64;
-    let mut in_flight = BTreeSet::new();
+    // Sequence numbers sent and not yet confirmed, with their payloads' sizes.
+    let mut in_flight = BTreeMap::new();
     let mut retry_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let mut last_down: Option<String> = None;
@@ -75,7 +78,7 @@ pub async fn run<S: Sink>(
                 match sink.send(&batch).await {
                     Ok(()) => {
                         cursor = last + 1;
-                        in_flight.extend(batch.iter().map(|m| m.seq));
+                        in_flight.extend(batch.iter().map(|m| (m.seq, m.payload.len() as u64)));
                         last_down = None;
                     }
                     Err(e) => {
@@ -112,9 +115,8 @@ pub async fn run<S: Sink>(
                     in_flight.clear();
                 }
                 SinkEvent::Confirmed(seqs) => {
-                    for s in &seqs {
-                        in_flight.remove(s);
-                    }
+                    let bytes: u64 = seqs.iter().filter_map(|s| in_flight.remove(s)).sum();
+                    counters.delivered_bytes.fetch_add(bytes, Ordering::Relaxed);
                     counters
                         .delivered
                         .fetch_add(seqs.len() as u64, Ordering::Relaxed);

@@ -17,6 +17,10 @@ pub struct RuleCounters {
     pub errors: AtomicU64,
     /// Partition keys of analytic calls forgotten: idle too long, or too many.
     pub keys_forgotten: AtomicU64,
+    /// Partition keys analytic calls hold state for, after the last batch.
+    pub analytic_keys: AtomicU64,
+    /// Rows the rule failed on and left out (counted in `errors` too).
+    pub failed_rows: AtomicU64,
     /// Batches processed.
     pub batches: AtomicU64,
     /// Time the rule took per micro-batch.

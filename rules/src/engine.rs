@@ -19,6 +19,7 @@ use crate::analytic::AnalyticStage;
 pub use crate::counters::RuleCounters;
 use crate::error::{ExecError, SqlError};
 use crate::plan::CompiledQuery;
+use crate::row_errors::run_isolating;
 use crate::rule::RuleDef;
 use crate::stream::{EventTime, StreamDef};
 use crate::watermark::Watermark;
@@ -176,11 +177,65 @@ pub struct Rule {
     query: CompiledQuery,
     /// Computes the rule's analytic calls before anything else runs.
     analytic: Option<AnalyticStage>,
+    failures: FailedRows,
     windowed: Option<Windowed>,
     /// Set when a panic stopped the rule.
     stopped: Option<String>,
     /// While set, the rule is offered no rows and closes no windows; its state waits.
     pub paused: Arc<AtomicBool>,
+}
+
+/// Where the rows a rule fails on go: counted always, and sent to the rule's
+/// `ERRORS INTO` sink as the stream's columns plus `error`.
+struct FailedRows {
+    sinks: Option<Arc<[String]>>,
+    schema: SchemaRef,
+    /// The stream's declared columns (analytic results come after them).
+    cols: usize,
+}
+
+/// Column added to rows sent to a rule's `ERRORS INTO` sink.
+pub const ERROR_COLUMN: &str = "error";
+
+impl FailedRows {
+    /// Counts the rows of `rows` that failed, sends them on, and reports them in `errors`.
+    fn report(
+        &self,
+        counters: &RuleCounters,
+        rule: &Arc<str>,
+        rows: &RecordBatch,
+        failed: Vec<(usize, String)>,
+        outputs: &mut Vec<RuleOutput>,
+        errors: &mut Vec<ExecError>,
+    ) -> Result<(), ExecError> {
+        let Some((_, first)) = failed.first() else {
+            return Ok(());
+        };
+        add(&counters.errors, failed.len());
+        add(&counters.failed_rows, failed.len());
+        errors.push(ExecError::Rows {
+            rule: rule.to_string(),
+            rows: failed.len(),
+            first: first.clone(),
+        });
+        let Some(sinks) = &self.sinks else {
+            return Ok(());
+        };
+        let indices = UInt32Array::from_iter_values(failed.iter().map(|(i, _)| *i as u32));
+        let taken = take_record_batch(rows, &indices).map_err(|e| arrow_err(counters, rule, e))?;
+        let mut cols: Vec<ArrayRef> = taken.columns()[..self.cols].to_vec();
+        cols.push(Arc::new(StringArray::from_iter_values(
+            failed.iter().map(|(_, e)| e.as_str()),
+        )));
+        let batch = RecordBatch::try_new(self.schema.clone(), cols)
+            .map_err(|e| arrow_err(counters, rule, e))?;
+        outputs.push(RuleOutput {
+            rule: rule.clone(),
+            sinks: sinks.clone(),
+            batches: vec![batch],
+        });
+        Ok(())
+    }
 }
 
 /// How a windowed rule holds its open windows.
@@ -355,7 +410,19 @@ impl Rule {
                 def.name
             )));
         }
+        let mut error_fields: Vec<Field> = original
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        error_fields.push(Field::new(ERROR_COLUMN, DataType::Utf8, false));
+        let failures = FailedRows {
+            sinks: def.error_sink.clone().map(|s| Arc::from(vec![s])),
+            schema: Arc::new(Schema::new(error_fields)),
+            cols: original.fields().len(),
+        };
         Ok(Rule {
+            failures,
             name: Arc::from(def.name.as_str()),
             sinks: Arc::from(def.sinks.clone()),
             def: Arc::new(def),
@@ -395,6 +462,7 @@ impl Rule {
         batch: &RecordBatch,
         watermark: &Watermark,
         now: i64,
+        errors: &mut Vec<ExecError>,
     ) -> Result<Vec<RuleOutput>, ExecError> {
         add(&self.counters.records_in, batch.num_rows());
         let analysed;
@@ -406,17 +474,28 @@ impl Rule {
                     .await
                     .map_err(|e| df_err(&self.counters, &self.name, e))?;
                 add(&self.counters.keys_forgotten, forgotten as usize);
+                self.counters
+                    .analytic_keys
+                    .store(a.keys() as u64, Ordering::Relaxed);
                 analysed = b;
                 &analysed
             }
         };
+        let mut outputs = Vec::new();
         let Some(w) = self.windowed.as_mut() else {
-            let out = self
-                .query
-                .run(vec![batch.clone()])
+            let run = run_isolating(&self.query, batch)
                 .await
                 .map_err(|e| self.df_err(e))?;
-            return Ok(vec![self.output(out)]);
+            self.failures.report(
+                &self.counters,
+                &self.name,
+                batch,
+                run.failed,
+                &mut outputs,
+                errors,
+            )?;
+            outputs.insert(0, self.output(run.out));
+            return Ok(outputs);
         };
         let (counters, name) = (self.counters.clone(), self.name.clone());
         let aerr = |e| arrow_err(&counters, &name, e);
@@ -424,11 +503,12 @@ impl Rule {
         let rows = match &w.prefilter {
             None => batch.clone(),
             Some(p) => {
-                let out = p
-                    .run(vec![batch.clone()])
+                let run = run_isolating(p, batch)
                     .await
                     .map_err(|e| df_err(&counters, &name, e))?;
-                concat_batches(&p.schema(), &out).map_err(aerr)?
+                self.failures
+                    .report(&counters, &name, batch, run.failed, &mut outputs, errors)?;
+                concat_batches(&p.schema(), &run.out).map_err(aerr)?
             }
         };
         let times = match &w.event_time {
@@ -464,7 +544,6 @@ impl Rule {
         };
         add(&self.counters.errors, missing);
         add(&self.counters.late, late.len());
-        let mut outputs = Vec::new();
         if let (Some(sinks), false) = (&w.late_sinks, late.is_empty()) {
             let reason = format!(
                 "arrived after its window was complete (watermark {})",
@@ -660,7 +739,7 @@ impl StreamPipeline {
             if rule.stopped.is_some() || rule.is_paused() {
                 continue;
             }
-            match AssertUnwindSafe(rule.push(batch, &self.watermark, now))
+            match AssertUnwindSafe(rule.push(batch, &self.watermark, now, &mut errors))
                 .catch_unwind()
                 .await
             {

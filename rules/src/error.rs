@@ -50,6 +50,15 @@ pub enum ExecError {
         #[source]
         source: datafusion::arrow::error::ArrowError,
     },
+    #[error(
+        "rule `{rule}`: {rows} row(s) failed and were left out (the batch's other rows \
+         went on): {first}"
+    )]
+    Rows {
+        rule: String,
+        rows: usize,
+        first: String,
+    },
     #[error("rule `{rule}` stopped after a panic: {message}")]
     Stopped { rule: String, message: String },
 }

@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod plan;
 mod reload;
+mod row_errors;
 mod rule;
 mod ruleset;
 mod sql;
@@ -35,8 +36,8 @@ mod window;
 
 pub use counters::{LATENCY_BUCKETS_US, LatencyHistogram, LatencySnapshot};
 pub use engine::{
-    LATE_REASON, Rule, RuleCounters, RuleOutput, StreamPipeline, WINDOW_END, WINDOW_START,
-    now_millis,
+    ERROR_COLUMN, LATE_REASON, Rule, RuleCounters, RuleOutput, StreamPipeline, WINDOW_END,
+    WINDOW_START, now_millis,
 };
 pub use error::{ExecError, Pos, SqlError};
 pub use reload::{

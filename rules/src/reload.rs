@@ -33,6 +33,7 @@ pub fn same_rule(a: &RuleDef, b: &RuleDef) -> bool {
         && a.stream == b.stream
         && a.sinks == b.sinks
         && a.late_sink == b.late_sink
+        && a.error_sink == b.error_sink
         && a.window == b.window
         && a.analytic == b.analytic
         && a.keys == b.keys

@@ -8,7 +8,8 @@ use crate::analytic::AnalyticCall;
 use crate::error::Pos;
 use crate::window::WindowSpec;
 
-/// A declared rule: `CREATE RULE name INTO sink[, sink] AS SELECT ... FROM stream ...`.
+/// A declared rule: `CREATE RULE name INTO sink[, sink] [LATE INTO sink] [ERRORS INTO sink]
+/// AS SELECT ... FROM stream ...`.
 #[derive(Debug, Clone)]
 pub struct RuleDef {
     pub name: String,
@@ -29,6 +30,9 @@ pub struct RuleDef {
     pub keys: usize,
     /// Optional sink for rows that arrived too late for their window.
     pub late_sink: Option<String>,
+    /// Optional sink for rows the rule fails on (a CAST that cannot convert, say), each
+    /// with the error; the batch's other rows go on either way.
+    pub error_sink: Option<String>,
     /// The analytic calls taken out of `query`, each now a column of its rows
     /// (see [`crate::analytic`]).
     pub analytic: Vec<AnalyticCall>,

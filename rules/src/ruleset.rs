@@ -147,6 +147,7 @@ impl RuleSet {
                 .sinks
                 .iter()
                 .chain(&def.late_sink)
+                .chain(&def.error_sink)
                 .find(|s| !sink_exists(s))
             {
                 errors.push(SqlError::new(

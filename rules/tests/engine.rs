@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use fieldgate_rules::arrow::array::{
     Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
-use fieldgate_rules::arrow::datatypes::{Float64Type, Int64Type};
+use fieldgate_rules::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -358,4 +358,81 @@ async fn an_idle_stream_closes_its_windows_by_the_clock() {
     let (outs, errs) = p.tick(wall + 5_000).await;
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(window_rows(&outs), vec![("a".to_string(), 0, 1, 1.0, 1.0)]);
+}
+
+#[tokio::test]
+async fn a_row_the_rule_fails_on_is_left_out_and_the_rest_of_its_batch_goes_on() {
+    let text = format!(
+        "{STREAM}CREATE RULE r INTO out ERRORS INTO dead AS \
+         SELECT device, CAST(device AS INT) + 1 AS next FROM t;\n\
+         CREATE RULE w INTO out ERRORS INTO dead AS SELECT count(*) AS n FROM t \
+         WHERE CAST(device AS INT) > 1 GROUP BY COUNTWINDOW(2);\n\
+         CREATE RULE quiet INTO out AS SELECT CAST(device AS INT) AS d FROM t;"
+    );
+    let (set, errors) = RuleSet::parse(Path::new("test.sql"), &text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (mut pipelines, errors) = set.build(|s| s == "out" || s == "dead").await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let p = &mut pipelines[0];
+    let rows: Vec<(String, i64, f64)> = (0..40)
+        .map(|i| {
+            let device = if i % 13 == 5 {
+                format!("x{i}")
+            } else {
+                i.to_string()
+            };
+            (device, i, 0.0)
+        })
+        .collect();
+    let refs: Vec<(&str, i64, f64)> = rows.iter().map(|r| (r.0.as_str(), r.1, r.2)).collect();
+    let (outs, errs) = p.push(&batch(p, &refs)).await;
+    // Rows 5, 18 and 31 cannot be cast: each rule left out those three and ran the rest.
+    let of = |rule: &str, sink: &str| -> Vec<RecordBatch> {
+        outs.iter()
+            .filter(|o| &*o.rule == rule && o.sinks.iter().any(|s| s == sink))
+            .flat_map(|o| o.batches.clone())
+            .collect()
+    };
+    let next: Vec<i64> = of("r", "out")
+        .iter()
+        .flat_map(|b| {
+            let c = fieldgate_rules::arrow::compute::cast(b.column(1), &DataType::Int64).unwrap();
+            c.as_primitive::<Int64Type>().values().to_vec()
+        })
+        .collect();
+    let expected: Vec<i64> = (0..40).filter(|i| i % 13 != 5).map(|i| i + 1).collect();
+    assert_eq!(next, expected);
+    for rule in ["r", "w"] {
+        let dead = of(rule, "dead");
+        let devices: Vec<&str> = dead
+            .iter()
+            .flat_map(|b| b.column(0).as_string::<i32>().iter().flatten())
+            .collect();
+        assert_eq!(devices, ["x5", "x18", "x31"], "{rule}");
+        let b = &dead[0];
+        assert_eq!(b.schema().field(b.num_columns() - 1).name(), "error");
+        let error = b.column(b.num_columns() - 1).as_string::<i32>().value(0);
+        assert!(error.contains("x5"), "{error}");
+    }
+    // Rows 2..40 but the three: 34 rows greater than 1, 17 count windows of 2.
+    let windows: usize = of("w", "out").iter().map(|b| b.num_rows()).sum();
+    assert_eq!(windows, 17);
+    // Without an error sink the rows are counted and reported all the same.
+    assert!(
+        of("quiet", "out")
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>()
+            == 37
+    );
+    for rule in &p.rules {
+        assert_eq!(
+            rule.counters.errors.load(Ordering::Relaxed),
+            3,
+            "{}",
+            rule.name()
+        );
+    }
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(errs[0].to_string().contains("3 row(s) failed"), "{errs:?}");
 }

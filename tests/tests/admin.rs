@@ -89,6 +89,23 @@ async fn metrics_count_exactly_what_was_sent() {
         assert_eq!(value(&m, &key), expected, "{key}");
     }
     assert_eq!(lines(&dir, "forward"), 500);
+    // Bytes in are the payloads the stream decoded, good and bad; bytes out are the
+    // results the file holds (each line without its newline).
+    let bytes_in: usize = msgs
+        .iter()
+        .filter(|(t, _)| t.starts_with("plant/"))
+        .map(|(_, p)| p.len())
+        .sum();
+    let written = std::fs::read_to_string(dir.join("out/forward.jsonl")).unwrap();
+    let bytes_out: usize = written.lines().map(str::len).sum();
+    assert_eq!(
+        value(&m, "fieldgate_stream_bytes_in_total{stream=\"readings\"}"),
+        bytes_in as f64
+    );
+    assert_eq!(
+        value(&m, "fieldgate_sink_delivered_bytes_total{sink=\"disk\"}"),
+        bytes_out as f64
+    );
     // One histogram observation per batch the rule ran, the +Inf bucket holding them all.
     let count = value(
         &m,

@@ -261,6 +261,18 @@ fn ingest(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
     )?;
     counter(
         e,
+        "fieldgate_stream_bytes_in_total",
+        "Bytes of the payloads a stream decoded (MQTT streams); with \
+         fieldgate_sink_delivered_bytes_total, what the rules saved on the uplink.",
+        view.streams.iter().map(|s| {
+            (
+                vec![("stream", s.name.as_str())],
+                load(&s.counters.bytes_in),
+            )
+        }),
+    )?;
+    counter(
+        e,
         "fieldgate_stream_decode_errors_total",
         "Payloads that did not fit the stream's columns or its input limits.",
         view.streams.iter().map(|s| {
@@ -350,6 +362,35 @@ fn rules(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> 
         "fieldgate_rule_errors_total",
         "Rows without an event time and failed executions.",
         each(&|c| load(&c.errors)),
+    )?;
+    counter(
+        e,
+        "fieldgate_rule_failed_rows_total",
+        "Rows the rule failed on (left out of its results; sent to its ERRORS INTO sink \
+         if it has one). Also counted in fieldgate_rule_errors_total.",
+        each(&|c| load(&c.failed_rows)),
+    )?;
+    gauge(
+        e,
+        "fieldgate_rule_analytic_keys",
+        "Partition keys the rule's analytic functions (lag, changed_col, deadband, ...) \
+         hold state for.",
+        view.rules.iter().map(|rule| {
+            (
+                vec![
+                    ("rule", rule.name.as_str()),
+                    ("stream", rule.stream.as_str()),
+                ],
+                load(&rule.counters.analytic_keys) as i64,
+            )
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_rule_analytic_keys_forgotten_total",
+        "Partition keys of analytic functions forgotten: idle for 24 hours, or past \
+         100,000 keys per call (the least recently seen).",
+        each(&|c| load(&c.keys_forgotten)),
     )?;
     gauge(
         e,
@@ -480,6 +521,14 @@ fn sinks(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> 
         "fieldgate_sink_delivered_total",
         "Results the sink's destination confirmed.",
         r.sinks.iter().map(|s| (sink(s), load(&s.uplink.delivered))),
+    )?;
+    counter(
+        e,
+        "fieldgate_sink_delivered_bytes_total",
+        "Bytes of the results the sink's destination confirmed (their encoded payloads).",
+        r.sinks
+            .iter()
+            .map(|s| (sink(s), load(&s.uplink.delivered_bytes))),
     )?;
     counter(
         e,

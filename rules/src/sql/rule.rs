@@ -61,6 +61,13 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
         let (sink, _) = c.ident("a sink name for late rows")?;
         late_sink = Some(sink);
     }
+    let mut error_sink = None;
+    if c.peek_word_upper().as_deref() == Some("ERRORS") {
+        c.next();
+        c.expect_keyword("INTO")?;
+        let (sink, _) = c.ident("a sink name for rows that fail")?;
+        error_sink = Some(sink);
+    }
     c.expect_keyword("AS")?;
     let query_pos = c.pos();
     let file = c.file().to_path_buf();
@@ -178,6 +185,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
         prefilter,
         keys,
         late_sink,
+        error_sink,
         analytic: extracted.calls,
         file,
         pos,
