@@ -11,6 +11,9 @@
 //! - `window`: tumbling average by key over 1k and 100k keys, hopping at 1k keys, and a
 //!   session window (rows buffered) at 1k keys. One iteration is 10 s of event time:
 //!   25 batches of 4096 rows (10,240 rows/s of event time) and the window(s) closing;
+//! - `analytic`: eKuiper's stateful functions over 10k keys on 4096-row batches, each
+//!   per partition key: `lag`, `changed_col` in WHERE, `deadband` in WHERE, and for
+//!   contrast the same projection without any (`plain`);
 //! - `baseline`: the same filter as a bare Arrow kernel (the floor), and as DataFusion SQL
 //!   planned per micro-batch and per message (what the engine avoids).
 
@@ -303,6 +306,46 @@ fn memory() {
     }
 }
 
+const ANALYTIC_KEYS: usize = 10_000;
+
+fn analytic(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("analytic");
+    for (name, query) in [
+        ("plain", "SELECT device, temp FROM t"),
+        (
+            "lag",
+            "SELECT device, temp, lag(temp) OVER (PARTITION BY device) AS prev FROM t",
+        ),
+        (
+            "changed_col",
+            "SELECT device, temp FROM t \
+             WHERE changed_col(true, round(temp)) OVER (PARTITION BY device) IS NOT NULL",
+        ),
+        (
+            "deadband",
+            "SELECT device, temp FROM t WHERE deadband(temp, 10) OVER (PARTITION BY device)",
+        ),
+    ] {
+        let mut p = pipeline(&rt, query);
+        let mut feed = Feed::new(p.stream.schema.clone(), ANALYTIC_KEYS, BATCH_ROWS, 64);
+        group.throughput(Throughput::Elements(BATCH_ROWS as u64));
+        group.bench_function(BenchmarkId::new(name, "10000_keys"), |b| {
+            b.iter_custom(|iters| run(&rt, &mut p, &mut feed, iters, 1))
+        });
+        // Every key seen is held (a test-mode run sees one batch: part of the keys).
+        let (keys, ran) = (
+            p.rules[0].analytic_keys(),
+            p.rules[0].counters.batches.load(Ordering::Relaxed),
+        );
+        assert!(
+            name == "plain" || ran == 0 || (keys > 0 && keys <= ANALYTIC_KEYS),
+            "{name}: {keys} keys"
+        );
+    }
+    group.finish();
+}
+
 fn main() {
     // `cargo bench -- NAME` runs the benchmarks whose id contains NAME; the memory
     // report runs unless a filter excludes it.
@@ -317,6 +360,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     filter(&mut c);
     window(&mut c);
+    analytic(&mut c);
     baseline(&mut c);
     c.final_summary();
 }
