@@ -289,7 +289,24 @@ impl KeyIds {
 
 impl Rule {
     /// Plans a rule over its stream. Errors point at the rule in its file.
-    pub async fn compile(def: RuleDef, stream: &StreamDef) -> Result<Rule, SqlError> {
+    pub async fn compile(mut def: RuleDef, stream: &StreamDef) -> Result<Rule, SqlError> {
+        if def.dialect == crate::sql::Dialect::Ekuiper {
+            // eKuiper matches column names whatever their case.
+            crate::sql::match_columns(&mut def.query, &stream.schema);
+            if let Some(p) = def.prefilter.as_mut() {
+                crate::sql::match_columns(p, &stream.schema);
+            }
+            for call in &mut def.analytic {
+                for e in call
+                    .args
+                    .iter_mut()
+                    .chain(&mut call.partition)
+                    .chain(&mut call.when)
+                {
+                    crate::sql::match_columns(e, &stream.schema);
+                }
+            }
+        }
         let err = |msg: String| SqlError::new(&def.file, def.query_pos, msg);
         let plan_err = |e: datafusion::error::DataFusionError| {
             let msg = e.strip_backtrace();

@@ -46,6 +46,7 @@ pub use reload::{
 };
 pub use rule::RuleDef;
 pub use ruleset::{RuleSet, rule_files};
+pub use sql::Dialect;
 pub use stream::{EventTime, PayloadFormat, Source, StreamDef, TimeEncoding};
 pub use watermark::Watermark;
 pub use window::WindowSpec;

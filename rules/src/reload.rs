@@ -36,6 +36,7 @@ pub fn same_rule(a: &RuleDef, b: &RuleDef) -> bool {
         && a.error_sink == b.error_sink
         && a.window == b.window
         && a.analytic == b.analytic
+        && a.dialect == b.dialect
         && a.keys == b.keys
         && a.query.to_string() == b.query.to_string()
         && a.prefilter.as_ref().map(|q| q.to_string())

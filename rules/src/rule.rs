@@ -6,6 +6,7 @@ use datafusion::sql::sqlparser::ast::Query;
 
 use crate::analytic::AnalyticCall;
 use crate::error::Pos;
+use crate::sql::Dialect;
 use crate::window::WindowSpec;
 
 /// A declared rule: `CREATE RULE name INTO sink[, sink] [LATE INTO sink] [ERRORS INTO sink]
@@ -36,6 +37,8 @@ pub struct RuleDef {
     /// The analytic calls taken out of `query`, each now a column of its rows
     /// (see [`crate::analytic`]).
     pub analytic: Vec<AnalyticCall>,
+    /// The dialect of the rule's file.
+    pub dialect: Dialect,
     pub file: PathBuf,
     pub pos: Pos,
     /// Where the SELECT starts, for errors found while planning.

@@ -163,6 +163,11 @@ impl Cursor {
                 self.next();
                 Ok((v, pos))
             }
+            Some(Token::DoubleQuotedString(s)) => {
+                let v = s.clone();
+                self.next();
+                Ok((v, pos))
+            }
             Some(Token::Word(w)) if w.quote_style == Some('"') => {
                 let v = w.value.clone();
                 self.next();

@@ -6,13 +6,14 @@
 
 mod analytic;
 mod cursor;
+mod ekuiper;
 mod rule;
 mod stream;
 mod types;
 
 use std::path::Path;
 
-use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::dialect::{GenericDialect, MySqlDialect};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Pos, SqlError};
@@ -20,6 +21,8 @@ use crate::rule::RuleDef;
 use crate::stream::StreamDef;
 
 pub(crate) use cursor::Cursor;
+pub use ekuiper::Dialect;
+pub(crate) use ekuiper::match_columns;
 pub(crate) use rule::WINDOW_FUNCTIONS;
 
 /// One parsed statement of a rule file.
@@ -34,28 +37,56 @@ pub enum Statement {
 
 /// Parses every statement of one file's text. Errors in one statement do not stop the
 /// others from being parsed; all errors are returned.
+///
+/// A file whose first statement is `SET DIALECT = ekuiper` is read in eKuiper's dialect
+/// (see [`Dialect`]): tokenized again with double quotes for strings and backslash
+/// escapes, and its queries translated.
 pub fn parse_file(file: &Path, text: &str) -> (Vec<Statement>, Vec<SqlError>) {
-    let dialect = GenericDialect {};
-    let tokens = match Tokenizer::new(&dialect, text).tokenize_with_location() {
-        Ok(t) => t,
-        Err(e) => {
-            if let Some(pos) = unclosed_comment(text) {
-                let message = "this comment is never closed: `/*` needs its `*/`";
-                return (vec![], vec![SqlError::new(file, pos, message)]);
-            }
-            let pos = Pos {
-                line: e.location.line,
-                column: e.location.column,
-            };
-            return (vec![], vec![SqlError::new(file, pos, e.message)]);
-        }
+    let (chunks, mut errors) = match tokenize(file, text, Dialect::Fieldgate) {
+        Ok(tokens) => (split_statements(tokens), vec![]),
+        Err(e) => return (vec![], vec![e]),
     };
+    let mut dialect = Dialect::Fieldgate;
+    let mut chunks = chunks.into_iter().peekable();
+    if let Some(first) = chunks.peek()
+        && let Some(declared) = ekuiper::dialect_statement(first)
+    {
+        let at = first_pos(first);
+        chunks.next();
+        match declared {
+            Ok(Dialect::Ekuiper) => {
+                dialect = Dialect::Ekuiper;
+                match tokenize(file, text, Dialect::Ekuiper) {
+                    // The same statements, the first being the SET DIALECT.
+                    Ok(tokens) => {
+                        chunks = split_statements(tokens)
+                            .into_iter()
+                            .skip(1)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .peekable()
+                    }
+                    Err(e) => return (vec![], vec![e]),
+                }
+            }
+            Ok(Dialect::Fieldgate) => {}
+            Err(message) => errors.push(SqlError::new(file, at, message)),
+        }
+    }
     let mut statements = Vec::new();
-    let mut errors = Vec::new();
-    for chunk in split_statements(tokens) {
+    for chunk in chunks {
+        if ekuiper::dialect_statement(&chunk).is_some() {
+            errors.push(SqlError::new(
+                file,
+                first_pos(&chunk),
+                "SET DIALECT must be the first statement of its file: a file is written \
+                 in one dialect",
+            ));
+            continue;
+        }
         let name = declared_stream(&chunk);
         let mut cursor = Cursor::new(file, chunk);
-        match parse_statement(&mut cursor) {
+        match parse_statement(&mut cursor, dialect) {
             Ok(s) => statements.push(s),
             Err(e) => {
                 errors.push(e);
@@ -66,7 +97,41 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Statement>, Vec<SqlError>) {
     (statements, errors)
 }
 
-fn parse_statement(c: &mut Cursor) -> Result<Statement, SqlError> {
+fn first_pos(tokens: &[TokenWithSpan]) -> Pos {
+    tokens
+        .iter()
+        .find(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map_or(Pos::default(), |t| Pos {
+            line: t.span.start.line,
+            column: t.span.start.column,
+        })
+}
+
+/// The tokens of a file in a dialect: eKuiper's reads `"..."` as a string (MySQL's
+/// tokenizer does the same, with backslash escapes and backticks for names).
+fn tokenize(file: &Path, text: &str, dialect: Dialect) -> Result<Vec<TokenWithSpan>, SqlError> {
+    let tokens = match dialect {
+        Dialect::Fieldgate => Tokenizer::new(&GenericDialect {}, text).tokenize_with_location(),
+        Dialect::Ekuiper => Tokenizer::new(&MySqlDialect {}, text).tokenize_with_location(),
+    };
+    let tokens = match tokens {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(pos) = unclosed_comment(text) {
+                let message = "this comment is never closed: `/*` needs its `*/`";
+                return Err(SqlError::new(file, pos, message));
+            }
+            let pos = Pos {
+                line: e.location.line,
+                column: e.location.column,
+            };
+            return Err(SqlError::new(file, pos, e.message));
+        }
+    };
+    Ok(tokens)
+}
+
+fn parse_statement(c: &mut Cursor, dialect: Dialect) -> Result<Statement, SqlError> {
     c.expect_keyword("CREATE")?;
     let kind = c.peek_word_upper();
     match kind.as_deref() {
@@ -76,7 +141,7 @@ fn parse_statement(c: &mut Cursor) -> Result<Statement, SqlError> {
         }
         Some("RULE") => {
             c.next();
-            rule::parse(c).map(Statement::Rule)
+            rule::parse(c, dialect).map(Statement::Rule)
         }
         _ => Err(c.error_here("expected STREAM or RULE after CREATE")),
     }

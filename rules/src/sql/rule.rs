@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::Cursor;
 use super::analytic;
+use super::ekuiper::{self, Dialect};
 use crate::error::{Pos, SqlError};
 use crate::rule::RuleDef;
 use crate::window::{WindowSpec, unit_millis};
@@ -27,7 +28,7 @@ pub(crate) const WINDOW_FUNCTIONS: [&str; 8] = [
     "SESSION",
 ];
 
-pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
+pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlError> {
     let (name, pos) = c.ident("a rule name")?;
     if name.eq_ignore_ascii_case("INTO") && c.peek_word_upper().as_deref() != Some("INTO") {
         return Err(c.error_at(
@@ -71,7 +72,10 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
     c.expect_keyword("AS")?;
     let query_pos = c.pos();
     let file = c.file().to_path_buf();
-    let tokens = analytic::mark_when(c.rest());
+    let mut tokens = analytic::mark_when(c.rest());
+    if dialect == Dialect::Ekuiper {
+        tokens = ekuiper::field_arrows(tokens).map_err(|(p, m)| c.error_at(p, m))?;
+    }
     // Where the statement ends: errors about a missing part point there.
     let end_pos = tokens
         .iter()
@@ -87,7 +91,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
             let word = match &t.token {
                 Token::Word(w) => w.value.clone(),
                 // A struct field named in `col['field']`.
-                Token::SingleQuotedString(s) => s.clone(),
+                Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s.clone(),
                 _ => return None,
             };
             Some((
@@ -99,8 +103,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
             ))
         })
         .collect();
-    let dialect = GenericDialect {};
-    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
     let mut query = parser.parse_query().map_err(|e| {
         let fallback = if e.to_string().ends_with("found: EOF") {
             end_pos
@@ -152,6 +155,9 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
         ));
     }
     let located = |(p, m): Located| SqlError::new(&file, p.unwrap_or(query_pos), m);
+    if dialect == Dialect::Ekuiper {
+        ekuiper::translate(&mut query).map_err(located)?;
+    }
     let extracted = analytic::extract(&mut query).map_err(located)?;
     let (stream, window, prefilter, keys) = inspect_select(&mut query).map_err(located)?;
     if let Some((at, name)) = extracted.sql_window_at
@@ -187,6 +193,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<RuleDef, SqlError> {
         late_sink,
         error_sink,
         analytic: extracted.calls,
+        dialect,
         file,
         pos,
         query_pos,
