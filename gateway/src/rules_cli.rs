@@ -84,10 +84,16 @@ impl TestSummary {
 
 impl std::fmt::Display for TestSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let change = self.reduction_percent();
+        let change = if change >= 0.0 {
+            format!("{change:.1}% less")
+        } else {
+            format!("{:.1}% more", -change)
+        };
         write!(
             f,
             "{} lines, {} rows in, {} results out, {} rejected, {} late, {} rule errors; \
-             {} bytes in, {} bytes out ({:.1}% less)",
+             {} bytes in, {} bytes out ({change})",
             self.lines,
             self.rows_in,
             self.rows_out,
@@ -96,7 +102,6 @@ impl std::fmt::Display for TestSummary {
             self.rule_errors,
             self.bytes_in,
             self.bytes_out,
-            self.reduction_percent()
         )
     }
 }
