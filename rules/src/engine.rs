@@ -22,6 +22,7 @@ use crate::plan::CompiledQuery;
 use crate::row_errors::run_isolating;
 use crate::rule::RuleDef;
 use crate::stream::{EventTime, StreamDef};
+use crate::table::TableDef;
 use crate::watermark::Watermark;
 use crate::window::{IncrementalWindows, Input, WindowSpec, WindowState};
 
@@ -289,7 +290,11 @@ impl KeyIds {
 
 impl Rule {
     /// Plans a rule over its stream. Errors point at the rule in its file.
-    pub async fn compile(mut def: RuleDef, stream: &StreamDef) -> Result<Rule, SqlError> {
+    pub async fn compile(
+        mut def: RuleDef,
+        stream: &StreamDef,
+        tables: &[&TableDef],
+    ) -> Result<Rule, SqlError> {
         if def.dialect == crate::sql::Dialect::Ekuiper {
             // eKuiper matches column names whatever their case.
             crate::sql::match_columns(&mut def.query, &stream.schema);
@@ -403,7 +408,7 @@ impl Rule {
                 })
             }
         };
-        let query = CompiledQuery::compile(&stream.name, input.clone(), &def.query)
+        let query = CompiledQuery::compile_with(&stream.name, input.clone(), &def.query, tables)
             .await
             .map_err(plan_err)?;
         if let Some(w) = windowed.as_mut() {

@@ -31,6 +31,7 @@ mod rule;
 mod ruleset;
 mod sql;
 mod stream;
+mod table;
 mod watermark;
 mod window;
 
@@ -48,6 +49,7 @@ pub use rule::RuleDef;
 pub use ruleset::{RuleSet, rule_files};
 pub use sql::Dialect;
 pub use stream::{EventTime, PayloadFormat, Source, StreamDef, TimeEncoding};
+pub use table::{MAX_TABLE_BYTES, TableDef, TableFormat};
 pub use watermark::Watermark;
 pub use window::WindowSpec;
 

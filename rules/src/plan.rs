@@ -17,6 +17,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
@@ -34,6 +35,8 @@ use datafusion::physical_plan::{
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{Query, Statement};
 
+use crate::table::TableDef;
+
 /// The batches the next execution of a plan will read.
 type Slot = Arc<Mutex<Vec<RecordBatch>>>;
 
@@ -49,6 +52,16 @@ pub(crate) struct CompiledQuery {
 impl CompiledQuery {
     /// Plans `query` against a table named `table` with the given schema.
     pub async fn compile(table: &str, input: SchemaRef, query: &Query) -> Result<Self> {
+        Self::compile_with(table, input, query, &[]).await
+    }
+
+    /// [`CompiledQuery::compile`], with lookup tables the query may join.
+    pub async fn compile_with(
+        table: &str,
+        input: SchemaRef,
+        query: &Query,
+        lookups: &[&TableDef],
+    ) -> Result<Self> {
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_batch_size(8192)
@@ -77,6 +90,10 @@ impl CompiledQuery {
                 slot: slot.clone(),
             }),
         )?;
+        for t in lookups {
+            let rows = MemTable::try_new(t.schema.clone(), vec![t.rows.to_vec()])?;
+            ctx.register_table(t.name.as_str(), Arc::new(rows))?;
+        }
         let state = ctx.state();
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(Statement::Query(
             Box::new(query.clone()),
@@ -228,7 +245,9 @@ impl Reusable {
     fn new(plan: Arc<dyn ExecutionPlan>) -> Self {
         let mut stateful = false;
         let _ = plan.apply(|node| {
-            stateful |= node.is::<SortExec>();
+            // A top-k sort's threshold, a hash join's build side: kept by the node
+            // from one execution to the next.
+            stateful |= node.is::<SortExec>() || node.name().contains("Join");
             Ok(TreeNodeRecursion::Continue)
         });
         Self {

@@ -16,6 +16,7 @@ use crate::error::{Pos, SqlError};
 use crate::rule::RuleDef;
 use crate::ruleset::RuleSet;
 use crate::stream::StreamDef;
+use crate::table::TableDef;
 
 /// Whether two stream declarations read and decode the same way.
 pub fn same_stream(a: &StreamDef, b: &StreamDef) -> bool {
@@ -37,10 +38,25 @@ pub fn same_rule(a: &RuleDef, b: &RuleDef) -> bool {
         && a.window == b.window
         && a.analytic == b.analytic
         && a.dialect == b.dialect
+        && a.tables == b.tables
         && a.keys == b.keys
         && a.query.to_string() == b.query.to_string()
         && a.prefilter.as_ref().map(|q| q.to_string())
             == b.prefilter.as_ref().map(|q| q.to_string())
+}
+
+/// Whether the tables `def` joins hold the same rows in both sets (a changed table file
+/// plans the rules joining it afresh, with the new rows).
+fn same_tables(running: &RuleSet, new: &RuleSet, def: &RuleDef) -> bool {
+    let rows = |set: &RuleSet, name: &str| {
+        set.tables
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| (t.fingerprint, t.schema.clone(), t.path.clone()))
+    };
+    def.tables
+        .iter()
+        .all(|name| rows(running, name).is_some_and(|r| Some(r) == rows(new, name)))
 }
 
 /// One rule of a running stream after a reload.
@@ -160,6 +176,13 @@ pub async fn plan(
         }
     }
 
+    for old in &running.tables {
+        if bad_files.contains(&old.file) && !new.tables.iter().any(|t| t.name == old.name) {
+            summary.kept_previous.push(format!("table {}", old.name));
+            new.tables.push(old.clone());
+        }
+    }
+
     let mut states: HashMap<String, StreamState> = HashMap::new();
     for s in &new.streams {
         let state = match running.streams.iter().find(|o| o.name == s.name) {
@@ -184,6 +207,7 @@ pub async fn plan(
         if let Some(old) = old
             && unchanged(&def.stream)
             && same_rule(old, def)
+            && same_tables(running, &new, def)
         {
             summary.rules_unchanged.push(def.name.clone());
             slots
@@ -194,7 +218,7 @@ pub async fn plan(
             continue;
         }
         let stream = new.streams.iter().find(|s| s.name == def.stream);
-        match compile(def, stream, &new.broken_streams, &sink_exists).await {
+        match compile(def, stream, &new.tables, &new.broken_streams, &sink_exists).await {
             Ok(rule) => {
                 match old {
                     Some(_) => summary.rules_changed.push(def.name.clone()),
@@ -282,6 +306,7 @@ pub async fn plan(
         running: RuleSet {
             streams: new.streams,
             rules: running_rules,
+            tables: new.tables,
             broken_streams: new.broken_streams,
         },
         streams,
@@ -295,12 +320,14 @@ pub async fn plan(
 async fn compile(
     def: &RuleDef,
     stream: Option<&StreamDef>,
+    tables: &[TableDef],
     broken_streams: &[String],
     sink_exists: &impl Fn(&str) -> bool,
 ) -> Result<Rule, SqlError> {
     let set = RuleSet {
         streams: stream.into_iter().cloned().collect(),
         rules: vec![def.clone()],
+        tables: tables.to_vec(),
         broken_streams: broken_streams.to_vec(),
     };
     let (pipelines, mut errors) = set.build(sink_exists).await;

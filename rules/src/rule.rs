@@ -39,6 +39,8 @@ pub struct RuleDef {
     pub analytic: Vec<AnalyticCall>,
     /// The dialect of the rule's file.
     pub dialect: Dialect,
+    /// The lookup tables the rule joins to its stream.
+    pub tables: Vec<String>,
     pub file: PathBuf,
     pub pos: Pos,
     /// Where the SELECT starts, for errors found while planning.

@@ -10,13 +10,16 @@ use crate::error::{Pos, SqlError};
 use crate::rule::RuleDef;
 use crate::sql::{Statement, parse_file};
 use crate::stream::StreamDef;
+use crate::table::TableDef;
 
 /// The parsed contents of a set of rule files.
 #[derive(Debug, Default, Clone)]
 pub struct RuleSet {
     pub streams: Vec<StreamDef>,
     pub rules: Vec<RuleDef>,
-    /// Streams whose declaration has an error, by name.
+    /// Lookup tables, with their rows.
+    pub tables: Vec<TableDef>,
+    /// Streams (and tables) whose declaration has an error, by name.
     pub broken_streams: Vec<String>,
 }
 
@@ -113,6 +116,26 @@ impl RuleSet {
                     None => self.streams.push(d),
                 },
                 Statement::BrokenStream(name) => self.broken_streams.push(name),
+                Statement::Table(t) => {
+                    let taken = self
+                        .tables
+                        .iter()
+                        .map(|x| (&x.name, &x.file, x.pos))
+                        .chain(self.streams.iter().map(|x| (&x.name, &x.file, x.pos)))
+                        .find(|(n, _, _)| **n == t.name);
+                    match taken {
+                        Some((_, file, pos)) => errors.push(SqlError::new(
+                            &t.file,
+                            t.pos,
+                            format!(
+                                "`{}` is already declared at {}:{pos}",
+                                t.name,
+                                file.display()
+                            ),
+                        )),
+                        None => self.tables.push(t),
+                    }
+                }
                 Statement::Rule(r) => match self.rules.iter().find(|x| x.name == r.name) {
                     Some(prev) => errors.push(SqlError::new(
                         &r.file,
@@ -139,6 +162,18 @@ impl RuleSet {
         let mut errors = Vec::new();
         let mut by_stream: HashMap<&str, Vec<Rule>> = HashMap::new();
         for def in &self.rules {
+            if self.tables.iter().any(|t| t.name == def.stream) {
+                errors.push(SqlError::new(
+                    &def.file,
+                    def.query_pos,
+                    format!(
+                        "rule `{}` reads table `{}`: a rule reads a stream and joins tables to \
+                         it (FROM stream JOIN table ON ...)",
+                        def.name, def.stream
+                    ),
+                ));
+                continue;
+            }
             let Some(stream) = self.streams.iter().find(|s| s.name == def.stream) else {
                 errors.push(unknown_stream(def, &self.broken_streams));
                 continue;
@@ -157,7 +192,28 @@ impl RuleSet {
                 ));
                 continue;
             }
-            match Rule::compile(def.clone(), stream).await {
+            let mut joined = Vec::new();
+            for name in &def.tables {
+                match self.tables.iter().find(|t| &t.name == name) {
+                    Some(t) => joined.push(t),
+                    None => {
+                        let why = if self.broken_streams.contains(name) {
+                            "whose declaration has an error (reported with it)"
+                        } else {
+                            "which is not declared (CREATE TABLE)"
+                        };
+                        errors.push(SqlError::new(
+                            &def.file,
+                            def.query_pos,
+                            format!("rule `{}` joins table `{name}`, {why}", def.name),
+                        ));
+                    }
+                }
+            }
+            if joined.len() < def.tables.len() {
+                continue;
+            }
+            match Rule::compile(def.clone(), stream, &joined).await {
                 Ok(rule) => by_stream
                     .entry(stream.name.as_str())
                     .or_default()

@@ -9,6 +9,7 @@ mod cursor;
 mod ekuiper;
 mod rule;
 mod stream;
+mod table;
 mod types;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use crate::error::{Pos, SqlError};
 use crate::rule::RuleDef;
 use crate::stream::StreamDef;
+use crate::table::TableDef;
 
 pub(crate) use cursor::Cursor;
 pub use ekuiper::Dialect;
@@ -30,6 +32,7 @@ pub(crate) use rule::WINDOW_FUNCTIONS;
 pub enum Statement {
     Stream(StreamDef),
     Rule(RuleDef),
+    Table(TableDef),
     /// A `CREATE STREAM` with an error, by the name it declares (its error is reported
     /// besides): rules reading it are told the stream is broken, not unknown.
     BrokenStream(String),
@@ -143,7 +146,11 @@ fn parse_statement(c: &mut Cursor, dialect: Dialect) -> Result<Statement, SqlErr
             c.next();
             rule::parse(c, dialect).map(Statement::Rule)
         }
-        _ => Err(c.error_here("expected STREAM or RULE after CREATE")),
+        Some("TABLE") => {
+            c.next();
+            table::parse(c).map(Statement::Table)
+        }
+        _ => Err(c.error_here("expected STREAM, TABLE or RULE after CREATE")),
     }
 }
 
@@ -203,8 +210,10 @@ fn declared_stream(tokens: &[TokenWithSpan]) -> Option<String> {
     let create = words.next()??;
     let stream = words.next()??;
     let name = words.next()??;
-    (create.value.eq_ignore_ascii_case("CREATE") && stream.value.eq_ignore_ascii_case("STREAM"))
-        .then(|| name.value.clone())
+    (create.value.eq_ignore_ascii_case("CREATE")
+        && (stream.value.eq_ignore_ascii_case("STREAM")
+            || stream.value.eq_ignore_ascii_case("TABLE")))
+    .then(|| name.value.clone())
 }
 
 /// Splits a token list at top-level semicolons, dropping statements that hold nothing

@@ -2,7 +2,8 @@
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, Ident, ObjectNamePart, Query, SelectItem, SetExpr, Spanned, TableFactor, Value,
+    GroupByExpr, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Spanned, TableFactor, Value,
     WildcardAdditionalOptions,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -159,7 +160,7 @@ pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlErro
         ekuiper::translate(&mut query).map_err(located)?;
     }
     let extracted = analytic::extract(&mut query).map_err(located)?;
-    let (stream, window, prefilter, keys) = inspect_select(&mut query).map_err(located)?;
+    let (stream, window, prefilter, keys, tables) = inspect_select(&mut query).map_err(located)?;
     if let Some((at, name)) = extracted.sql_window_at
         && window.is_none()
     {
@@ -194,6 +195,7 @@ pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlErro
         error_sink,
         analytic: extracted.calls,
         dialect,
+        tables,
         file,
         pos,
         query_pos,
@@ -227,7 +229,13 @@ pub(super) fn span_pos(e: &impl Spanned) -> Option<Pos> {
 
 /// What [`inspect_select`] finds: the stream, the window, the pre-window filter query
 /// and the number of key columns it appends.
-type Inspected = (String, Option<WindowSpec>, Option<Box<Query>>, usize);
+type Inspected = (
+    String,
+    Option<WindowSpec>,
+    Option<Box<Query>>,
+    usize,
+    Vec<String>,
+);
 
 /// Finds the stream in FROM, takes the window function out of GROUP BY and, for
 /// windowed rules, splits off the part that runs before windowing.
@@ -244,10 +252,42 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
             "a rule reads exactly one stream: SELECT ... FROM <stream>".into(),
         ));
     };
-    if !from.joins.is_empty() {
+    let mut tables = Vec::new();
+    let first_join_at = from.joins.first().and_then(|j| span_pos(&j.relation));
+    for join in &from.joins {
+        let name = match &join.relation {
+            TableFactor::Table { name, .. } => match name.0.as_slice() {
+                [ObjectNamePart::Identifier(id)] => id.value.clone(),
+                _ => return Err((span_pos(name), format!("`{name}` is not a table name"))),
+            },
+            other => {
+                return Err((
+                    span_pos(other),
+                    "a rule joins its stream to tables (CREATE TABLE) only".into(),
+                ));
+            }
+        };
+        match &join.join_operator {
+            JoinOperator::Join(JoinConstraint::On(_))
+            | JoinOperator::Inner(JoinConstraint::On(_))
+            | JoinOperator::Left(JoinConstraint::On(_))
+            | JoinOperator::LeftOuter(JoinConstraint::On(_)) => {}
+            _ => {
+                return Err((
+                    span_pos(&join.relation),
+                    format!(
+                        "join `{name}` with [INNER | LEFT] JOIN {name} ON <condition>: a stream \
+                         is joined to a lookup table row by row"
+                    ),
+                ));
+            }
+        }
+        tables.push(name);
+    }
+    if tables.len() > 1 {
         return Err((
-            span_pos(&from.joins[0].relation),
-            "joins are not supported in rules".into(),
+            first_join_at,
+            "a rule joins one table for now: put the columns it needs in one table".into(),
         ));
     }
     let stream = match &from.relation {
@@ -289,8 +329,20 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
         *exprs = kept;
     }
     let Some(spec) = window else {
-        return Ok((stream, None, None, 0));
+        if !tables.is_empty() {
+            probe_with_the_stream(select);
+        }
+        return Ok((stream, None, None, 0, tables));
     };
+    if !tables.is_empty() {
+        return Err((
+            first_join_at,
+            "a join with a table works in rules without a window for now: join in one rule \
+             and window its results in a rule that reads them through the broker (INTO a \
+             republish sink)"
+                .into(),
+        ));
+    }
     if let Some(filter) = window_filter {
         select.selection = Some(match select.selection.take() {
             None => filter,
@@ -304,7 +356,7 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
     // Rows are filtered (and keyed) before they enter windows, as eKuiper does: the
     // WHERE decides which rows count for sessions, count windows and sliding triggers.
     if select.selection.is_none() && !spec.per_key() {
-        return Ok((stream, window, None, 0));
+        return Ok((stream, window, None, 0, vec![]));
     }
     let selection = select.selection.take();
     let mut pre = query.clone();
@@ -325,7 +377,50 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
     pre.order_by = None;
     pre.limit_clause = None;
     let n_keys = if spec.per_key() { keys.len() } else { 0 };
-    Ok((stream, window, Some(Box::new(pre)), n_keys))
+    Ok((stream, window, Some(Box::new(pre)), n_keys, vec![]))
+}
+
+/// Rewrites `stream [LEFT] JOIN table` as `table [RIGHT] JOIN stream`: the same rows, but
+/// DataFusion builds its hash table from the first relation and probes it with the
+/// second, so the lookup table is the one hashed and the results keep the order the
+/// stream's rows came in. `SELECT *` still lists the stream's columns first.
+fn probe_with_the_stream(select: &mut datafusion::sql::sqlparser::ast::Select) {
+    let Some(from) = select.from.first_mut() else {
+        return;
+    };
+    let Some(join) = from.joins.first_mut() else {
+        return;
+    };
+    let reference = |t: &TableFactor| match t {
+        TableFactor::Table { alias: Some(a), .. } => ObjectName::from(vec![a.name.clone()]),
+        TableFactor::Table { name, .. } => name.clone(),
+        _ => ObjectName::from(vec![]),
+    };
+    let (stream_ref, table_ref) = (reference(&from.relation), reference(&join.relation));
+    std::mem::swap(&mut from.relation, &mut join.relation);
+    join.join_operator = match std::mem::replace(&mut join.join_operator, JoinOperator::CrossApply)
+    {
+        JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => JoinOperator::Right(c),
+        JoinOperator::Join(c) => JoinOperator::Inner(c),
+        other => other,
+    };
+    let mut projection = Vec::with_capacity(select.projection.len() + 1);
+    for item in select.projection.drain(..) {
+        match item {
+            SelectItem::Wildcard(opts) => {
+                projection.push(SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(stream_ref.clone()),
+                    opts,
+                ));
+                projection.push(SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(table_ref.clone()),
+                    WildcardAdditionalOptions::default(),
+                ));
+            }
+            other => projection.push(other),
+        }
+    }
+    select.projection = projection;
 }
 
 /// The numeric arguments of a window call, after the function name.

@@ -19,21 +19,7 @@ enum SourceType {
 
 pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
     let (name, pos) = c.ident("a stream name")?;
-    c.expect_token(&Token::LParen, "`(` and the stream's columns")?;
-    let mut fields: Vec<Field> = Vec::new();
-    loop {
-        let (col, col_pos) = c.ident("a column name")?;
-        if fields.iter().any(|f| f.name().eq_ignore_ascii_case(&col)) {
-            return Err(c.error_at(col_pos, format!("column `{col}` is declared twice")));
-        }
-        let dt = types::column(c, &col)?;
-        fields.push(Field::new(col, dt, true));
-        if c.eat_token(&Token::Comma) {
-            continue;
-        }
-        c.expect_token(&Token::RParen, "`,` or `)`")?;
-        break;
-    }
+    let fields = columns(c, "stream")?;
     let mut datasource: Option<(String, crate::Pos)> = None;
     let mut source_type = (SourceType::Mqtt, None);
     let mut format = (PayloadFormat::Json, None);
@@ -245,6 +231,26 @@ fn modbus_group(datasource: &str) -> Result<Source, String> {
 }
 
 /// Checks an MQTT topic filter: non-empty, `#` only as the last level, `+` alone in a level.
+/// `(col TYPE, ...)`: the columns of a stream or table.
+pub(super) fn columns(c: &mut Cursor, of: &str) -> Result<Vec<Field>, SqlError> {
+    c.expect_token(&Token::LParen, &format!("`(` and the {of}'s columns"))?;
+    let mut fields: Vec<Field> = Vec::new();
+    loop {
+        let (col, col_pos) = c.ident("a column name")?;
+        if fields.iter().any(|f| f.name().eq_ignore_ascii_case(&col)) {
+            return Err(c.error_at(col_pos, format!("column `{col}` is declared twice")));
+        }
+        let dt = types::column(c, &col)?;
+        fields.push(Field::new(col, dt, true));
+        if c.eat_token(&Token::Comma) {
+            continue;
+        }
+        c.expect_token(&Token::RParen, "`,` or `)`")?;
+        break;
+    }
+    Ok(fields)
+}
+
 fn validate_filter(filter: &str) -> Result<(), String> {
     if filter.is_empty() {
         return Err("DATASOURCE topic filter is empty".into());

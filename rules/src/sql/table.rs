@@ -1,0 +1,83 @@
+//! `CREATE TABLE name (col TYPE, ...) WITH (PATH = 'file'[, FORMAT = 'csv' | 'jsonl'])`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use super::{Cursor, stream};
+use crate::error::SqlError;
+use crate::table::{TableDef, TableFormat, load};
+
+pub(super) fn parse(c: &mut Cursor) -> Result<TableDef, SqlError> {
+    let (name, pos) = c.ident("a table name")?;
+    let fields = stream::columns(c, "table")?;
+    let schema = Arc::new(Schema::new(fields));
+    let mut path = None;
+    let mut format = None;
+    c.expect_keyword("WITH")?;
+    c.expect_token(&Token::LParen, "`(` and the table's options")?;
+    loop {
+        let key_pos = c.pos();
+        let (key, _) = c.ident("an option name")?;
+        c.expect_token(&Token::Eq, "`=`")?;
+        let (value, value_pos) = c.string_value(&format!("the value of {key}"))?;
+        match key.to_ascii_uppercase().as_str() {
+            "PATH" | "DATASOURCE" => path = Some((value, value_pos)),
+            "FORMAT" => {
+                let f = match value.to_ascii_lowercase().as_str() {
+                    "csv" => TableFormat::Csv,
+                    "jsonl" | "json" | "ndjson" => TableFormat::JsonLines,
+                    _ => {
+                        return Err(c.error_at(
+                            value_pos,
+                            format!("unknown table FORMAT `{value}` (use csv or jsonl)"),
+                        ));
+                    }
+                };
+                format = Some(f);
+            }
+            _ => {
+                return Err(c.error_at(
+                    key_pos,
+                    format!("unknown table option `{key}` (known: PATH, FORMAT)"),
+                ));
+            }
+        }
+        if c.eat_token(&Token::Comma) {
+            continue;
+        }
+        c.expect_token(&Token::RParen, "`,` or `)`")?;
+        break;
+    }
+    if !c.at_end() {
+        return Err(c.error_here("expected `;` after the table declaration"));
+    }
+    let (value, value_pos) =
+        path.ok_or_else(|| c.error_at(pos, format!("table `{name}` needs PATH = 'file.csv'")))?;
+    // Relative to the rule file's directory.
+    let base = c.file().parent().unwrap_or(std::path::Path::new("."));
+    let file = base.join(&value);
+    let format = match format {
+        Some(f) => f,
+        None if value.ends_with(".csv") => TableFormat::Csv,
+        None if value.ends_with(".jsonl") || value.ends_with(".json") => TableFormat::JsonLines,
+        None => {
+            return Err(c.error_at(
+                value_pos,
+                "say the table file's FORMAT ('csv' or 'jsonl'), or name it .csv or .jsonl",
+            ));
+        }
+    };
+    let (rows, fingerprint) = load(&file, format, &schema).map_err(|m| c.error_at(value_pos, m))?;
+    Ok(TableDef {
+        name,
+        schema,
+        path: file,
+        format,
+        rows,
+        fingerprint,
+        file: c.file().to_path_buf(),
+        pos,
+    })
+}
