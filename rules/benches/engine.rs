@@ -13,7 +13,8 @@
 //!   25 batches of 4096 rows (10,240 rows/s of event time) and the window(s) closing;
 //! - `analytic`: eKuiper's stateful functions over 10k keys on 4096-row batches, each
 //!   per partition key: `lag`, `changed_col` in WHERE, `deadband` in WHERE, and for
-//!   contrast the same projection without any (`plain`);
+//!   contrast the same projection without any (`plain`); and a join to a lookup table of
+//!   10k devices (`join`, every row matching one);
 //! - `baseline`: the same filter as a bare Arrow kernel (the floor), and as DataFusion SQL
 //!   planned per micro-batch and per message (what the engine avoids).
 
@@ -62,8 +63,13 @@ fn runtime() -> Runtime {
 
 /// A pipeline of one rule over stream `t`, planned once.
 fn pipeline(rt: &Runtime, query: &str) -> StreamPipeline {
-    let text = format!("{STREAM}CREATE RULE r INTO out AS {query};");
-    let (set, errors) = RuleSet::parse(Path::new("bench.sql"), &text);
+    pipeline_in(rt, Path::new("bench.sql"), "", query)
+}
+
+/// [`pipeline`], with more declarations (`extra`) in a rule file at `file`.
+fn pipeline_in(rt: &Runtime, file: &Path, extra: &str, query: &str) -> StreamPipeline {
+    let text = format!("{STREAM}{extra}CREATE RULE r INTO out AS {query};");
+    let (set, errors) = RuleSet::parse(file, &text);
     assert!(errors.is_empty(), "{errors:?}");
     let (mut pipelines, errors) = rt.block_on(set.build(|_| true));
     assert!(errors.is_empty(), "{errors:?}");
@@ -326,8 +332,19 @@ fn analytic(c: &mut Criterion) {
             "deadband",
             "SELECT device, temp FROM t WHERE deadband(temp, 10) OVER (PARTITION BY device)",
         ),
+        (
+            "join",
+            "SELECT t.device, s.site, t.temp FROM t JOIN sites s ON t.device = s.device",
+        ),
     ] {
-        let mut p = pipeline(&rt, query);
+        let dir = std::env::temp_dir().join(format!("fieldgate-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        let sites: String = std::iter::once("device,site\n".to_string())
+            .chain((0..ANALYTIC_KEYS).map(|k| format!("dev-{k:06},site-{}\n", k % 40)))
+            .collect();
+        std::fs::write(dir.join("sites.csv"), sites).expect("sites.csv");
+        let table = "CREATE TABLE sites (device STRING, site STRING) WITH (PATH = 'sites.csv');\n";
+        let mut p = pipeline_in(&rt, &dir.join("bench.sql"), table, query);
         let mut feed = Feed::new(p.stream.schema.clone(), ANALYTIC_KEYS, BATCH_ROWS, 64);
         group.throughput(Throughput::Elements(BATCH_ROWS as u64));
         group.bench_function(BenchmarkId::new(name, "10000_keys"), |b| {
@@ -339,7 +356,7 @@ fn analytic(c: &mut Criterion) {
             p.rules[0].counters.batches.load(Ordering::Relaxed),
         );
         assert!(
-            name == "plain" || ran == 0 || (keys > 0 && keys <= ANALYTIC_KEYS),
+            matches!(name, "plain" | "join") || ran == 0 || (keys > 0 && keys <= ANALYTIC_KEYS),
             "{name}: {keys} keys"
         );
     }
