@@ -5,7 +5,8 @@
 //! An example starts with `<!-- example: NAME -->` and ends at the next example marker
 //! or heading. Its fenced blocks, by info string: `sql` (the rule file), `jsonl input`
 //! (events), `jsonl expected` (expected result rows), `text diff` (the exact output of
-//! a failing `--expect`), `text check` (the exact output of `rules check`).
+//! a failing `--expect`), `text check` (the exact output of `rules check`), `text file
+//! NAME` (a file beside the rule file, such as a lookup table).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,8 @@ struct Example {
     expected: Option<String>,
     diff: Option<String>,
     check: Option<String>,
+    /// Files the rules read (a lookup table), by name: ` ```text file NAME `.
+    files: Vec<(String, String)>,
 }
 
 impl Example {
@@ -94,7 +97,11 @@ fn extract(doc: &str) -> Vec<Example> {
             "jsonl expected" => Example::set(&mut e.expected, &info, &name, body),
             "text diff" => Example::set(&mut e.diff, &info, &name, body),
             "text check" => Example::set(&mut e.check, &info, &name, body),
-            _ => {}
+            other => {
+                if let Some(file) = other.strip_prefix("text file ") {
+                    e.files.push((file.trim().to_string(), body));
+                }
+            }
         }
     }
     if let Some(e) = current.take() {
@@ -126,6 +133,9 @@ fn check_example(e: &Example) -> Result<(), String> {
         std::fs::write(dir.path().join(name), text).map_err(|err| format!("{name}: {err}"))
     };
     write("rules.sql", sql)?;
+    for (name, body) in &e.files {
+        write(name, body)?;
+    }
     if let Some(want) = &e.check {
         if e.input.is_some() || e.expected.is_some() {
             return Err("a ```text check example takes no input or expected blocks".into());
