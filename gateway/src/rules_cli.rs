@@ -30,6 +30,12 @@ pub async fn check(
     for e in &errors {
         eprintln!("{e}");
     }
+    // Meanings that differ from eKuiper's: the rules run, but may not mean what a rule
+    // copied from eKuiper meant.
+    let warnings: Vec<_> = set.rules.iter().flat_map(|r| &r.warnings).collect();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let rules: usize = pipelines.iter().map(|p| p.rules.len()).sum();
     if errors.is_empty() {
         println!("ok: {} streams, {rules} rules", pipelines.len());

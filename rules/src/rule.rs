@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use datafusion::sql::sqlparser::ast::Query;
 
 use crate::analytic::AnalyticCall;
-use crate::error::Pos;
+use crate::error::{Pos, SqlError};
 use crate::sql::Dialect;
 use crate::window::WindowSpec;
 
@@ -41,6 +41,8 @@ pub struct RuleDef {
     pub dialect: Dialect,
     /// The lookup tables the rule joins to its stream.
     pub tables: Vec<String>,
+    /// Constructs eKuiper reads differently (default dialect only), for `rules check`.
+    pub warnings: Vec<SqlError>,
     pub file: PathBuf,
     pub pos: Pos,
     /// Where the SELECT starts, for errors found while planning.

@@ -171,3 +171,54 @@ async fn dialect_mistakes_are_reported() {
         "{errors:?}"
     );
 }
+
+#[tokio::test]
+async fn the_default_dialect_warns_where_ekuiper_means_otherwise() {
+    let stream = EKUIPER_STREAM
+        .replace("SET DIALECT = ekuiper;\n", "")
+        .replace('"', "'");
+    let text = format!(
+        "{stream}CREATE RULE r INTO out AS SELECT children[0] AS first, \"ID\", \
+         substring(color, 1, 2) AS s, array_position(children, 5) AS p FROM demo;\n\
+         CREATE RULE quiet INTO out AS SELECT children[-1] AS last, color FROM demo;"
+    );
+    let (set, errors) = RuleSet::parse(Path::new("ek.sql"), &text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let warnings: Vec<String> = set.rules[0]
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    let expect = [
+        ("ek.sql:3:", "`children[0]`: indexes count from 1 here"),
+        (
+            "ek.sql:3:",
+            "\"ID\" is a name here; eKuiper reads it as the string 'ID'",
+        ),
+        (
+            "ek.sql:3:",
+            "SQL's substring(s, from, length) counts from 1",
+        ),
+        (
+            "ek.sql:3:",
+            "`array_position` is 1-based and null when absent here",
+        ),
+    ];
+    assert_eq!(warnings.len(), expect.len(), "{warnings:?}");
+    for ((at, words), w) in expect.iter().zip(&warnings) {
+        assert!(w.starts_with(at) && w.contains(words), "{w} lacks {words}");
+    }
+    assert!(
+        set.rules[1].warnings.is_empty(),
+        "{:?}",
+        set.rules[1].warnings
+    );
+    // In the eKuiper dialect the same text means eKuiper's: nothing to warn of.
+    let (set, _) = RuleSet::parse(
+        Path::new("ek.sql"),
+        &format!(
+            "{EKUIPER_STREAM}CREATE RULE r INTO out AS SELECT children[0] AS first FROM demo;"
+        ),
+    );
+    assert!(set.rules[0].warnings.is_empty());
+}

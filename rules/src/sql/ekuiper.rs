@@ -18,8 +18,8 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
     AccessExpr, BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, Subscript, UnaryOperator,
-    Value, ValueWithSpan, VisitMut, visit_expressions_mut,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, Spanned, Subscript,
+    UnaryOperator, Value, ValueWithSpan, VisitMut, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan};
 
@@ -346,4 +346,90 @@ pub(crate) fn match_columns<V: VisitMut>(node: &mut V, schema: &Schema) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// Constructs of a query in the default dialect that eKuiper reads differently, each
+/// with where it stands and what differs: `rules check` warns of them, so that a rule
+/// copied from eKuiper does not silently mean something else.
+pub(super) fn differences(query: &Query, tokens: &[TokenWithSpan]) -> Vec<(Pos, String)> {
+    let mut found = Vec::new();
+    let at = |t: &TokenWithSpan| Pos {
+        line: t.span.start.line,
+        column: t.span.start.column,
+    };
+    for t in tokens {
+        if let Token::Word(w) = &t.token
+            && w.quote_style == Some('"')
+        {
+            found.push((
+                at(t),
+                format!(
+                    "\"{0}\" is a name here; eKuiper reads it as the string '{0}' (write \
+                     '{0}' for a string, or put SET DIALECT = ekuiper; first in the file)",
+                    w.value
+                ),
+            ));
+        }
+    }
+    let mut note = |e: &Expr, message: String| {
+        let s = e.span();
+        found.push((
+            Pos {
+                line: s.start.line,
+                column: s.start.column,
+            },
+            message,
+        ));
+    };
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions(query, |e| {
+        match e {
+            Expr::CompoundFieldAccess { access_chain, .. } => {
+                for a in access_chain {
+                    if let AccessExpr::Subscript(Subscript::Index { index }) = a
+                        && int_literal(index).is_some_and(|i| i >= 0)
+                    {
+                        note(
+                            e,
+                            format!(
+                                "`{e}`: indexes count from 1 here ([0] is null); in eKuiper \
+                                 they count from 0"
+                            ),
+                        );
+                    }
+                    if let AccessExpr::Subscript(Subscript::Slice { .. }) = a {
+                        note(
+                            e,
+                            format!(
+                                "`{e}`: a slice here counts from 1 and keeps its end; \
+                                 eKuiper's counts from 0 and leaves the end out"
+                            ),
+                        );
+                    }
+                }
+            }
+            Expr::Substring { .. } => note(
+                e,
+                format!(
+                    "`{e}`: SQL's substring(s, from, length) counts from 1; eKuiper's \
+                     substring(s, start, end) counts from 0 and leaves `end` out"
+                ),
+            ),
+            Expr::Function(f) => {
+                let name = f.name.to_string().to_ascii_lowercase();
+                let differs = match name.as_str() {
+                    "array_position" => {
+                        "is 1-based and null when absent here; 0-based and -1 in eKuiper"
+                    }
+                    "array_remove" => "removes the first match here; every match in eKuiper",
+                    "lpad" | "rpad" => "pads to a length here; adds that many spaces in eKuiper",
+                    _ => return ControlFlow::<()>::Continue(()),
+                };
+                note(e, format!("`{name}` {differs}"));
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    });
+    found.sort_by_key(|(p, _)| (p.line, p.column));
+    found
 }

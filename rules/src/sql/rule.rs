@@ -104,6 +104,7 @@ pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlErro
             ))
         })
         .collect();
+    let differences_from = (dialect == Dialect::Fieldgate).then(|| tokens.clone());
     let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
     let mut query = parser.parse_query().map_err(|e| {
         let fallback = if e.to_string().ends_with("found: EOF") {
@@ -159,6 +160,12 @@ pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlErro
     if dialect == Dialect::Ekuiper {
         ekuiper::translate(&mut query).map_err(located)?;
     }
+    let warnings = differences_from
+        .map(|tokens| ekuiper::differences(&query, &tokens))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(p, m)| SqlError::new(&file, p, m))
+        .collect();
     let extracted = analytic::extract(&mut query).map_err(located)?;
     let (stream, window, prefilter, keys, tables) = inspect_select(&mut query).map_err(located)?;
     if let Some((at, name)) = extracted.sql_window_at
@@ -196,6 +203,7 @@ pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlErro
         analytic: extracted.calls,
         dialect,
         tables,
+        warnings,
         file,
         pos,
         query_pos,
