@@ -11,13 +11,14 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     ExcludeSelectItem, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
-    ObjectName, Query, SelectItem, SetExpr, UnaryOperator, Value, WindowType, visit_expressions,
+    ObjectName, Query, SelectItem, SetExpr, Value, WindowType, visit_expressions,
     visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace};
 
 use super::rule::{Located, interval_millis, span_pos};
+use super::{int_literal, number_literal};
 use crate::analytic::{AccKind, AnalyticCall, AnalyticFn, column_name};
 
 /// The marker that stands for eKuiper's `WHEN` inside `OVER (...)`.
@@ -457,32 +458,4 @@ fn bool_literal(e: &Expr, what: &str) -> Result<bool, Located> {
         _ => None,
     }
     .ok_or_else(|| (span_pos(e), format!("{what} must be true or false")))
-}
-
-fn int_literal(e: &Expr) -> Option<i64> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => n.parse().ok(),
-            _ => None,
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => int_literal(expr).map(|n| -n),
-        _ => None,
-    }
-}
-
-fn number_literal(e: &Expr) -> Option<f64> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => n.parse().ok(),
-            _ => None,
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => number_literal(expr).map(|n| -n),
-        _ => None,
-    }
 }

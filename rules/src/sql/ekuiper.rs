@@ -18,11 +18,12 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
     AccessExpr, BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, Spanned, Subscript,
-    UnaryOperator, Value, ValueWithSpan, VisitMut, visit_expressions_mut,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, Spanned, Subscript, Value,
+    ValueWithSpan, VisitMut, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan};
 
+use super::int_literal;
 use super::rule::Located;
 use crate::error::Pos;
 
@@ -72,20 +73,6 @@ fn number(n: i64) -> Expr {
         value: Value::Number(n.to_string(), false),
         span: Span::empty(),
     })
-}
-
-fn int_literal(e: &Expr) -> Option<i64> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => n.parse().ok(),
-            _ => None,
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => int_literal(expr).map(|n| -n),
-        _ => None,
-    }
 }
 
 fn plus(e: Expr, n: i64) -> Expr {

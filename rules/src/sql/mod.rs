@@ -14,6 +14,7 @@ mod types;
 
 use std::path::Path;
 
+use datafusion::sql::sqlparser::ast::{Expr, UnaryOperator, Value};
 use datafusion::sql::sqlparser::dialect::{GenericDialect, MySqlDialect};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
@@ -152,6 +153,35 @@ fn parse_statement(c: &mut Cursor, dialect: Dialect) -> Result<Statement, SqlErr
         }
         _ => Err(c.error_here("expected STREAM, TABLE or RULE after CREATE")),
     }
+}
+
+/// The number a literal (`3`, `-1.5`) stands for, as written.
+fn signed_number(e: &Expr) -> Option<(bool, &str)> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some((false, n.as_str())),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => signed_number(expr).map(|(neg, n)| (!neg, n)),
+        _ => None,
+    }
+}
+
+/// An integer literal's value.
+pub(crate) fn int_literal(e: &Expr) -> Option<i64> {
+    let (neg, n) = signed_number(e)?;
+    let v: i64 = n.parse().ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// A numeric literal's value.
+pub(crate) fn number_literal(e: &Expr) -> Option<f64> {
+    let (neg, n) = signed_number(e)?;
+    let v: f64 = n.parse().ok()?;
+    Some(if neg { -v } else { v })
 }
 
 /// Where a `/* ...` comment that is never closed starts, outside strings and quoted names
