@@ -255,6 +255,9 @@ struct Windowed {
     stream_cols: usize,
     /// Columns of the stream as declared (without analytic results), for late rows.
     late_cols: usize,
+    /// Key columns the prefilter appends after the stream's (the window's conditions,
+    /// if any, come after them).
+    key_cols: usize,
     event_time: Option<EventTime>,
     keys: Option<KeyIds>,
     late_sinks: Option<Arc<[String]>>,
@@ -401,6 +404,7 @@ impl Rule {
                     prefilter,
                     stream_cols: stream.schema.fields().len(),
                     late_cols: original.fields().len(),
+                    key_cols: def.keys,
                     event_time: stream.event_time.clone(),
                     keys,
                     late_sinks: def.late_sink.clone().map(|s| Arc::from(vec![s])),
@@ -540,7 +544,7 @@ impl Rule {
         let missing = times.null_count();
         let keys = match &mut w.keys {
             Some(k) => {
-                let cols = rows.columns()[w.stream_cols..].to_vec();
+                let cols = rows.columns()[w.stream_cols..w.stream_cols + w.key_cols].to_vec();
                 Some(k.ids(&cols).map_err(aerr)?)
             }
             None => None,
@@ -552,6 +556,7 @@ impl Rule {
                         rows: &rows,
                         times: &times,
                         keys: keys.as_deref(),
+                        conditions: &rows.columns()[w.stream_cols + w.key_cols..],
                     },
                     watermark,
                 )

@@ -577,3 +577,62 @@ proptest! {
         prop_assert_eq!(got, reference(&rows));
     }
 }
+
+#[tokio::test]
+async fn a_state_window_runs_from_its_begin_row_to_its_end_row_per_key() {
+    let mut p = pipeline(
+        "CREATE RULE r INTO out AS SELECT device, count(*) AS n, min(ts) AS first, max(ts) AS last \
+         FROM t GROUP BY device, STATEWINDOW(status = 1, status = 0);",
+    )
+    .await;
+    let rows = run(
+        &mut p,
+        &[
+            vec![("a", 1, None, Some(0)), ("a", 2, None, Some(1))],
+            vec![("b", 3, None, Some(1)), ("a", 4, None, Some(2))],
+            vec![("a", 5, None, Some(0)), ("b", 6, None, Some(0))],
+            vec![("a", 7, None, Some(0)), ("b", 8, None, Some(1))],
+        ],
+    )
+    .await;
+    // a: rows 2 to 5; b: rows 3 to 6; row 1 came before a began, row 7 after it ended;
+    // b's window begun at row 8 is still open.
+    assert_eq!(
+        rows,
+        ["device=a n=3 first=2 last=5", "device=b n=2 first=3 last=6",]
+    );
+    assert_eq!(p.rules[0].open_windows(), 1);
+}
+
+#[tokio::test]
+async fn a_single_condition_state_window_is_cut_where_its_trigger_holds() {
+    // eKuiper's example: the trigger starts the next window and closes the one before.
+    let mut p = pipeline(
+        "CREATE RULE r INTO out AS SELECT count(*) AS n, max(status) AS s \
+         FROM t GROUP BY STATEWINDOW(had_changed(true, status));",
+    )
+    .await;
+    let statuses = [1, 1, 1, 2, 2, 3];
+    let rows: Vec<Row> = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ("a", i as i64, None, Some(*s)))
+        .collect();
+    assert_eq!(run(&mut p, &single(&rows)).await, ["n=3 s=1", "n=2 s=2"]);
+    // OVER (PARTITION BY ...) keys it as GROUP BY does.
+    let mut p = pipeline(
+        "CREATE RULE r INTO out AS SELECT count(*) AS n, max(ts) AS last \
+         FROM t GROUP BY STATEWINDOW(status = 1, status = 5) OVER (PARTITION BY device);",
+    )
+    .await;
+    let rows = run(
+        &mut p,
+        &single(&[
+            ("b1", 1, None, Some(1)),
+            ("b2", 2, None, Some(1)),
+            ("b1", 3, None, Some(5)),
+        ]),
+    )
+    .await;
+    assert_eq!(rows, ["n=2 last=3"]);
+}

@@ -4,7 +4,7 @@ use datafusion::sql::sqlparser::ast::{
     BinaryOperator, DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
     GroupByExpr, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query,
     SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Spanned, TableFactor, Value,
-    WildcardAdditionalOptions,
+    WildcardAdditionalOptions, WindowType,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -18,7 +18,8 @@ use crate::rule::RuleDef;
 use crate::window::{WindowSpec, unit_millis};
 
 /// Window functions accepted in GROUP BY, by eKuiper's spelling.
-pub(crate) const WINDOW_FUNCTIONS: [&str; 8] = [
+pub(crate) const WINDOW_FUNCTIONS: [&str; 9] = [
+    "STATEWINDOW",
     "TUMBLINGWINDOW",
     "HOPPINGWINDOW",
     "SLIDINGWINDOW",
@@ -310,6 +311,9 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
     // eKuiper's `GROUP BY ..., TUMBLINGWINDOW(ss, 10) FILTER (WHERE cond)`: the rows
     // that enter the window, as WHERE does here.
     let mut window_filter = None;
+    // A state window's begin and end conditions, and the keys of its OVER (...).
+    let mut conditions: Vec<Expr> = Vec::new();
+    let mut partition: Vec<Expr> = Vec::new();
     if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
         let mut kept = Vec::with_capacity(exprs.len() + 2);
         for e in exprs.drain(..) {
@@ -324,12 +328,20 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
                     window = Some(spec);
                     if let Expr::Function(f) = &e {
                         window_filter = f.filter.as_deref().cloned();
+                        if let WindowSpec::State { .. } = spec {
+                            // Its conditions, and eKuiper's OVER (PARTITION BY ...) as keys.
+                            conditions = args_of(f).into_iter().cloned().collect();
+                            if let Some(WindowType::WindowSpec(w)) = &f.over {
+                                partition = w.partition_by.clone();
+                            }
+                        }
                     }
                 }
                 None => kept.push(e),
             }
         }
         if window.is_some() {
+            kept.append(&mut partition);
             keys = kept.clone();
             kept.push(Expr::Identifier(Ident::new("window_start")));
             kept.push(Expr::Identifier(Ident::new("window_end")));
@@ -377,6 +389,12 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
                     alias: Ident::new(format!("__fg_key{i}")),
                 });
             }
+        }
+        for (i, c) in conditions.iter().enumerate() {
+            pre_select.projection.push(SelectItem::ExprWithAlias {
+                expr: c.clone(),
+                alias: Ident::new(format!("__fg_cond{i}")),
+            });
         }
         pre_select.selection = selection;
         pre_select.group_by = GroupByExpr::Expressions(vec![], vec![]);
@@ -567,6 +585,15 @@ fn window_call(e: &Expr) -> Result<Option<WindowSpec>, Located> {
                 gap_ms: v[1],
             }
         }
+        "STATEWINDOW" => match args.len() {
+            1 => WindowSpec::State { single: true },
+            2 => WindowSpec::State { single: false },
+            _ => {
+                return Err(usage(
+                    "(begin, end) or (trigger), e.g. STATEWINDOW(state = 'run', state = 'stop')",
+                ));
+            }
+        },
         "COUNTWINDOW" => {
             let n: Vec<i64> = match args.len() {
                 1 | 2 => args

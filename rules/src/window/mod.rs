@@ -15,6 +15,7 @@ mod count;
 mod groups;
 mod incremental;
 mod session;
+mod state;
 mod time;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use datafusion::arrow::error::ArrowError;
 pub(crate) use count::CountWindows;
 pub(crate) use incremental::IncrementalWindows;
 pub(crate) use session::SessionWindows;
+pub(crate) use state::StateWindows;
 pub(crate) use time::{PaneWindows, SlidingWindows};
 
 use crate::watermark::Watermark;
@@ -46,17 +48,29 @@ pub enum WindowSpec {
     Session { max_ms: i64, gap_ms: i64 },
     /// Every `slide` rows (in arrival order), a window of the last `size` rows.
     Count { size: u64, slide: u64 },
+    /// eKuiper's `STATEWINDOW(begin, end)` (or `STATEWINDOW(trigger)`, `single`): per
+    /// group key, in arrival order, from a row meeting `begin` to one meeting `end`.
+    State { single: bool },
 }
 
 impl WindowSpec {
     /// Whether the window is driven by event time (and needs a TIMESTAMP column).
     pub fn uses_time(&self) -> bool {
-        !matches!(self, WindowSpec::Count { .. })
+        !matches!(self, WindowSpec::Count { .. } | WindowSpec::State { .. })
+    }
+
+    /// Conditions the window evaluates per row (state windows' begin and end).
+    pub fn conditions(&self) -> usize {
+        match self {
+            WindowSpec::State { single: true } => 1,
+            WindowSpec::State { single: false } => 2,
+            _ => 0,
+        }
     }
 
     /// Whether the window needs the rule's group keys to form windows.
     pub fn per_key(&self) -> bool {
-        matches!(self, WindowSpec::Session { .. })
+        matches!(self, WindowSpec::Session { .. } | WindowSpec::State { .. })
     }
 }
 
@@ -78,6 +92,7 @@ pub(crate) enum WindowState {
     Sliding(SlidingWindows),
     Session(SessionWindows),
     Count(CountWindows),
+    State(StateWindows),
 }
 
 /// Rows offered to a window state: the rule's filtered rows, their event times, and
@@ -86,6 +101,8 @@ pub(crate) struct Input<'a> {
     pub rows: &'a RecordBatch,
     pub times: &'a Int64Array,
     pub keys: Option<&'a [u64]>,
+    /// The window's conditions per row (state windows), else empty.
+    pub conditions: &'a [ArrayRef],
 }
 
 impl WindowState {
@@ -104,6 +121,7 @@ impl WindowState {
             WindowSpec::Count { size, slide } => {
                 Self::Count(CountWindows::new(size, slide, tagged))
             }
+            WindowSpec::State { single } => Self::State(StateWindows::new(single, tagged)),
         }
     }
 
@@ -119,6 +137,7 @@ impl WindowState {
             Self::Sliding(w) => w.push(input, watermark).map(|l| (l, vec![])),
             Self::Session(w) => w.push(input, watermark).map(|l| (l, vec![])),
             Self::Count(w) => w.push(input).map(|done| (vec![], done)),
+            Self::State(w) => w.push(input).map(|done| (vec![], done)),
         }
     }
 
@@ -129,7 +148,7 @@ impl WindowState {
             Self::Panes(w) => w.close(watermark),
             Self::Sliding(w) => w.close(watermark),
             Self::Session(w) => w.close(watermark),
-            Self::Count(_) => Ok(vec![]),
+            Self::Count(_) | Self::State(_) => Ok(vec![]),
         }
     }
 
@@ -140,6 +159,7 @@ impl WindowState {
             Self::Sliding(w) => w.open(),
             Self::Session(w) => w.open(),
             Self::Count(w) => w.open(),
+            Self::State(w) => w.open(),
         }
     }
 }
