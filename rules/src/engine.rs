@@ -116,13 +116,7 @@ fn explain_plan_error(msg: &str) -> Option<String> {
 fn explain_unknown_function(msg: &str) -> Option<String> {
     let (_, rest) = msg.split_once("Invalid function '")?;
     let name = rest.split('\'').next()?.to_ascii_lowercase();
-    const ANALYTIC: [&str; 5] = [
-        "changed_cols",
-        "deduplicate",
-        "collect",
-        "merge_agg",
-        "last_agg_hit_count",
-    ];
+    const ANALYTIC: [&str; 4] = ["deduplicate", "collect", "merge_agg", "last_agg_hit_count"];
     if crate::sql::WINDOW_FUNCTIONS
         .iter()
         .any(|w| w.eq_ignore_ascii_case(&name))

@@ -636,3 +636,28 @@ async fn a_single_condition_state_window_is_cut_where_its_trigger_holds() {
     .await;
     assert_eq!(rows, ["n=2 last=3"]);
 }
+
+#[tokio::test]
+async fn changed_cols_gives_one_column_per_expression_under_a_prefix() {
+    let mut p = pipeline(
+        "CREATE RULE r INTO out AS SELECT ts, changed_cols('c_', true, temp, status) FROM t;",
+    )
+    .await;
+    let rows = run(&mut p, &single(&changes()[..5])).await;
+    assert_eq!(
+        rows,
+        [
+            "ts=1 c_temp=23.0 c_status=88",
+            "ts=2 c_temp=null c_status=null",
+            "ts=3 c_temp=25.0 c_status=null",
+            "ts=4 c_temp=null c_status=90",
+            "ts=5 c_temp=null c_status=91",
+        ]
+    );
+    let errors =
+        errors_of("CREATE RULE r INTO out AS SELECT changed_cols('c_', true, *) FROM t;").await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("`*` is not supported"),
+        "{errors:?}"
+    );
+}

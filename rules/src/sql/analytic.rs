@@ -110,6 +110,7 @@ pub(super) struct Extracted {
 /// Takes every analytic call out of `query`, replacing it by the column that will hold
 /// its result; calls nested in another's arguments come first.
 pub(super) fn extract(query: &mut Query) -> Result<Extracted, Located> {
+    expand_changed_cols(query)?;
     name_unnamed_items(query);
     let mut calls: Vec<AnalyticCall> = Vec::new();
     let mut sql_window_at = None;
@@ -173,6 +174,81 @@ fn is_analytic(e: &Expr) -> bool {
         ControlFlow::Continue(())
     });
     found
+}
+
+/// eKuiper's `changed_cols(prefix, ignore_null, expr, ...)` in the SELECT list: one
+/// `changed_col(ignore_null, expr) AS <prefix><name>` column per expression, named by
+/// the column (or function) it reads.
+fn expand_changed_cols(query: &mut Query) -> Result<(), Located> {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Ok(());
+    };
+    let mut projection = Vec::with_capacity(select.projection.len());
+    for item in select.projection.drain(..) {
+        let f = match &item {
+            SelectItem::UnnamedExpr(Expr::Function(f))
+                if function_name(&f.name) == "changed_cols" =>
+            {
+                f.clone()
+            }
+            SelectItem::ExprWithAlias {
+                expr: Expr::Function(f),
+                ..
+            } if function_name(&f.name) == "changed_cols" => {
+                return Err((
+                    span_pos(&f.name),
+                    "changed_cols names its columns by its prefix: it takes no AS".into(),
+                ));
+            }
+            _ => {
+                projection.push(item);
+                continue;
+            }
+        };
+        let pos = span_pos(&f.name);
+        let usage = || {
+            (
+                pos,
+                "changed_cols takes (prefix, ignore null, expr, ...), e.g.                  changed_cols('c_', true, temp, humidity); `*` is not supported"
+                    .to_string(),
+            )
+        };
+        let (args, all) = call_args(&f, "changed_cols").map_err(|_| usage())?;
+        if all || args.len() < 3 {
+            return Err(usage());
+        }
+        let prefix = match &args[0] {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                _ => return Err(usage()),
+            },
+            _ => return Err(usage()),
+        };
+        for e in &args[2..] {
+            let name = match e {
+                Expr::Identifier(id) => id.value.clone(),
+                Expr::CompoundIdentifier(ids) => {
+                    ids.last().map(|i| i.value.clone()).unwrap_or_default()
+                }
+                Expr::Function(g) => function_name(&g.name),
+                other => other.to_string(),
+            };
+            let mut one = f.clone();
+            one.name = ObjectName::from(vec![Ident::new("changed_col")]);
+            if let FunctionArguments::List(list) = &mut one.args {
+                list.args = [args[1].clone(), e.clone()]
+                    .into_iter()
+                    .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+                    .collect();
+            }
+            projection.push(SelectItem::ExprWithAlias {
+                expr: Expr::Function(one),
+                alias: Ident::with_quote('"', format!("{prefix}{name}")),
+            });
+        }
+    }
+    select.projection = projection;
+    Ok(())
 }
 
 /// Gives each SELECT item holding an analytic call the name eKuiper gives it: the
