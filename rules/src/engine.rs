@@ -485,23 +485,31 @@ impl Rule {
         errors: &mut Vec<ExecError>,
     ) -> Result<Vec<RuleOutput>, ExecError> {
         add(&self.counters.records_in, batch.num_rows());
+        let mut outputs = Vec::new();
         let analysed;
         let batch = match self.analytic.as_mut() {
             None => batch,
             Some(a) => {
-                let (b, forgotten) = a
+                let applied = a
                     .apply(batch, now)
                     .await
                     .map_err(|e| df_err(&self.counters, &self.name, e))?;
-                add(&self.counters.keys_forgotten, forgotten as usize);
+                add(&self.counters.keys_forgotten, applied.forgotten as usize);
                 self.counters
                     .analytic_keys
                     .store(a.keys() as u64, Ordering::Relaxed);
-                analysed = b;
+                self.failures.report(
+                    &self.counters,
+                    &self.name,
+                    batch,
+                    applied.failed,
+                    &mut outputs,
+                    errors,
+                )?;
+                analysed = applied.batch;
                 &analysed
             }
         };
-        let mut outputs = Vec::new();
         let Some(w) = self.windowed.as_mut() else {
             let run = run_isolating(&self.query, batch)
                 .await

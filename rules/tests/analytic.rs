@@ -661,3 +661,25 @@ async fn changed_cols_gives_one_column_per_expression_under_a_prefix() {
         "{errors:?}"
     );
 }
+
+#[tokio::test]
+async fn a_row_whose_arguments_fail_is_left_out_before_it_reaches_the_state() {
+    let mut p = pipeline(
+        "CREATE RULE r INTO out AS SELECT ts, lag(CAST(device AS BIGINT)) AS prev FROM t;",
+    )
+    .await;
+    let b = batch(
+        &p,
+        &[
+            ("1", 1, None, None),
+            ("x", 2, None, None),
+            ("3", 3, None, None),
+        ],
+    );
+    let (outs, errs) = p.push_at(&b, 1_000).await;
+    // Row 2 cannot be cast: it is counted and left out, and lag skips it.
+    assert_eq!(text_rows(&outs), ["ts=1 prev=null", "ts=3 prev=1"]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].to_string().contains("1 row(s) failed"), "{errs:?}");
+    assert_eq!(p.rules[0].counters.failed_rows.load(Ordering::Relaxed), 1);
+}

@@ -17,11 +17,13 @@
 
 mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, new_empty_array};
-use datafusion::arrow::compute::{can_cast_types, cast, concat_batches};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, UInt32Array, new_empty_array,
+};
+use datafusion::arrow::compute::{can_cast_types, cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -32,6 +34,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::plan::CompiledQuery;
+use crate::row_errors::run_isolating;
 use crate::stream::{EventTime, StreamDef};
 use state::{Inputs, State};
 
@@ -114,6 +117,16 @@ impl AnalyticCall {
         };
         named + if self.all_columns { stream_cols } else { 0 }
     }
+}
+
+/// What [`AnalyticStage::apply`] gives back.
+pub(crate) struct Applied {
+    /// The rows that went through, with the result columns appended.
+    pub batch: RecordBatch,
+    /// Keys forgotten (idle, or past the limit).
+    pub forgotten: u64,
+    /// Rows of the input left out, with why.
+    pub failed: Vec<(usize, String)>,
 }
 
 /// Evaluates a rule's analytic calls over each batch of its stream.
@@ -309,25 +322,50 @@ impl AnalyticStage {
         self.calls.iter().map(|c| c.entries.len()).sum()
     }
 
-    /// Computes every call over `batch`, which arrived at `now`; returns the batch with
-    /// the result columns appended and how many keys were forgotten.
-    pub async fn apply(&mut self, batch: &RecordBatch, now: i64) -> Result<(RecordBatch, u64)> {
-        let times = match (&self.event_time, self.needs_time) {
+    /// Computes every call over `batch`, which arrived at `now`. A row whose arguments
+    /// fail to evaluate (a CAST that cannot convert) is left out, before it changes the
+    /// state of the calls of its level and those after it.
+    pub async fn apply(&mut self, batch: &RecordBatch, now: i64) -> Result<Applied> {
+        let mut times = match (&self.event_time, self.needs_time) {
             (_, false) => None,
             (Some(et), true) => Some(et.millis(batch.column(et.index))),
             (None, true) => Some(Int64Array::from_value(now, batch.num_rows())),
         };
         let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+        // The row of `batch` each remaining row is.
+        let mut rows: Vec<usize> = (0..batch.num_rows()).collect();
+        let mut failed = Vec::new();
         for level in &self.levels {
             let input = RecordBatch::try_new(level.input.clone(), cols.clone())?;
-            let out = level.query.run(vec![input]).await?;
-            let out = concat_batches(&level.query.schema(), &out)?;
+            let run = run_isolating(&level.query, &input).await?;
+            if !run.failed.is_empty() {
+                let bad: HashSet<usize> = run.failed.iter().map(|(i, _)| *i).collect();
+                failed.extend(run.failed.into_iter().map(|(i, e)| (rows[i], e)));
+                let keep = UInt32Array::from_iter_values(
+                    (0..rows.len())
+                        .filter(|i| !bad.contains(i))
+                        .map(|i| i as u32),
+                );
+                for c in &mut cols {
+                    *c = take(c, &keep, None)?;
+                }
+                times = match times {
+                    Some(t) => Some(take(&t, &keep, None)?.as_primitive().clone()),
+                    None => None,
+                };
+                rows = keep.values().iter().map(|i| rows[*i as usize]).collect();
+            }
+            let out = concat_batches(&level.query.schema(), &run.out)?;
             for &c in &level.calls {
                 cols.push(self.calls[c].eval(&out, times.as_ref(), now)?);
             }
         }
-        let forgotten = self.expire(now);
-        Ok((RecordBatch::try_new(self.schema.clone(), cols)?, forgotten))
+        failed.sort_by_key(|(i, _)| *i);
+        Ok(Applied {
+            batch: RecordBatch::try_new(self.schema.clone(), cols)?,
+            forgotten: self.expire(now),
+            failed,
+        })
     }
 
     /// Forgets keys idle for too long (looked for once a minute) and, past the limit,
