@@ -116,7 +116,12 @@ fn explain_plan_error(msg: &str) -> Option<String> {
 fn explain_unknown_function(msg: &str) -> Option<String> {
     let (_, rest) = msg.split_once("Invalid function '")?;
     let name = rest.split('\'').next()?.to_ascii_lowercase();
-    const ANALYTIC: [&str; 4] = ["deduplicate", "collect", "merge_agg", "last_agg_hit_count"];
+    const ANALYTIC: [&str; 4] = [
+        "deduplicate",
+        "merge_agg",
+        "last_agg_hit_count",
+        "last_agg_hit_time",
+    ];
     if crate::sql::WINDOW_FUNCTIONS
         .iter()
         .any(|w| w.eq_ignore_ascii_case(&name))
@@ -292,6 +297,7 @@ impl Rule {
         stream: &StreamDef,
         tables: &[&TableDef],
     ) -> Result<Rule, SqlError> {
+        crate::sql::collect_calls(&mut def.query, &stream.schema);
         if def.dialect == crate::sql::Dialect::Ekuiper {
             // eKuiper matches column names whatever their case.
             crate::sql::match_columns(&mut def.query, &stream.schema);

@@ -683,3 +683,26 @@ async fn a_row_whose_arguments_fail_is_left_out_before_it_reaches_the_state() {
     assert!(errs[0].to_string().contains("1 row(s) failed"), "{errs:?}");
     assert_eq!(p.rules[0].counters.failed_rows.load(Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn collect_gathers_a_windows_values_or_rows() {
+    let mut p = pipeline(
+        "CREATE RULE r INTO out AS SELECT collect(temp) AS temps, collect(*) AS readings \
+         FROM t GROUP BY COUNTWINDOW(2);",
+    )
+    .await;
+    let (outs, errs) = p
+        .push_at(
+            &batch(&p, &[("a", 1, Some(1.5), Some(7)), ("b", 2, None, None)]),
+            1_000,
+        )
+        .await;
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(
+        text_rows(&outs),
+        [
+            "temps=[1.5, ] readings=[{device: a, ts: 1, temp: 1.5, status: 7}, \
+          {device: b, ts: 2, temp: , status: }]"
+        ]
+    );
+}

@@ -420,3 +420,38 @@ pub(super) fn differences(query: &Query, tokens: &[TokenWithSpan]) -> Vec<(Pos, 
     found.sort_by_key(|(p, _)| (p.line, p.column));
     found
 }
+
+/// eKuiper's `collect(col)` and `collect(*)`, in either dialect (DataFusion has no
+/// function of that name): `array_agg(col)`, and for `*` an array of every row of the
+/// group as an object of the stream's columns.
+pub(crate) fn collect_calls(query: &mut Query, schema: &Schema) {
+    let _ = visit_expressions_mut(query, |e| {
+        let Expr::Function(f) = e else {
+            return ControlFlow::<()>::Continue(());
+        };
+        if f.name.to_string().to_ascii_lowercase() != "collect" {
+            return ControlFlow::Continue(());
+        }
+        f.name = ObjectName::from(vec![Ident::new("array_agg")]);
+        if let FunctionArguments::List(list) = &mut f.args
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] = list.args.as_slice()
+        {
+            let fields = schema
+                .fields()
+                .iter()
+                .filter(|f| !f.name().starts_with("__fg_"))
+                .flat_map(|f| {
+                    [
+                        string(f.name()),
+                        Expr::Identifier(Ident::with_quote('"', f.name())),
+                    ]
+                })
+                .collect();
+            list.args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(call(
+                "named_struct",
+                fields,
+            )))];
+        }
+        ControlFlow::Continue(())
+    });
+}
