@@ -429,7 +429,7 @@ pub(crate) fn collect_calls(query: &mut Query, schema: &Schema) {
         let Expr::Function(f) = e else {
             return ControlFlow::<()>::Continue(());
         };
-        if f.name.to_string().to_ascii_lowercase() != "collect" {
+        if !f.name.to_string().eq_ignore_ascii_case("collect") {
             return ControlFlow::Continue(());
         }
         f.name = ObjectName::from(vec![Ident::new("array_agg")]);
