@@ -107,7 +107,38 @@ fn explain_plan_error(msg: &str) -> Option<String> {
              avg({column}), last_value({column}))"
         ));
     }
-    explain_unknown_function(msg)
+    if msg.contains("Slice subscript requires an upper bound") {
+        return Some(
+            "a slice needs both bounds here: write tags[2:cardinality(tags)], or use \
+             SET DIALECT = ekuiper; where tags[1:] works"
+                .into(),
+        );
+    }
+    if let Some(unknown) = explain_unknown_function(msg) {
+        return Some(unknown);
+    }
+    // DataFusion's own wording asks for a bug report, which is not what a rule author
+    // can act on: say what it means for the rule, and keep the detail.
+    for (marker, what) in [
+        ("Internal error: ", "the engine could not plan this rule"),
+        (
+            "This feature is not implemented: ",
+            "the rule uses SQL the engine does not support",
+        ),
+    ] {
+        if let Some((_, detail)) = msg.split_once(marker) {
+            let detail = detail
+                .split(". This issue was likely caused by a bug")
+                .next()
+                .unwrap_or(detail)
+                .trim();
+            return Some(format!(
+                "{what} ({detail}); rewrite the expression it is about, or split the rule \
+                 in two"
+            ));
+        }
+    }
+    None
 }
 
 /// A clearer message for an unknown function the rule language knows of elsewhere: a
@@ -833,5 +864,36 @@ impl StreamPipeline {
             close_guarded(rule, None, &mut outputs, &mut errors).await;
         }
         (outputs, errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain_plan_error;
+
+    #[test]
+    fn datafusion_internal_errors_are_said_in_the_rules_terms() {
+        let msg = "Internal error: Physical input schema should be the same as the one \
+                   converted from logical input schema. This issue was likely caused by a \
+                   bug in DataFusion's code. Please help us to resolve this by filing a bug \
+                   report in our issue tracker: https://github.com/apache/datafusion/issues";
+        let got = explain_plan_error(msg).unwrap();
+        assert!(
+            got.starts_with("the engine could not plan this rule (Physical input schema"),
+            "{got}"
+        );
+        assert!(
+            !got.contains("bug report") && !got.contains("issue tracker"),
+            "{got}"
+        );
+        let got = explain_plan_error("This feature is not implemented: Unsupported ast node Foo")
+            .unwrap();
+        assert!(
+            got.starts_with(
+                "the rule uses SQL the engine does not support (Unsupported ast node Foo)"
+            ),
+            "{got}"
+        );
+        assert_eq!(explain_plan_error("Schema error: No field named x"), None);
     }
 }

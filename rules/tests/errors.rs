@@ -504,3 +504,19 @@ async fn planning_errors_are_explained() {
     .await;
     assert!(!errs[0].contains("wildcard"), "{errs:?}");
 }
+
+#[tokio::test]
+async fn unsupported_sql_and_internal_errors_are_explained() {
+    let stream = "CREATE STREAM t (device STRING, tags ARRAY(STRING))\n\
+                  WITH (DATASOURCE = 'a/+');\n";
+    let errs = errors_of(&format!(
+        "{stream}CREATE RULE r INTO cloud AS SELECT tags[2:] AS rest FROM t;"
+    ))
+    .await;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("a slice needs both bounds here: write tags[2:cardinality(tags)]"),
+        "{errs:?}"
+    );
+    assert!(!errs[0].contains("not implemented"), "{errs:?}");
+}
