@@ -3,11 +3,14 @@
 //! column names in any case, and eKuiper's `substring`, `array_position`,
 //! `array_remove`, `lpad` and `rpad`.
 
+mod common;
+use common::json_rows;
+
 use std::io::Cursor;
 use std::path::Path;
 
-use fieldgate_rules::arrow::json::{ArrayWriter, ReaderBuilder};
-use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline};
+use fieldgate_rules::arrow::json::ReaderBuilder;
+use fieldgate_rules::{RuleSet, StreamPipeline};
 use serde_json::{Value, json};
 
 const EKUIPER_STREAM: &str = "SET DIALECT = ekuiper;\n\
@@ -49,24 +52,6 @@ async fn rows(stream: &str, rule: &str) -> Vec<Value> {
     let (outs, errs) = p.push(&batch).await;
     assert!(errs.is_empty(), "{errs:?}");
     json_rows(&outs)
-}
-
-fn json_rows(outs: &[RuleOutput]) -> Vec<Value> {
-    let mut out = Vec::new();
-    for o in outs {
-        for b in &o.batches {
-            let mut w = ArrayWriter::new(Vec::new());
-            w.write(b).unwrap();
-            w.finish().unwrap();
-            let text = w.into_inner();
-            if text.is_empty() {
-                continue;
-            }
-            let v: Vec<Value> = serde_json::from_slice(&text).unwrap();
-            out.extend(v);
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -1,5 +1,8 @@
 //! The rule engine driven through its public API: rule files in, result rows out.
 
+mod common;
+use common::batch;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,24 +26,6 @@ async fn pipeline(rules: &str) -> StreamPipeline {
     let (mut pipelines, errors) = set.build(|s| s == "out").await;
     assert!(errors.is_empty(), "{errors:?}");
     pipelines.remove(0)
-}
-
-fn batch(p: &StreamPipeline, rows: &[(&str, i64, f64)]) -> RecordBatch {
-    RecordBatch::try_new(
-        p.stream.schema.clone(),
-        vec![
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(
-                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
-            )),
-        ],
-    )
-    .unwrap()
 }
 
 /// Result rows as (device, window_start, count, avg, max).

@@ -1,12 +1,12 @@
 //! Lookup tables: rows from a CSV or JSON-lines file beside the rule file, joined to a
 //! stream row by row, and read again when the rule files are.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
+use common::{batch, json_rows};
 
-use fieldgate_rules::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
-use fieldgate_rules::arrow::json::ArrayWriter;
-use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline, plan_reload};
+use std::path::{Path, PathBuf};
+
+use fieldgate_rules::{RuleSet, StreamPipeline, plan_reload};
 use serde_json::{Value, json};
 
 const STREAM: &str = "CREATE STREAM readings (device STRING, ts BIGINT, value DOUBLE)
@@ -37,40 +37,6 @@ async fn pipeline(dir: &Path, rules: &str) -> StreamPipeline {
     let (mut pipelines, errors) = set.build(|s| s == "out").await;
     assert!(errors.is_empty(), "{errors:?}");
     pipelines.remove(0)
-}
-
-fn batch(p: &StreamPipeline, rows: &[(&str, i64, f64)]) -> RecordBatch {
-    RecordBatch::try_new(
-        p.stream.schema.clone(),
-        vec![
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(
-                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
-            )),
-        ],
-    )
-    .unwrap()
-}
-
-fn json_rows(outs: &[RuleOutput]) -> Vec<Value> {
-    let mut out = Vec::new();
-    for o in outs {
-        for b in &o.batches {
-            let mut w = ArrayWriter::new(Vec::new());
-            w.write(b).unwrap();
-            w.finish().unwrap();
-            let text = w.into_inner();
-            if !text.is_empty() {
-                out.extend(serde_json::from_slice::<Vec<Value>>(&text).unwrap());
-            }
-        }
-    }
-    out
 }
 
 async fn push(p: &mut StreamPipeline, rows: &[(&str, i64, f64)]) -> Vec<Value> {
