@@ -403,7 +403,17 @@ impl Rule {
                     Some(q) => Some(
                         CompiledQuery::compile(&stream.name, stream.schema.clone(), q)
                             .await
-                            .map_err(plan_err)?,
+                            .map_err(|e| {
+                                let mut e = plan_err(e);
+                                if !def.tables.is_empty() && e.message.contains("No field named") {
+                                    e.message.push_str(
+                                        " (in a windowed rule, WHERE runs on the stream's rows \
+                                         before the table is joined to a window's rows: use \
+                                         the table's columns in SELECT, GROUP BY or HAVING)",
+                                    );
+                                }
+                                e
+                            })?,
                     ),
                     None => None,
                 };

@@ -177,8 +177,13 @@ async fn table_mistakes_are_explained() {
         ),
         (
             "CREATE RULE r INTO out AS SELECT count(*) AS n FROM readings r JOIN sites s \
-             ON r.device = s.device GROUP BY TUMBLINGWINDOW(ss, 10);",
-            "a join with a table works in rules without a window for now",
+             ON r.device = s.device GROUP BY s.site, SESSIONWINDOW(ss, 60, 10);",
+            "session and state windows are formed per key before the join",
+        ),
+        (
+            "CREATE RULE r INTO out AS SELECT count(*) AS n FROM readings r JOIN sites s \
+             ON r.device = s.device WHERE r.value > s.max GROUP BY TUMBLINGWINDOW(ss, 10);",
+            "WHERE runs on the stream's rows before the table is joined",
         ),
         (
             "CREATE RULE r INTO out AS SELECT r.device FROM readings r CROSS JOIN sites s;",
@@ -219,4 +224,42 @@ async fn joined_rows_keep_the_stream_order_and_star_lists_the_stream_first() {
     let schema = outs[0].batches[0].schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["device", "ts", "value", "device", "site", "max"]);
+}
+
+#[tokio::test]
+async fn a_windowed_rule_aggregates_per_column_of_the_table() {
+    let d = dir("windowed");
+    std::fs::write(
+        d.join("sites.csv"),
+        "device,site,max\nd1,north,0\nd2,north,0\nd3,south,0\n",
+    )
+    .unwrap();
+    // Incremental (tumbling) and buffered (count) windows.
+    for window in ["TUMBLINGWINDOW(ss, 10)", "COUNTWINDOW(4)"] {
+        let mut p = pipeline(
+            &d,
+            &format!(
+                "{STREAM}{TABLE}CREATE RULE r INTO out AS \
+                 SELECT s.site, count(*) AS n, avg(r.value) AS mean \
+                 FROM readings r JOIN sites s ON r.device = s.device \
+                 WHERE r.value >= 0 GROUP BY s.site, {window} ORDER BY s.site;"
+            ),
+        )
+        .await;
+        // One window of four rows that pass WHERE (the -1 does not); d9 is in no row of
+        // the table.
+        let mut got = push(&mut p, &[("d1", 1, 10.0), ("d2", 2, 20.0), ("d9", 3, 5.0)]).await;
+        got.extend(push(&mut p, &[("d3", 4, 7.0), ("d1", 5, -1.0)]).await);
+        let (outs, errs) = p.finish().await;
+        assert!(errs.is_empty(), "{errs:?}");
+        got.extend(json_rows(&outs));
+        assert_eq!(
+            got,
+            [
+                json!({"site": "north", "n": 2, "mean": 15.0}),
+                json!({"site": "south", "n": 1, "mean": 7.0}),
+            ],
+            "{window}"
+        );
+    }
 }

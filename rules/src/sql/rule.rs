@@ -354,13 +354,13 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
         }
         return Ok((stream, None, None, 0, tables));
     };
-    if !tables.is_empty() {
+    if !tables.is_empty() && spec.per_key() {
         return Err((
             first_join_at,
-            "a join with a table works in rules without a window for now: join in one rule \
-             and window its results in a rule that reads them through the broker (INTO a \
-             republish sink)"
-                .into(),
+            "session and state windows are formed per key before the join: join a table in \
+             a rule with a tumbling, hopping, sliding or count window, or in a rule without \
+             one"
+            .into(),
         ));
     }
     if let Some(filter) = window_filter {
@@ -376,7 +376,7 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
     // Rows are filtered (and keyed) before they enter windows, as eKuiper does: the
     // WHERE decides which rows count for sessions, count windows and sliding triggers.
     if select.selection.is_none() && !spec.per_key() {
-        return Ok((stream, window, None, 0, vec![]));
+        return Ok((stream, window, None, 0, tables));
     }
     let selection = select.selection.take();
     let mut pre = query.clone();
@@ -400,10 +400,17 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
         pre_select.group_by = GroupByExpr::Expressions(vec![], vec![]);
         pre_select.having = None;
     }
+    // WHERE runs on the stream's rows as they arrive; the table is joined to the rows of
+    // the windows.
+    if let SetExpr::Select(pre_select) = pre.body.as_mut()
+        && let Some(from) = pre_select.from.first_mut()
+    {
+        from.joins.clear();
+    }
     pre.order_by = None;
     pre.limit_clause = None;
     let n_keys = if spec.per_key() { keys.len() } else { 0 };
-    Ok((stream, window, Some(Box::new(pre)), n_keys, vec![]))
+    Ok((stream, window, Some(Box::new(pre)), n_keys, tables))
 }
 
 /// Rewrites `stream [LEFT] JOIN table` as `table [RIGHT] JOIN stream`: the same rows, but
