@@ -108,14 +108,13 @@ pub struct AnalyticCall {
 }
 
 impl AnalyticCall {
-    /// How many of `args` are values (the rest are defaults or conditions).
-    fn values(&self, stream_cols: usize) -> usize {
-        let named = match self.func {
-            AnalyticFn::Lag { .. } | AnalyticFn::Latest | AnalyticFn::Acc { .. } => 1,
-            AnalyticFn::ChangedCol { .. } | AnalyticFn::Deadband { .. } => 1,
+    /// How many of `args` are values (the rest are defaults or conditions); with `*`,
+    /// the stream's columns are values besides.
+    fn values(&self) -> usize {
+        match self.func {
             AnalyticFn::HadChanged { .. } => self.args.len(),
-        };
-        named + if self.all_columns { stream_cols } else { 0 }
+            _ => 1,
+        }
     }
 }
 
@@ -175,7 +174,6 @@ fn plan_error(msg: String) -> DataFusionError {
 impl AnalyticStage {
     /// Plans the argument projections of `calls` over `stream`.
     pub async fn compile(stream: &StreamDef, calls: &[AnalyticCall]) -> Result<Self> {
-        let stream_cols = stream.schema.fields().len();
         let mut fields: Vec<Field> = stream
             .schema
             .fields()
@@ -192,7 +190,7 @@ impl AnalyticStage {
             let mut layout = Vec::new();
             for (i, call) in calls.iter().enumerate().filter(|(_, c)| c.level == level) {
                 let start = items.len();
-                let mut values: Vec<String> = call.args[..call.values(0)]
+                let mut values: Vec<String> = call.args[..call.values()]
                     .iter()
                     .map(|e| e.to_string())
                     .collect();
@@ -205,7 +203,7 @@ impl AnalyticStage {
                             .map(|f| Ident::with_quote('"', f.name()).to_string()),
                     );
                 }
-                let extra: Vec<String> = call.args[call.values(0)..]
+                let extra: Vec<String> = call.args[call.values()..]
                     .iter()
                     .map(|e| e.to_string())
                     .collect();
@@ -301,7 +299,6 @@ impl AnalyticStage {
                 }
             )
         });
-        let _ = stream_cols;
         Ok(Self {
             levels,
             calls,
