@@ -7,7 +7,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::{Cursor, types};
-use crate::error::SqlError;
+use crate::error::{Pos, SqlError};
 use crate::stream::{EventTime, PayloadFormat, Source, StreamDef, TimeEncoding};
 
 /// The source types `TYPE` names.
@@ -27,13 +27,13 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
     let mut ts_format = None;
     let mut lateness = Duration::ZERO;
     let mut idle_timeout = None;
-    c.expect_keyword("WITH")?;
-    c.expect_token(&Token::LParen, "`(` and the stream's options")?;
-    loop {
-        let key_pos = c.pos();
-        let (key, _) = c.ident("an option name")?;
-        c.expect_token(&Token::Eq, "`=`")?;
-        let (value, value_pos) = c.string_value(&format!("the value of {key}"))?;
+    options(c, "stream", |c, o| {
+        let Opt {
+            key,
+            key_pos,
+            value,
+            value_pos,
+        } = o;
         match key.to_ascii_uppercase().as_str() {
             "DATASOURCE" | "TOPIC" => datasource = Some((value, value_pos)),
             "TYPE" => {
@@ -92,20 +92,13 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
                     key_pos,
                     format!(
                         "unknown stream option `{key}` (known: DATASOURCE, TYPE, FORMAT, \
-                         TIMESTAMP, TIMESTAMP_FORMAT, LATENESS, IDLE_TIMEOUT)"
+                             TIMESTAMP, TIMESTAMP_FORMAT, LATENESS, IDLE_TIMEOUT)"
                     ),
                 ));
             }
         }
-        if c.eat_token(&Token::Comma) {
-            continue;
-        }
-        c.expect_token(&Token::RParen, "`,` or `)`")?;
-        break;
-    }
-    if !c.at_end() {
-        return Err(c.error_here("expected `;` after the stream declaration"));
-    }
+        Ok(())
+    })?;
     let (datasource, source_pos) = datasource.ok_or_else(|| {
         let want = match source_type.0 {
             SourceType::Mqtt => "DATASOURCE = 'topic/filter'",
@@ -231,6 +224,49 @@ fn modbus_group(datasource: &str) -> Result<Source, String> {
 }
 
 /// Checks an MQTT topic filter: non-empty, `#` only as the last level, `+` alone in a level.
+/// One option of a `WITH (...)` list, with where its name and value stand.
+pub(super) struct Opt {
+    pub key: String,
+    pub key_pos: Pos,
+    pub value: String,
+    pub value_pos: Pos,
+}
+
+/// `WITH (KEY = 'value', ...)` ending the declaration of a `what` (stream, table):
+/// hands each option to `each` as it is read, then checks that the statement ends.
+pub(super) fn options(
+    c: &mut Cursor,
+    what: &str,
+    mut each: impl FnMut(&mut Cursor, Opt) -> Result<(), SqlError>,
+) -> Result<(), SqlError> {
+    c.expect_keyword("WITH")?;
+    c.expect_token(&Token::LParen, &format!("`(` and the {what}'s options"))?;
+    loop {
+        let key_pos = c.pos();
+        let (key, _) = c.ident("an option name")?;
+        c.expect_token(&Token::Eq, "`=`")?;
+        let (value, value_pos) = c.string_value(&format!("the value of {key}"))?;
+        each(
+            c,
+            Opt {
+                key,
+                key_pos,
+                value,
+                value_pos,
+            },
+        )?;
+        if c.eat_token(&Token::Comma) {
+            continue;
+        }
+        c.expect_token(&Token::RParen, "`,` or `)`")?;
+        break;
+    }
+    if !c.at_end() {
+        return Err(c.error_here(format!("expected `;` after the {what} declaration")));
+    }
+    Ok(())
+}
+
 /// `(col TYPE, ...)`: the columns of a stream or table.
 pub(super) fn columns(c: &mut Cursor, of: &str) -> Result<Vec<Field>, SqlError> {
     c.expect_token(&Token::LParen, &format!("`(` and the {of}'s columns"))?;

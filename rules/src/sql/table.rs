@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::Schema;
-use datafusion::sql::sqlparser::tokenizer::Token;
 
-use super::{Cursor, stream};
+use super::Cursor;
+use super::stream::{self, Opt, options};
 use crate::error::SqlError;
 use crate::table::{TableDef, TableFormat, load};
 
@@ -15,13 +15,13 @@ pub(super) fn parse(c: &mut Cursor) -> Result<TableDef, SqlError> {
     let schema = Arc::new(Schema::new(fields));
     let mut path = None;
     let mut format = None;
-    c.expect_keyword("WITH")?;
-    c.expect_token(&Token::LParen, "`(` and the table's options")?;
-    loop {
-        let key_pos = c.pos();
-        let (key, _) = c.ident("an option name")?;
-        c.expect_token(&Token::Eq, "`=`")?;
-        let (value, value_pos) = c.string_value(&format!("the value of {key}"))?;
+    options(c, "table", |c, o| {
+        let Opt {
+            key,
+            key_pos,
+            value,
+            value_pos,
+        } = o;
         match key.to_ascii_uppercase().as_str() {
             "PATH" | "DATASOURCE" => path = Some((value, value_pos)),
             "FORMAT" => {
@@ -44,15 +44,8 @@ pub(super) fn parse(c: &mut Cursor) -> Result<TableDef, SqlError> {
                 ));
             }
         }
-        if c.eat_token(&Token::Comma) {
-            continue;
-        }
-        c.expect_token(&Token::RParen, "`,` or `)`")?;
-        break;
-    }
-    if !c.at_end() {
-        return Err(c.error_here("expected `;` after the table declaration"));
-    }
+        Ok(())
+    })?;
     let (value, value_pos) =
         path.ok_or_else(|| c.error_at(pos, format!("table `{name}` needs PATH = 'file.csv'")))?;
     // Relative to the rule file's directory.
