@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaBuilder, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use futures::FutureExt;
@@ -214,6 +214,14 @@ pub struct Rule {
     stopped: Option<String>,
     /// While set, the rule is offered no rows and closes no windows; its state waits.
     pub paused: Arc<AtomicBool>,
+}
+
+/// The stream's declared columns and a text column saying why a row was set aside: the
+/// rows sent to a `LATE INTO` or `ERRORS INTO` sink.
+fn with_reason(stream: &Schema, column: &str) -> SchemaRef {
+    let mut fields = SchemaBuilder::from(stream.fields());
+    fields.push(Field::new(column, DataType::Utf8, false));
+    Arc::new(fields.finish())
 }
 
 /// Where the rows a rule fails on go: counted always, and sent to the rule's
@@ -434,12 +442,6 @@ impl Rule {
                     }
                     _ => None,
                 };
-                let mut late_fields: Vec<Field> = original
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                late_fields.push(Field::new(LATE_REASON, DataType::Utf8, false));
                 Some(Windowed {
                     state: Windows::Buffered(WindowState::new(spec, tagged)),
                     prefilter,
@@ -449,7 +451,7 @@ impl Rule {
                     event_time: stream.event_time.clone(),
                     keys,
                     late_sinks: def.late_sink.clone().map(|s| Arc::from(vec![s])),
-                    late_schema: Arc::new(Schema::new(late_fields)),
+                    late_schema: with_reason(&original, LATE_REASON),
                 })
             }
         };
@@ -477,15 +479,9 @@ impl Rule {
                 def.name
             )));
         }
-        let mut error_fields: Vec<Field> = original
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        error_fields.push(Field::new(ERROR_COLUMN, DataType::Utf8, false));
         let failures = FailedRows {
             sinks: def.error_sink.clone().map(|s| Arc::from(vec![s])),
-            schema: Arc::new(Schema::new(error_fields)),
+            schema: with_reason(&original, ERROR_COLUMN),
             cols: original.fields().len(),
         };
         Ok(Rule {
