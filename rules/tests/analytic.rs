@@ -2,6 +2,8 @@
 //! state carries from one micro-batch to the next, per partition key, as if the rule saw
 //! one row at a time.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,12 +22,7 @@ const STREAM: &str = "CREATE STREAM t (device STRING, ts BIGINT, temp DOUBLE, st
 type Row = (&'static str, i64, Option<f64>, Option<i64>);
 
 async fn pipeline(rules: &str) -> StreamPipeline {
-    let text = format!("{STREAM}{rules}");
-    let (set, errors) = RuleSet::parse(Path::new("test.sql"), &text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let (mut pipelines, errors) = set.build(|s| s == "out").await;
-    assert!(errors.is_empty(), "{errors:?}");
-    pipelines.remove(0)
+    common::only_pipeline("test.sql", &format!("{STREAM}{rules}")).await
 }
 
 async fn errors_of(rules: &str) -> Vec<String> {

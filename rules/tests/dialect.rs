@@ -18,11 +18,7 @@ CREATE STREAM demo (deviceId STRING, ID BIGINT, color STRING, children ARRAY(BIG
   info STRUCT(site STRING, level BIGINT)) WITH (DATASOURCE=\"demo\", FORMAT=\"JSON\");\n";
 
 async fn pipeline(text: &str) -> StreamPipeline {
-    let (set, errors) = RuleSet::parse(Path::new("ek.sql"), text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let (mut pipelines, errors) = set.build(|s| s == "out").await;
-    assert!(errors.is_empty(), "{errors:?}");
-    pipelines.remove(0)
+    common::only_pipeline("ek.sql", text).await
 }
 
 async fn errors_of(text: &str) -> Vec<String> {

@@ -20,12 +20,7 @@ const STREAM: &str = "CREATE STREAM t (device STRING, ts BIGINT, temp DOUBLE)
   WITH (DATASOURCE = 'sensors/+/t', FORMAT = 'json', TIMESTAMP = 'ts', LATENESS = '3s');\n";
 
 async fn pipeline(rules: &str) -> StreamPipeline {
-    let text = format!("{STREAM}{rules}");
-    let (set, errors) = RuleSet::parse(Path::new("test.sql"), &text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let (mut pipelines, errors) = set.build(|s| s == "out").await;
-    assert!(errors.is_empty(), "{errors:?}");
-    pipelines.remove(0)
+    common::only_pipeline("test.sql", &format!("{STREAM}{rules}")).await
 }
 
 /// Result rows as (device, window_start, count, avg, max).

@@ -6,8 +6,20 @@ use std::sync::Arc;
 
 use fieldgate_rules::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use fieldgate_rules::arrow::json::ArrayWriter;
-use fieldgate_rules::{RuleOutput, StreamPipeline};
+use std::path::Path;
+
+use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline};
 use serde_json::Value;
+
+/// The pipeline of the one stream `text` declares (in a file named `file`), with every
+/// rule planned; its sinks are all called `out`.
+pub async fn only_pipeline(file: &str, text: &str) -> StreamPipeline {
+    let (set, errors) = RuleSet::parse(Path::new(file), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (mut pipelines, errors) = set.build(|s| s == "out").await;
+    assert!(errors.is_empty(), "{errors:?}");
+    pipelines.remove(0)
+}
 
 /// A batch of a `(STRING, BIGINT, DOUBLE)` stream, such as `(device, ts, temp)`.
 pub fn batch(p: &StreamPipeline, rows: &[(&str, i64, f64)]) -> RecordBatch {
