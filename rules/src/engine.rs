@@ -148,10 +148,10 @@ fn explain_unknown_function(msg: &str) -> Option<String> {
     let (_, rest) = msg.split_once("Invalid function '")?;
     let name = rest.split('\'').next()?.to_ascii_lowercase();
     const ANALYTIC: [&str; 4] = [
-        "deduplicate",
-        "merge_agg",
         "last_agg_hit_count",
         "last_agg_hit_time",
+        "last_hit_count",
+        "last_hit_time",
     ];
     if crate::sql::WINDOW_FUNCTIONS
         .iter()
@@ -336,7 +336,13 @@ impl Rule {
         stream: &StreamDef,
         tables: &[&TableDef],
     ) -> Result<Rule, SqlError> {
-        crate::sql::collect_calls(&mut def.query, &stream.schema);
+        crate::sql::row_aggregates(&mut def.query, &stream.schema).map_err(|m| {
+            SqlError::new(
+                &def.file,
+                def.query_pos,
+                format!("rule `{}`: {m}", def.name),
+            )
+        })?;
         if def.dialect == crate::sql::Dialect::Ekuiper {
             // eKuiper matches column names whatever their case.
             crate::sql::match_columns(&mut def.query, &stream.schema);

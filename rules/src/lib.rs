@@ -24,6 +24,7 @@ mod analytic;
 mod counters;
 mod engine;
 mod error;
+mod functions;
 mod plan;
 mod reload;
 mod row_errors;

@@ -82,6 +82,7 @@ impl CompiledQuery {
             )
             .set_bool("datafusion.execution.collect_statistics", false);
         let ctx = SessionContext::new_with_config(config);
+        crate::functions::register(&ctx);
         let slot: Slot = Arc::default();
         ctx.register_table(
             table,

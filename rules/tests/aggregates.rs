@@ -248,6 +248,45 @@ async fn filter_having_case_and_statistics_per_key_match_the_reference() {
     }
 }
 
+/// eKuiper's `deduplicate` and `merge_agg` fold rows into pane state and merge panes
+/// like the other aggregates; counted here without regard to order.
+#[tokio::test]
+async fn deduplicate_and_merge_agg_per_key_match_the_reference() {
+    let rule = "SELECT device, window_start,
+                  cardinality(deduplicate(v, true)) AS kinds,
+                  merge_agg(named_struct('neg', CASE WHEN v < 0 THEN 1 END,
+                                         'hot', CASE WHEN v >= 90 THEN 1 END))['neg'] AS neg,
+                  merge_agg(named_struct('neg', CASE WHEN v < 0 THEN 1 END,
+                                         'hot', CASE WHEN v >= 90 THEN 1 END))['hot'] AS hot
+                FROM t
+                GROUP BY device, HOPPINGWINDOW(ms, 1500, 500)";
+    for seed in 20..23 {
+        let batches = events(seed);
+        let mut p = pipeline(rule).await;
+        let got = run(&mut p, &batches).await;
+        let mut want = Vec::new();
+        for (start, rows) in reference_windows(&batches, 1_500, 500) {
+            let mut by_dev: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+            for e in &rows {
+                by_dev.entry(&e.0).or_default().push(e.2);
+            }
+            for (dev, vs) in by_dev {
+                let kinds: BTreeSet<i64> = vs.iter().copied().collect();
+                let flag = |yes: bool| if yes { "1" } else { "null" }.to_string();
+                want.push(row(&[
+                    ("device", dev.to_string()),
+                    ("window_start", start.to_string()),
+                    ("kinds", kinds.len().to_string()),
+                    ("neg", flag(vs.iter().any(|v| *v < 0))),
+                    ("hot", flag(vs.iter().any(|v| *v >= 90))),
+                ]));
+            }
+        }
+        assert!(want.len() > 50, "too few windows to mean much");
+        assert_rows(&format!("seed {seed}"), got, want);
+    }
+}
+
 #[tokio::test]
 async fn a_window_without_keys_aggregates_every_row() {
     let rule = "SELECT window_start, window_end, count(*) AS n, sum(v) AS s,

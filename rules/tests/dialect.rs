@@ -39,8 +39,13 @@ fn input() -> Vec<Value> {
 
 /// Runs `rule` (after the eKuiper stream) over [`input`] and returns its rows as JSON.
 async fn rows(stream: &str, rule: &str) -> Vec<Value> {
-    let mut p = pipeline(&format!("{stream}{rule}")).await;
-    let text: String = input().iter().map(|v| format!("{v}\n")).collect();
+    rows_of(&format!("{stream}{rule}"), &input()).await
+}
+
+/// Runs a rule file over payloads, as one batch, and returns the rows as JSON.
+async fn rows_of(text: &str, payloads: &[Value]) -> Vec<Value> {
+    let mut p = pipeline(text).await;
+    let text: String = payloads.iter().map(|v| format!("{v}\n")).collect();
     let mut reader = ReaderBuilder::new(p.stream.schema.clone())
         .build(Cursor::new(text))
         .unwrap();
@@ -111,6 +116,131 @@ async fn string_and_array_functions_follow_ekuiper() {
         [
             json!({"s": "ed", "rest": "ed", "p": 2, "missing": -1, "removed": [10, 30],
                 "l": "  red", "r": "red "})
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unnamed_items_are_named_as_ekuiper_names_them() {
+    let got = rows(
+        EKUIPER_STREAM,
+        "CREATE RULE r INTO out AS SELECT deviceId, demo.color, info->site, children[0], \
+         abs(ID), ID + 1, children[1], children[1:] FROM demo WHERE deviceId = \"a\";",
+    )
+    .await;
+    // A field is named by its last name, an index or slice by what it indexes, a call by
+    // its function; the rest (and a repeated name) are numbered.
+    assert_eq!(
+        got,
+        [
+            json!({"deviceId": "a", "color": "red", "site": "north", "children": 10,
+                "abs": 1, "kuiper_field_0": 2, "kuiper_field_1": 20,
+                "kuiper_field_2": [20, 30, 20]})
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_alias_stands_for_its_expression_in_the_other_items() {
+    let got = rows(
+        EKUIPER_STREAM,
+        "CREATE RULE r INTO out AS SELECT ID + 1 AS sum1, sum1 + 1 AS sum2, \
+         sum2 * 10 AS sum3 FROM demo WHERE deviceId = \"a\";",
+    )
+    .await;
+    assert_eq!(got, [json!({"sum1": 2, "sum2": 3, "sum3": 30})]);
+    // In its own item a name is the column; in the others, the alias.
+    let got = rows(
+        EKUIPER_STREAM,
+        "CREATE RULE r INTO out AS SELECT ID + 1 AS ID, ID + 2 AS sum2 FROM demo \
+         WHERE deviceId = \"a\";",
+    )
+    .await;
+    assert_eq!(got, [json!({"ID": 2, "sum2": 4})]);
+    // An aggregate's alias is not put inside another aggregate.
+    let got = rows(
+        EKUIPER_STREAM,
+        "CREATE RULE r INTO out AS SELECT max(ID) AS ID, min(ID) AS low, ID * 10 AS top \
+         FROM demo GROUP BY COUNTWINDOW(2);",
+    )
+    .await;
+    assert_eq!(got, [json!({"ID": 2, "low": 1, "top": 20})]);
+}
+
+const PEOPLE: &str = "SET DIALECT = ekuiper;\n\
+CREATE STREAM demo (name STRUCT(first STRING, last STRING),\n\
+  friends ARRAY(STRUCT(first STRING, age BIGINT))) WITH (DATASOURCE=\"people\");\n";
+
+#[tokio::test]
+async fn a_field_of_a_slice_is_taken_from_every_element() {
+    let payload = json!({"name": {"first": "Tom", "last": "Anderson"},
+        "friends": [{"first": "Dale", "age": 44}, null, {"first": "Jane", "age": 47}]});
+    let got = rows_of(
+        &format!(
+            "{PEOPLE}CREATE RULE r INTO out AS SELECT friends[*]->first, \
+             friends[:1]->age AS ages, friends[1:]->first[-1] AS last_first, \
+             demo.name.first AS fname FROM demo;"
+        ),
+        &[payload],
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            json!({"first": ["Dale", null, "Jane"], "ages": [44], "last_first": "Jane",
+                "fname": "Tom"})
+        ]
+    );
+    let errs = errors_of(&format!(
+        "{PEOPLE}CREATE RULE r INTO out AS SELECT friends[*]->nick FROM demo;"
+    ))
+    .await;
+    assert!(
+        errs.len() == 1 && errs[0].contains("no field `nick`; they have first, age"),
+        "{errs:?}"
+    );
+}
+
+#[tokio::test]
+async fn statistics_are_the_population_ones() {
+    let got = rows(
+        EKUIPER_STREAM,
+        "CREATE RULE r INTO out AS SELECT stddev(ID) AS sd, stddevs(ID) AS sds, var(ID) AS v, \
+         vars(ID) AS vs, percentile(ID, 0.5) AS p FROM demo GROUP BY COUNTWINDOW(2);",
+    )
+    .await;
+    // IDs 1 and 2: population variance 0.25, sample variance 0.5.
+    assert_eq!(
+        got,
+        [json!({"sd": 0.5, "sds": 0.5f64.sqrt(), "v": 0.25, "vs": 0.5, "p": 1.5})]
+    );
+}
+
+#[tokio::test]
+async fn whole_row_aggregates_keep_arrival_order() {
+    let payloads: Vec<Value> = [(1, "red"), (2, "blue"), (1, "green"), (3, "red")]
+        .iter()
+        .map(|(id, color)| json!({"ID": id, "color": color, "info": {"site": color}}))
+        .collect();
+    let got = rows_of(
+        &format!(
+            "{EKUIPER_STREAM}CREATE RULE r INTO out AS SELECT \
+             deduplicate(ID, true)[*]->color AS firsts, deduplicate(ID, false)->color AS latest, \
+             merge_agg(info)->site AS site, collect(color) AS colors \
+             FROM demo GROUP BY COUNTWINDOW(3, 1);"
+        ),
+        &payloads,
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            // Rows 1-3: the third row's ID 1 was seen first.
+            // (A null field is left out, as in eKuiper.)
+            json!({"firsts": ["red", "blue"], "site": "green",
+                   "colors": ["red", "blue", "green"]}),
+            json!({"firsts": ["blue", "green", "red"], "latest": "red", "site": "red",
+                   "colors": ["blue", "green", "red"]}),
         ]
     );
 }

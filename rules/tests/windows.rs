@@ -367,7 +367,11 @@ async fn count_windows_match_the_reference() {
         let all: Vec<&Event> = b.iter().flatten().collect();
         for (size, slide) in [(50usize, 50usize), (40, 15), (7, 3)] {
             let mut rows = Vec::new();
-            let mut end = size;
+            // A window ends at every slide-th row that has `size` rows up to it.
+            let mut end = slide;
+            while end < size {
+                end += slide;
+            }
             while end <= all.len() {
                 let members = &all[end - size..end];
                 let lo = members.iter().map(|e| e.1).min().unwrap();

@@ -18,14 +18,15 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
     AccessExpr, BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, Spanned, Subscript, Value,
-    ValueWithSpan, VisitMut, visit_expressions_mut,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, SelectItem, SetExpr,
+    Spanned, Subscript, Value, ValueWithSpan, VisitMut, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan};
 
 use super::int_literal;
 use super::rule::Located;
 use crate::error::Pos;
+use crate::functions::{DEDUP_ALL, DEDUP_LAST, LIST_FIELD};
 
 /// The SQL a rule file is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,9 +156,25 @@ fn plain_args(f: &Function) -> Option<Vec<Expr>> {
         .collect()
 }
 
+/// eKuiper's functions that are DataFusion's under another name, with the same
+/// arguments.
+const RENAMED: &[(&str, &str)] = &[
+    // The population statistics: SQL's plain names are the sample ones.
+    ("stddev", "stddev_pop"),
+    ("stddevs", "stddev_samp"),
+    ("var", "var_pop"),
+    ("vars", "var_samp"),
+    ("percentile", "percentile_cont"),
+];
+
 /// eKuiper's function of this name and arguments, in DataFusion's terms; `None` for a
 /// function that means the same in both.
-fn function(f: &Function) -> Option<Expr> {
+fn function(f: &mut Function) -> Option<Expr> {
+    let written = f.name.to_string().to_ascii_lowercase();
+    if let Some((_, to)) = RENAMED.iter().find(|(from, _)| *from == written) {
+        f.name = ObjectName::from(vec![Ident::new(*to)]);
+        return None;
+    }
     if f.over.is_some() {
         return None;
     }
@@ -183,6 +200,8 @@ fn function(f: &Function) -> Option<Expr> {
             "concat",
             vec![s.clone(), call("repeat", vec![string(" "), n.clone()])],
         ),
+        // The window's bounds are columns.
+        ("window_start" | "window_end", []) => Expr::Identifier(Ident::new(name.as_str())),
         _ => return None,
     })
 }
@@ -195,7 +214,8 @@ fn string(s: &str) -> Expr {
 }
 
 /// Rewrites `a->b` into `a['b']` at the token level, where `->` would otherwise bind
-/// more loosely than a comparison (`info->level > 1`).
+/// more loosely than a comparison (`info->level > 1`), and `a[*]` into the whole slice
+/// `a[:]`.
 pub(super) fn field_arrows(
     tokens: Vec<TokenWithSpan>,
 ) -> Result<Vec<TokenWithSpan>, (Pos, String)> {
@@ -229,9 +249,18 @@ pub(super) fn field_arrows(
         }
         if t.token == Token::Arrow {
             pending = Some(t);
-        } else {
-            out.push(t);
+            continue;
         }
+        // `list[*]`: every element, as the slice `list[:]`.
+        let n = out.len();
+        if t.token == Token::RBracket
+            && n >= 2
+            && out[n - 1].token == Token::Mul
+            && out[n - 2].token == Token::LBracket
+        {
+            out[n - 1].token = Token::Colon;
+        }
+        out.push(t);
     }
     if let Some(arrow) = pending {
         return Err((
@@ -245,8 +274,332 @@ pub(super) fn field_arrows(
     Ok(out)
 }
 
+/// Cuts an access chain after its first slice when field names follow it: those apply
+/// to every element of the slice (`friends[:2]->first` is a list of first names).
+/// Returns the cut-off accesses.
+fn list_projection(chain: &mut Vec<AccessExpr>) -> Option<Vec<AccessExpr>> {
+    let slice = chain
+        .iter()
+        .position(|a| matches!(a, AccessExpr::Subscript(Subscript::Slice { .. })))?;
+    let names_follow = chain[slice + 1..].iter().any(|a| field_of(a).is_some());
+    names_follow.then(|| chain.split_off(slice + 1))
+}
+
+/// The field an access names: `.name`, `['name']` (what `->name` becomes).
+fn field_of(a: &AccessExpr) -> Option<&str> {
+    match a {
+        AccessExpr::Dot(Expr::Identifier(i)) => Some(&i.value),
+        AccessExpr::Subscript(Subscript::Index {
+            index: Expr::Value(v),
+        }) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Applies the accesses that follow a slice: each field name to every element, an index
+/// to the list of them.
+fn project_fields(mut list: Expr, rest: Vec<AccessExpr>) -> Expr {
+    for a in rest {
+        list = match field_of(&a) {
+            Some(name) => call(LIST_FIELD, vec![list, string(name)]),
+            None => {
+                let a = match a {
+                    AccessExpr::Subscript(Subscript::Index { index: i }) => {
+                        AccessExpr::Subscript(Subscript::Index { index: index(i) })
+                    }
+                    other => other,
+                };
+                Expr::CompoundFieldAccess {
+                    root: Box::new(list),
+                    access_chain: vec![a],
+                }
+            }
+        };
+    }
+    list
+}
+
+/// The name eKuiper gives an unnamed SELECT item: a column's or field's name (the last
+/// one named; an index or slice keeps it), a function's name, else `kuiper_field_N`
+/// (`None` for a plain column, which has its name already).
+fn item_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(_) => None,
+        Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()),
+        Expr::CompoundFieldAccess { root, access_chain } => {
+            let mut name = match root.as_ref() {
+                Expr::Identifier(i) => Some(i.value.clone()),
+                Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()),
+                _ => None,
+            };
+            for a in access_chain {
+                if let Some(f) = field_of(a) {
+                    name = Some(f.to_string());
+                }
+            }
+            name
+        }
+        Expr::Function(f) => Some(f.name.to_string().to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+/// `changed_cols(...)` names the columns it expands into.
+fn names_itself(e: &Expr) -> bool {
+    matches!(e, Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("changed_cols"))
+}
+
+/// An alias is a result's name as written: `AS Temp` gives `Temp`, not `temp`.
+/// HAVING and ORDER BY name an alias in any case.
+fn keep_alias_case(query: &mut Query) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let mut aliases = Vec::new();
+    for item in &mut select.projection {
+        if let SelectItem::ExprWithAlias { alias, .. } = item {
+            alias.quote_style = Some('"');
+            aliases.push(alias.value.clone());
+        }
+    }
+    let spell = |e: &mut Expr| {
+        if let Expr::Identifier(id) = e
+            && id.quote_style.is_none()
+            && let Some(a) = aliases.iter().find(|a| a.eq_ignore_ascii_case(&id.value))
+        {
+            *id = Ident::with_quote('"', a.clone());
+        }
+        ControlFlow::<()>::Continue(())
+    };
+    if let Some(having) = select.having.as_mut() {
+        let _ = visit_expressions_mut(having, spell);
+    }
+    if let Some(order) = query.order_by.as_mut() {
+        let _ = visit_expressions_mut(order, spell);
+    }
+}
+
+/// Names the unnamed SELECT items as eKuiper does ([`item_name`]).
+fn name_items(query: &mut Query) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let mut taken: Vec<String> = select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+            SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(i.value.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut unnamed = 0;
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(e) = item else {
+            continue;
+        };
+        if names_itself(e) {
+            continue;
+        }
+        let name = match item_name(e) {
+            // Two items of one name (`tags[0], tags[1]`): the second is numbered.
+            Some(name) if !taken.contains(&name) => name,
+            None if matches!(e, Expr::Identifier(_)) => continue,
+            _ => {
+                unnamed += 1;
+                format!("kuiper_field_{}", unnamed - 1)
+            }
+        };
+        taken.push(name.clone());
+        *item = SelectItem::ExprWithAlias {
+            expr: e.clone(),
+            alias: Ident::with_quote('"', name),
+        };
+    }
+}
+
+/// Aggregate functions, which may not nest: an alias of an aggregate is not replaced
+/// inside another.
+const AGGREGATES: &[&str] = &[
+    "avg",
+    "count",
+    "max",
+    "min",
+    "sum",
+    "collect",
+    "array_agg",
+    "median",
+    "stddev",
+    "stddevs",
+    "var",
+    "vars",
+    "stddev_pop",
+    "stddev_samp",
+    "var_pop",
+    "var_samp",
+    "percentile",
+    "percentile_cont",
+    "percentile_disc",
+    "last_value",
+    "first_value",
+    "merge_agg",
+    "deduplicate",
+    "bool_and",
+    "bool_or",
+    "string_agg",
+];
+
+fn is_aggregate(f: &Function) -> bool {
+    AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str())
+}
+
+fn has_aggregate(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions(e, |x| {
+        if let Expr::Function(f) = x
+            && is_aggregate(f)
+        {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// An alias may be used in the other SELECT items, where it stands for its expression
+/// (before a column of the same name): `a + 1 AS sum1, sum1 + 1 AS sum2`.
+fn inline_aliases(query: &mut Query) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let aliased: Vec<Option<(String, Expr)>> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::ExprWithAlias { expr, alias } => Some((alias.value.clone(), expr.clone())),
+            _ => None,
+        })
+        .collect();
+    if aliased.iter().flatten().count() < 2 {
+        return;
+    }
+    for (i, item) in select.projection.iter_mut().enumerate() {
+        // A bare alias keeps its name: `a + 1 AS x, x` gives `x` twice.
+        if let SelectItem::UnnamedExpr(Expr::Identifier(id)) = item
+            && aliased.iter().flatten().any(|(name, _)| *name == id.value)
+        {
+            let alias = Ident::with_quote('"', id.value.clone());
+            *item = SelectItem::ExprWithAlias {
+                expr: Expr::Identifier(id.clone()),
+                alias,
+            };
+        }
+        let expr = match item {
+            SelectItem::ExprWithAlias { expr, .. } | SelectItem::UnnamedExpr(expr) => expr,
+            _ => continue,
+        };
+        *expr = substitute(expr.clone(), &aliased, &mut vec![i], false);
+    }
+}
+
+/// `e` with each alias of another item (not one on `stack`, which would be a cycle)
+/// replaced by that item's expression.
+fn substitute(
+    mut e: Expr,
+    aliased: &[Option<(String, Expr)>],
+    stack: &mut Vec<usize>,
+    in_aggregate: bool,
+) -> Expr {
+    match &mut e {
+        Expr::Identifier(id) if id.quote_style.is_none() => {
+            let found = aliased.iter().enumerate().find(|(j, a)| {
+                !stack.contains(j) && a.as_ref().is_some_and(|(name, _)| *name == id.value)
+            });
+            if let Some((j, Some((_, expr)))) = found
+                && !(in_aggregate && has_aggregate(expr))
+            {
+                stack.push(j);
+                let inner = substitute(expr.clone(), aliased, stack, in_aggregate);
+                stack.pop();
+                return Expr::Nested(Box::new(inner));
+            }
+            e
+        }
+        Expr::Function(f) => {
+            let inside = in_aggregate || is_aggregate(f);
+            if let FunctionArguments::List(list) = &mut f.args {
+                for a in &mut list.args {
+                    if let FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) = a {
+                        *x = substitute(x.clone(), aliased, stack, inside);
+                    }
+                }
+            }
+            e
+        }
+        _ => {
+            let mut sub = |x: &mut Expr| *x = substitute(x.clone(), aliased, stack, in_aggregate);
+            match &mut e {
+                Expr::BinaryOp { left, right, .. } => {
+                    sub(left);
+                    sub(right);
+                }
+                Expr::UnaryOp { expr, .. }
+                | Expr::Nested(expr)
+                | Expr::Cast { expr, .. }
+                | Expr::IsNull(expr)
+                | Expr::IsNotNull(expr)
+                | Expr::IsTrue(expr)
+                | Expr::IsFalse(expr) => sub(expr),
+                Expr::CompoundFieldAccess { root, .. } => sub(root),
+                Expr::Between {
+                    expr, low, high, ..
+                } => {
+                    sub(expr);
+                    sub(low);
+                    sub(high);
+                }
+                Expr::InList { expr, list, .. } => {
+                    sub(expr);
+                    list.iter_mut().for_each(sub);
+                }
+                Expr::Like { expr, pattern, .. } | Expr::ILike { expr, pattern, .. } => {
+                    sub(expr);
+                    sub(pattern);
+                }
+                Expr::Case {
+                    operand,
+                    conditions,
+                    else_result,
+                    ..
+                } => {
+                    if let Some(o) = operand {
+                        sub(o);
+                    }
+                    for c in conditions {
+                        sub(&mut c.condition);
+                        sub(&mut c.result);
+                    }
+                    if let Some(x) = else_result {
+                        sub(x);
+                    }
+                }
+                _ => {}
+            }
+            e
+        }
+    }
+}
+
 /// Rewrites a query written in eKuiper's dialect into the engine's terms.
 pub(super) fn translate(query: &mut Query) -> Result<(), Located> {
+    // The user's aliases first: the names given below are not for reuse.
+    inline_aliases(query);
+    name_items(query);
+    keep_alias_case(query);
     let flow = visit_expressions_mut(query, |e| {
         match e {
             Expr::Substring {
@@ -267,6 +620,7 @@ pub(super) fn translate(query: &mut Query) -> Result<(), Located> {
                 }
             }
             Expr::CompoundFieldAccess { access_chain, .. } => {
+                let projected = list_projection(access_chain);
                 for a in access_chain.iter_mut() {
                     let AccessExpr::Subscript(s) = a else {
                         continue;
@@ -287,6 +641,9 @@ pub(super) fn translate(query: &mut Query) -> Result<(), Located> {
                             stride,
                         },
                     };
+                }
+                if let Some(rest) = projected {
+                    *e = project_fields(e.clone(), rest);
                 }
             }
             Expr::Function(f) => {
@@ -409,6 +766,10 @@ pub(super) fn differences(query: &Query, tokens: &[TokenWithSpan]) -> Vec<(Pos, 
                     }
                     "array_remove" => "removes the first match here; every match in eKuiper",
                     "lpad" | "rpad" => "pads to a length here; adds that many spaces in eKuiper",
+                    "stddev" | "var" => {
+                        "is the sample statistic here; the population's in eKuiper \
+                         (stddev_pop, var_pop here)"
+                    }
                     _ => return ControlFlow::<()>::Continue(()),
                 };
                 note(e, format!("`{name}` {differs}"));
@@ -421,37 +782,83 @@ pub(super) fn differences(query: &Query, tokens: &[TokenWithSpan]) -> Vec<(Pos, 
     found
 }
 
-/// eKuiper's `collect(col)` and `collect(*)`, in either dialect (DataFusion has no
-/// function of that name): `array_agg(col)`, and for `*` an array of every row of the
-/// group as an object of the stream's columns.
-pub(crate) fn collect_calls(query: &mut Query, schema: &Schema) {
-    let _ = visit_expressions_mut(query, |e| {
+/// The stream's row as one object: `named_struct('a', a, 'b', b, ...)` of its columns.
+fn whole_row(schema: &Schema) -> Expr {
+    let fields = schema
+        .fields()
+        .iter()
+        .filter(|f| !f.name().starts_with("__fg_"))
+        .flat_map(|f| {
+            [
+                string(f.name()),
+                Expr::Identifier(Ident::with_quote('"', f.name())),
+            ]
+        })
+        .collect();
+    call("named_struct", fields)
+}
+
+/// eKuiper's aggregates of rows, in either dialect (DataFusion has none of these names):
+/// - `collect(col)` is `array_agg(col)`, and `collect(*)` an array of the group's rows
+///   as objects of the stream's columns;
+/// - `merge_agg(*)` merges the rows (as objects), `merge_agg(obj)` the objects;
+/// - `deduplicate(key, all)`: see [`crate::functions`].
+pub(crate) fn row_aggregates(query: &mut Query, schema: &Schema) -> Result<(), String> {
+    let flow = visit_expressions_mut(query, |e| {
         let Expr::Function(f) = e else {
-            return ControlFlow::<()>::Continue(());
-        };
-        if !f.name.to_string().eq_ignore_ascii_case("collect") {
             return ControlFlow::Continue(());
-        }
-        f.name = ObjectName::from(vec![Ident::new("array_agg")]);
-        if let FunctionArguments::List(list) = &mut f.args
-            && let [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] = list.args.as_slice()
-        {
-            let fields = schema
-                .fields()
-                .iter()
-                .filter(|f| !f.name().starts_with("__fg_"))
-                .flat_map(|f| {
+        };
+        let name = f.name.to_string().to_ascii_lowercase();
+        let FunctionArguments::List(list) = &mut f.args else {
+            return ControlFlow::Continue(());
+        };
+        let star = matches!(
+            list.args.as_slice(),
+            [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)]
+        );
+        match name.as_str() {
+            "collect" => {
+                f.name = ObjectName::from(vec![Ident::new("array_agg")]);
+                if star {
+                    list.args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(whole_row(
+                        schema,
+                    )))];
+                }
+            }
+            "merge_agg" if star => {
+                list.args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(whole_row(
+                    schema,
+                )))];
+            }
+            "deduplicate" => {
+                let all = match list.args.as_slice() {
                     [
-                        string(f.name()),
-                        Expr::Identifier(Ident::with_quote('"', f.name())),
-                    ]
-                })
-                .collect();
-            list.args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(call(
-                "named_struct",
-                fields,
-            )))];
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(_)),
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))),
+                    ] => match v.value {
+                        Value::Boolean(b) => Some(b),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let Some(all) = all else {
+                    return ControlFlow::Break(
+                        "deduplicate takes (key, true | false): the key column, and whether \
+                         to return every row with a new key (true) or the last row unless \
+                         its key was seen before (false)"
+                            .to_string(),
+                    );
+                };
+                f.name =
+                    ObjectName::from(vec![Ident::new(if all { DEDUP_ALL } else { DEDUP_LAST })]);
+                list.args[1] = FunctionArg::Unnamed(FunctionArgExpr::Expr(whole_row(schema)));
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
     });
+    match flow {
+        ControlFlow::Break(message) => Err(message),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }

@@ -25,7 +25,7 @@ use crate::table::TableDef;
 
 pub(crate) use cursor::Cursor;
 pub use ekuiper::Dialect;
-pub(crate) use ekuiper::{collect_calls, match_columns};
+pub(crate) use ekuiper::{match_columns, row_aggregates};
 pub(crate) use rule::WINDOW_FUNCTIONS;
 
 /// One parsed statement of a rule file.

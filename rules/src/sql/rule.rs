@@ -579,8 +579,12 @@ fn window_call(e: &Expr) -> Result<Option<WindowSpec>, Located> {
             }
         }
         "SLIDINGWINDOW" => {
-            let v = timed(1, "(unit, size), e.g. SLIDINGWINDOW(ss, 10)")?;
-            WindowSpec::Sliding { size_ms: v[0] }
+            let u = "(unit, size) or (unit, size, delay), e.g. SLIDINGWINDOW(ss, 10)";
+            let v = timed(args.len().clamp(2, 3) - 1, u)?;
+            WindowSpec::Sliding {
+                size_ms: v[0],
+                delay_ms: v.get(1).copied().unwrap_or(0),
+            }
         }
         "SESSIONWINDOW" => {
             let v = timed(

@@ -7,7 +7,9 @@ use datafusion::arrow::error::ArrowError;
 
 use super::{Input, tag};
 
-/// Every `slide` rows, once `size` rows have arrived, a window of the last `size` rows.
+/// At every `slide`-th row (rows `slide`, `2·slide`, ...) that has `size` rows up to
+/// it, a window of the last `size` rows, as eKuiper counts: `COUNTWINDOW(5, 2)` ends
+/// windows at rows 6, 8, 10, ...
 /// `window_start` and `window_end` are the smallest and largest time of its rows.
 pub(crate) struct CountWindows {
     size: u64,
@@ -32,11 +34,11 @@ impl CountWindows {
 
     /// The first row count `c > after` at which a window ends.
     fn next_end(&self, after: u64) -> u64 {
-        if after < self.size {
-            return self.size;
+        let first = self.size.div_ceil(self.slide) * self.slide;
+        if after < first {
+            return first;
         }
-        let k = (after - self.size) / self.slide + 1;
-        self.size + k * self.slide
+        (after / self.slide + 1) * self.slide
     }
 
     pub fn push(&mut self, input: Input<'_>) -> Result<Vec<RecordBatch>, ArrowError> {

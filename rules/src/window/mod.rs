@@ -40,9 +40,9 @@ pub enum WindowSpec {
     Tumbling { size_ms: i64 },
     /// Windows of `size` starting every `slide`: `[k·slide, k·slide + size)`.
     Hopping { size_ms: i64, slide_ms: i64 },
-    /// One window per distinct event time `t`, covering `(t − size, t]`, emitted when
-    /// the watermark reaches `t`.
-    Sliding { size_ms: i64 },
+    /// One window per distinct event time `t`, covering `(t − size, t + delay]`,
+    /// emitted when the watermark reaches `t + delay`.
+    Sliding { size_ms: i64, delay_ms: i64 },
     /// Per group key: rows closer than `gap` to each other form a session, which is
     /// also cut once it spans `max`.
     Session { max_ms: i64, gap_ms: i64 },
@@ -114,7 +114,9 @@ impl WindowState {
             WindowSpec::Hopping { size_ms, slide_ms } => {
                 Self::Panes(PaneWindows::new(size_ms, slide_ms, tagged))
             }
-            WindowSpec::Sliding { size_ms } => Self::Sliding(SlidingWindows::new(size_ms, tagged)),
+            WindowSpec::Sliding { size_ms, delay_ms } => {
+                Self::Sliding(SlidingWindows::new(size_ms, delay_ms, tagged))
+            }
             WindowSpec::Session { max_ms, gap_ms } => {
                 Self::Session(SessionWindows::new(max_ms, gap_ms, tagged))
             }

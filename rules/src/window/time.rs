@@ -89,10 +89,12 @@ impl PaneWindows {
     }
 }
 
-/// Sliding windows: every distinct event time `t` triggers a window `(t − size, t]`,
-/// emitted once the watermark reaches `t`.
+/// Sliding windows: every distinct event time `t` triggers a window
+/// `(t − size, t + delay]`, emitted once the watermark reaches `t + delay`.
 pub(crate) struct SlidingWindows {
     size: i64,
+    /// How long after its trigger a window ends (eKuiper's third argument; usually 0).
+    delay: i64,
     schema: SchemaRef,
     /// Rows not yet too old for any future window, with their event times.
     rows: Vec<(RecordBatch, Int64Array)>,
@@ -101,9 +103,10 @@ pub(crate) struct SlidingWindows {
 }
 
 impl SlidingWindows {
-    pub fn new(size: i64, schema: SchemaRef) -> Self {
+    pub fn new(size: i64, delay: i64, schema: SchemaRef) -> Self {
         Self {
             size,
+            delay,
             schema,
             rows: Vec::new(),
             emitted_to: None,
@@ -157,7 +160,9 @@ impl SlidingWindows {
         let mut triggers: Vec<i64> = times
             .iter()
             .copied()
-            .filter(|t| *t <= limit && self.emitted_to.is_none_or(|e| *t > e))
+            .filter(|t| {
+                t.saturating_add(self.delay) <= limit && self.emitted_to.is_none_or(|e| *t > e)
+            })
             .collect();
         triggers.sort_unstable();
         triggers.dedup();
@@ -166,20 +171,24 @@ impl SlidingWindows {
             let members: Vec<u32> = times
                 .iter()
                 .enumerate()
-                .filter(|(_, ts)| **ts > t - self.size && **ts <= *t)
+                .filter(|(_, ts)| **ts > t - self.size && **ts <= t + self.delay)
                 .map(|(i, _)| i as u32)
                 .collect();
-            out.push(tag(&all, &members, t - self.size, *t, &self.schema)?);
+            let end = t + self.delay;
+            out.push(tag(&all, &members, t - self.size, end, &self.schema)?);
         }
         if let Some(last) = triggers.last() {
             self.emitted_to = Some(*last);
         }
-        // Keep only rows that a future window (ending after `limit`) can hold.
+        // Keep only rows that a future window (triggered after `limit - delay`) can hold.
         let keep: Vec<u32> = times
             .iter()
             .enumerate()
             .filter(|(_, ts)| {
-                wm.is_some() && limit.checked_sub(self.size).is_none_or(|min| **ts > min)
+                wm.is_some()
+                    && limit
+                        .checked_sub(self.size.saturating_add(self.delay))
+                        .is_none_or(|min| **ts > min)
             })
             .map(|(i, _)| i as u32)
             .collect();
