@@ -18,7 +18,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace};
 
 use super::rule::{Located, interval_millis, span_pos};
-use super::{int_literal, number_literal};
+use super::{calls_any, function_name, int_literal, number_literal};
 use crate::analytic::{AccKind, AnalyticCall, AnalyticFn, column_name};
 
 /// The marker that stands for eKuiper's `WHEN` inside `OVER (...)`.
@@ -158,22 +158,8 @@ pub(super) fn extract(query: &mut Query) -> Result<Extracted, Located> {
     })
 }
 
-fn function_name(name: &ObjectName) -> String {
-    name.to_string().to_ascii_lowercase()
-}
-
 fn is_analytic(e: &Expr) -> bool {
-    let mut found = false;
-    let _ = visit_expressions(e, |x| {
-        if let Expr::Function(f) = x
-            && ANALYTIC_FUNCTIONS.contains(&function_name(&f.name).as_str())
-        {
-            found = true;
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    found
+    calls_any(e, &ANALYTIC_FUNCTIONS)
 }
 
 /// eKuiper's `changed_cols(prefix, ignore_null, expr, ...)` in the SELECT list: one

@@ -23,8 +23,8 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan};
 
-use super::int_literal;
 use super::rule::Located;
+use super::{calls_any, function_name, int_literal};
 use crate::error::Pos;
 use crate::functions::{DEDUP_ALL, DEDUP_LAST, LIST_FIELD};
 
@@ -170,15 +170,14 @@ const RENAMED: &[(&str, &str)] = &[
 /// eKuiper's function of this name and arguments, in DataFusion's terms; `None` for a
 /// function that means the same in both.
 fn function(f: &mut Function) -> Option<Expr> {
-    let written = f.name.to_string().to_ascii_lowercase();
-    if let Some((_, to)) = RENAMED.iter().find(|(from, _)| *from == written) {
+    let name = function_name(&f.name);
+    if let Some((_, to)) = RENAMED.iter().find(|(from, _)| *from == name) {
         f.name = ObjectName::from(vec![Ident::new(*to)]);
         return None;
     }
     if f.over.is_some() {
         return None;
     }
-    let name = f.name.to_string().to_ascii_lowercase();
     let args = plain_args(f)?;
     Some(match (name.as_str(), args.as_slice()) {
         // array_position(a, v): 0-based, -1 when absent.
@@ -342,14 +341,14 @@ fn item_name(e: &Expr) -> Option<String> {
             }
             name
         }
-        Expr::Function(f) => Some(f.name.to_string().to_ascii_lowercase()),
+        Expr::Function(f) => Some(function_name(&f.name)),
         _ => None,
     }
 }
 
 /// `changed_cols(...)` names the columns it expands into.
 fn names_itself(e: &Expr) -> bool {
-    matches!(e, Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("changed_cols"))
+    matches!(e, Expr::Function(f) if function_name(&f.name) == "changed_cols")
 }
 
 /// An alias is a result's name as written: `AS Temp` gives `Temp`, not `temp`.
@@ -453,21 +452,7 @@ const AGGREGATES: &[&str] = &[
 ];
 
 fn is_aggregate(f: &Function) -> bool {
-    AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str())
-}
-
-fn has_aggregate(e: &Expr) -> bool {
-    let mut found = false;
-    let _ = datafusion::sql::sqlparser::ast::visit_expressions(e, |x| {
-        if let Expr::Function(f) = x
-            && is_aggregate(f)
-        {
-            found = true;
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    found
+    AGGREGATES.contains(&function_name(&f.name).as_str())
 }
 
 /// An alias may be used in the other SELECT items, where it stands for its expression
@@ -520,7 +505,7 @@ fn substitute(
                 !stack.contains(j) && a.as_ref().is_some_and(|(name, _)| *name == id.value)
             });
             if let Some((j, Some((_, expr)))) = found
-                && !(in_aggregate && has_aggregate(expr))
+                && !(in_aggregate && calls_any(expr, AGGREGATES))
             {
                 stack.push(j);
                 let inner = substitute(expr.clone(), aliased, stack, in_aggregate);
@@ -759,7 +744,7 @@ pub(super) fn differences(query: &Query, tokens: &[TokenWithSpan]) -> Vec<(Pos, 
                 ),
             ),
             Expr::Function(f) => {
-                let name = f.name.to_string().to_ascii_lowercase();
+                let name = function_name(&f.name);
                 let differs = match name.as_str() {
                     "array_position" => {
                         "is 1-based and null when absent here; 0-based and -1 in eKuiper"
@@ -808,7 +793,7 @@ pub(crate) fn row_aggregates(query: &mut Query, schema: &Schema) -> Result<(), S
         let Expr::Function(f) = e else {
             return ControlFlow::Continue(());
         };
-        let name = f.name.to_string().to_ascii_lowercase();
+        let name = function_name(&f.name);
         let FunctionArguments::List(list) = &mut f.args else {
             return ControlFlow::Continue(());
         };

@@ -14,7 +14,9 @@ mod types;
 
 use std::path::Path;
 
-use datafusion::sql::sqlparser::ast::{Expr, UnaryOperator, Value};
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{Expr, ObjectName, UnaryOperator, Value, visit_expressions};
 use datafusion::sql::sqlparser::dialect::{GenericDialect, MySqlDialect};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
@@ -261,4 +263,24 @@ fn split_statements(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
     out.push(cur);
     out.retain(|s| s.iter().any(|t| !matches!(t.token, Token::Whitespace(_))));
     out
+}
+
+/// A function's name as the rule language compares it: lower case.
+pub(super) fn function_name(name: &ObjectName) -> String {
+    name.to_string().to_ascii_lowercase()
+}
+
+/// Whether `e` calls any of the functions `names` (lower case), at any depth.
+pub(super) fn calls_any(e: &Expr, names: &[&str]) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(e, |x| {
+        if let Expr::Function(f) = x
+            && names.contains(&function_name(&f.name).as_str())
+        {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
 }
