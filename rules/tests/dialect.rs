@@ -165,6 +165,36 @@ async fn an_alias_stands_for_its_expression_in_the_other_items() {
     )
     .await;
     assert_eq!(got, [json!({"ID": 2, "low": 1, "top": 20})]);
+    // An alias keeps its case, and HAVING and ORDER BY find it in any case.
+    let got = rows(
+        EKUIPER_STREAM,
+        "CREATE RULE r INTO out AS SELECT deviceId, sum(ID) AS idSum FROM demo \
+         GROUP BY deviceId, COUNTWINDOW(2) HAVING IDSUM > 0 ORDER BY idsum DESC;",
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            json!({"deviceId": "b", "idSum": 2}),
+            json!({"deviceId": "a", "idSum": 1})
+        ]
+    );
+}
+
+#[tokio::test]
+async fn changed_cols_names_its_own_columns() {
+    let got = rows(
+        EKUIPER_STREAM,
+        "CREATE RULE r INTO out AS SELECT CHANGED_COLS(\"c_\", true, color, ID) FROM demo;",
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            json!({"c_color": "red", "c_ID": 1}),
+            json!({"c_color": "say \"hi\"", "c_ID": 2})
+        ]
+    );
 }
 
 const PEOPLE: &str = "SET DIALECT = ekuiper;\n\

@@ -416,3 +416,33 @@ async fn a_row_the_rule_fails_on_is_left_out_and_the_rest_of_its_batch_goes_on()
     assert_eq!(errs.len(), 3, "{errs:?}");
     assert!(errs[0].to_string().contains("3 row(s) failed"), "{errs:?}");
 }
+
+/// `now()` is the time a batch runs, not the time the rule was planned.
+#[tokio::test]
+async fn now_reads_the_clock_for_every_batch() {
+    let mut p =
+        pipeline("CREATE RULE r INTO out AS SELECT CAST(now() AS BIGINT) AS n FROM t;").await;
+    let epoch_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64
+    };
+    let mut readings = Vec::new();
+    for i in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before = epoch_ns();
+        let (outs, errs) = p.push(&batch(&p, &[("a", i, 1.0)])).await;
+        assert!(errs.is_empty(), "{errs:?}");
+        let n = outs[0].batches[0]
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .value(0);
+        assert!(
+            n >= before && n <= epoch_ns(),
+            "now() = {n}, batch ran from {before}"
+        );
+        readings.push(n);
+    }
+    assert!(readings[1] > readings[0], "{readings:?}");
+}

@@ -264,15 +264,23 @@ async fn sliding_windows_match_the_reference() {
             |_| {},
         );
         let triggers: BTreeSet<i64> = accepted.iter().map(|e| e.1).collect();
-        let mut rows = Vec::new();
-        for t in triggers {
-            let members: Vec<&Event> = accepted
-                .iter()
-                .filter(|e| e.1 > t - size && e.1 <= t)
-                .collect();
-            aggregate(&mut rows, t - size, t, &members);
+        // Without and with eKuiper's delay: a window also holds what comes `delay` after
+        // its trigger.
+        for delay in [0, 400] {
+            let mut rows = Vec::new();
+            for t in &triggers {
+                let members: Vec<&Event> = accepted
+                    .iter()
+                    .filter(|e| e.1 > t - size && e.1 <= t + delay)
+                    .collect();
+                aggregate(&mut rows, t - size, t + delay, &members);
+            }
+            let spelling = match delay {
+                0 => "SLIDINGWINDOW(ms, 1500)".to_string(),
+                d => format!("SLIDINGWINDOW(ms, 1500, {d})"),
+            };
+            check(&spelling, &b, rows, late).await;
         }
-        check("SLIDINGWINDOW(ms, 1500)", &b, rows, late).await;
     }
 }
 
