@@ -7,16 +7,23 @@
 //! - [`list_field`]: a struct field taken from every element of a list, for eKuiper's
 //!   list projections (`friends[*]->first`).
 //! - [`merge_agg`] and [`deduplicate`]: eKuiper's aggregates of whole objects.
+//! - [`text`] and [`to_json`]: eKuiper's functions that write values as text
+//!   (`format`, `conv`, `sha1`, `crc32`, `to_json`), under internal names that only the
+//!   eKuiper dialect's rewrite calls.
 
 mod clock;
 mod deduplicate;
 mod list_field;
 mod merge_agg;
+mod text;
+mod to_json;
 
 use datafusion::prelude::SessionContext;
 
 pub(crate) use deduplicate::{DEDUP_ALL, DEDUP_LAST};
 pub(crate) use list_field::LIST_FIELD;
+pub(crate) use text::{CONV, CRC32, FORMAT, SHA1};
+pub(crate) use to_json::TO_JSON;
 
 /// Registers the functions in `ctx`, replacing DataFusion's of the same name.
 pub(crate) fn register(ctx: &SessionContext) {
@@ -28,4 +35,8 @@ pub(crate) fn register(ctx: &SessionContext) {
     for f in deduplicate::udafs() {
         ctx.register_udaf(f);
     }
+    for f in text::udfs() {
+        ctx.register_udf(f);
+    }
+    ctx.register_udf(to_json::udf());
 }

@@ -15,18 +15,22 @@
 use std::ops::ControlFlow;
 
 use datafusion::arrow::datatypes::Schema;
-use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
-    AccessExpr, BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, SelectItem, SetExpr,
-    Spanned, Subscript, Value, ValueWithSpan, VisitMut, visit_expressions_mut,
+    AccessExpr, BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
+    Ident, ObjectName, Query, SelectItem, SetExpr, Spanned, Subscript, Value, VisitMut,
+    visit_expressions_mut,
 };
-use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
-use super::rule::Located;
+mod build;
+mod functions;
+mod time;
+
+use super::rule::{Located, span_pos};
 use super::{calls_any, function_name, int_literal};
 use crate::error::Pos;
 use crate::functions::{DEDUP_ALL, DEDUP_LAST, LIST_FIELD};
+use build::{by_sign, call, index, number, plus, string};
 
 /// The SQL a rule file is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,149 +70,6 @@ pub(super) fn dialect_statement(tokens: &[TokenWithSpan]) -> Option<Result<Diale
         _ => Err(format!(
             "unknown dialect `{name}`: the dialects are ekuiper and fieldgate"
         )),
-    })
-}
-
-fn number(n: i64) -> Expr {
-    Expr::Value(ValueWithSpan {
-        value: Value::Number(n.to_string(), false),
-        span: Span::empty(),
-    })
-}
-
-fn plus(e: Expr, n: i64) -> Expr {
-    match int_literal(&e) {
-        Some(v) => number(v + n),
-        None => Expr::Nested(Box::new(Expr::BinaryOp {
-            left: Box::new(e),
-            op: if n >= 0 {
-                BinaryOperator::Plus
-            } else {
-                BinaryOperator::Minus
-            },
-            right: Box::new(number(n.abs())),
-        })),
-    }
-}
-
-/// `CASE WHEN e >= 0 THEN <nonneg> ELSE <neg> END`, or the one that applies to a literal.
-fn by_sign(e: Expr, nonneg: i64, neg: i64) -> Expr {
-    match int_literal(&e) {
-        Some(v) if v >= 0 => number(v + nonneg),
-        Some(v) => number(v + neg),
-        None => Expr::Case {
-            case_token: AttachedToken::empty(),
-            end_token: AttachedToken::empty(),
-            operand: None,
-            conditions: vec![CaseWhen {
-                condition: Expr::BinaryOp {
-                    left: Box::new(e.clone()),
-                    op: BinaryOperator::GtEq,
-                    right: Box::new(number(0)),
-                },
-                result: plus(e.clone(), nonneg),
-            }],
-            else_result: Some(Box::new(plus(e, neg))),
-        },
-    }
-}
-
-/// eKuiper's index (0-based; negative from the end) as DataFusion's (1-based).
-fn index(e: Expr) -> Expr {
-    // A string index names a struct field: unchanged.
-    if matches!(&e, Expr::Value(v) if matches!(v.value, Value::SingleQuotedString(_) | Value::DoubleQuotedString(_)))
-    {
-        return e;
-    }
-    by_sign(e, 1, 0)
-}
-
-fn call(name: &str, args: Vec<Expr>) -> Expr {
-    Expr::Function(Function {
-        name: ObjectName::from(vec![Ident::new(name)]),
-        uses_odbc_syntax: false,
-        parameters: FunctionArguments::None,
-        args: FunctionArguments::List(FunctionArgumentList {
-            duplicate_treatment: None,
-            args: args
-                .into_iter()
-                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
-                .collect(),
-            clauses: vec![],
-        }),
-        filter: None,
-        null_treatment: None,
-        over: None,
-        within_group: vec![],
-    })
-}
-
-fn plain_args(f: &Function) -> Option<Vec<Expr>> {
-    let FunctionArguments::List(list) = &f.args else {
-        return None;
-    };
-    list.args
-        .iter()
-        .map(|a| match a {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// eKuiper's functions that are DataFusion's under another name, with the same
-/// arguments.
-const RENAMED: &[(&str, &str)] = &[
-    // The population statistics: SQL's plain names are the sample ones.
-    ("stddev", "stddev_pop"),
-    ("stddevs", "stddev_samp"),
-    ("var", "var_pop"),
-    ("vars", "var_samp"),
-    ("percentile", "percentile_cont"),
-];
-
-/// eKuiper's function of this name and arguments, in DataFusion's terms; `None` for a
-/// function that means the same in both.
-fn function(f: &mut Function) -> Option<Expr> {
-    let name = function_name(&f.name);
-    if let Some((_, to)) = RENAMED.iter().find(|(from, _)| *from == name) {
-        f.name = ObjectName::from(vec![Ident::new(*to)]);
-        return None;
-    }
-    if f.over.is_some() {
-        return None;
-    }
-    let args = plain_args(f)?;
-    Some(match (name.as_str(), args.as_slice()) {
-        // array_position(a, v): 0-based, -1 when absent.
-        ("array_position", [a, v]) => call(
-            "coalesce",
-            vec![
-                plus(call("array_position", vec![a.clone(), v.clone()]), -1),
-                number(-1),
-            ],
-        ),
-        // array_remove(a, v): every element equal to v.
-        ("array_remove", [a, v]) => call("array_remove_all", vec![a.clone(), v.clone()]),
-        // lpad(s, n) and rpad(s, n): n spaces added, whatever the length of s.
-        ("lpad", [s, n]) => call(
-            "concat",
-            vec![call("repeat", vec![string(" "), n.clone()]), s.clone()],
-        ),
-        ("rpad", [s, n]) => call(
-            "concat",
-            vec![s.clone(), call("repeat", vec![string(" "), n.clone()])],
-        ),
-        // The window's bounds are columns.
-        ("window_start" | "window_end", []) => Expr::Identifier(Ident::new(name.as_str())),
-        _ => return None,
-    })
-}
-
-fn string(s: &str) -> Expr {
-    Expr::Value(ValueWithSpan {
-        value: Value::SingleQuotedString(s.into()),
-        span: Span::empty(),
     })
 }
 
@@ -631,10 +492,24 @@ pub(super) fn translate(query: &mut Query) -> Result<(), Located> {
                     *e = project_fields(e.clone(), rest);
                 }
             }
-            Expr::Function(f) => {
-                if let Some(x) = function(f) {
-                    *e = x;
+            Expr::Function(f) => match functions::function(f) {
+                Ok(Some(x)) => *e = x,
+                Ok(None) => {}
+                Err(msg) => {
+                    return ControlFlow::Break((span_pos(&f.name), msg));
                 }
+            },
+            // trim(s) removes tabs and line ends too.
+            Expr::Trim {
+                expr,
+                trim_where: None,
+                trim_what: None,
+                trim_characters: None,
+            } => {
+                *e = call(
+                    "btrim",
+                    vec![(**expr).clone(), string(functions::WHITESPACE)],
+                )
             }
             _ => {}
         }
