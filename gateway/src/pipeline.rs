@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fieldgate_connectors::sink::encode::json_rows;
 use fieldgate_connectors::source::mqtt::{InputLimits, JsonDecoder, RejectReason};
-use fieldgate_rules::{RuleOutput, RuleSlot, StreamPipeline};
+use fieldgate_rules::{NullFields, RuleOutput, RuleSlot, StreamPipeline};
 use tokio::sync::{mpsc, watch};
 
 use crate::ingest::Input;
@@ -236,7 +236,7 @@ async fn deliver(
     // and batch, however many rules the stream has.
     let mut by_sink: HashMap<&str, Vec<Entry>> = HashMap::new();
     for out in &outputs {
-        let rows = match json_rows(&out.batches) {
+        let rows = match json_rows(&out.batches, out.null_fields == NullFields::Written) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(%stream, rule = %out.rule, error = %e, "cannot encode results");

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, bail};
 use fieldgate_connectors::sink::encode::json_rows;
 use fieldgate_connectors::source::mqtt::{JsonDecoder, topic_matches};
-use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline, now_millis};
+use fieldgate_rules::{NullFields, RuleOutput, RuleSet, StreamPipeline, now_millis};
 use serde_json::Value;
 
 use crate::ingest::modbus::Groups;
@@ -286,7 +286,7 @@ fn collect(
         if only.is_some_and(|r| r != &*o.rule) {
             continue;
         }
-        for row in json_rows(&o.batches)? {
+        for row in json_rows(&o.batches, o.null_fields == NullFields::Written)? {
             bytes += row.len() as u64;
             let row: Value = serde_json::from_slice(&row)?;
             results.push(serde_json::json!({ "rule": &*o.rule, "row": row }));

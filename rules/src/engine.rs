@@ -42,6 +42,28 @@ pub struct RuleOutput {
     pub rule: Arc<str>,
     pub sinks: Arc<[String]>,
     pub batches: Vec<RecordBatch>,
+    /// How the rows' null fields are encoded.
+    pub null_fields: NullFields,
+}
+
+/// Whether a result's null fields are written (`"f": null`) or left out of it, as
+/// eKuiper does (rules in its dialect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NullFields {
+    /// `"f": null`.
+    #[default]
+    Written,
+    /// No `f` in the result.
+    LeftOut,
+}
+
+impl From<crate::sql::Dialect> for NullFields {
+    fn from(d: crate::sql::Dialect) -> Self {
+        match d {
+            crate::sql::Dialect::Fieldgate => NullFields::Written,
+            crate::sql::Dialect::Ekuiper => NullFields::LeftOut,
+        }
+    }
 }
 
 /// The current time in epoch milliseconds.
@@ -231,6 +253,7 @@ struct FailedRows {
     schema: SchemaRef,
     /// The stream's declared columns (analytic results come after them).
     cols: usize,
+    null_fields: NullFields,
 }
 
 /// Column added to rows sent to a rule's `ERRORS INTO` sink.
@@ -272,6 +295,7 @@ impl FailedRows {
             rule: rule.clone(),
             sinks: sinks.clone(),
             batches: vec![batch],
+            null_fields: self.null_fields,
         });
         Ok(())
     }
@@ -489,6 +513,7 @@ impl Rule {
             sinks: def.error_sink.clone().map(|s| Arc::from(vec![s])),
             schema: with_reason(&original, ERROR_COLUMN),
             cols: original.fields().len(),
+            null_fields: def.dialect.into(),
         };
         Ok(Rule {
             failures,
@@ -517,6 +542,7 @@ impl Rule {
             rule: self.name.clone(),
             sinks: self.sinks.clone(),
             batches,
+            null_fields: self.def.dialect.into(),
         }
     }
 
@@ -638,6 +664,7 @@ impl Rule {
                 rule: self.name.clone(),
                 sinks: sinks.clone(),
                 batches: vec![b],
+                null_fields: self.def.dialect.into(),
             });
         }
         // Count windows complete on arrival. Each runs alone: two of them may share

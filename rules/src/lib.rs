@@ -38,8 +38,8 @@ mod window;
 
 pub use counters::{LATENCY_BUCKETS_US, LatencyHistogram, LatencySnapshot};
 pub use engine::{
-    ERROR_COLUMN, LATE_REASON, Rule, RuleCounters, RuleOutput, StreamPipeline, WINDOW_END,
-    WINDOW_START, now_millis,
+    ERROR_COLUMN, LATE_REASON, NullFields, Rule, RuleCounters, RuleOutput, StreamPipeline,
+    WINDOW_END, WINDOW_START, now_millis,
 };
 pub use error::{ExecError, Pos, SqlError};
 pub use reload::{

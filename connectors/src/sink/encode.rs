@@ -5,12 +5,13 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::{WriterBuilder, writer::LineDelimited};
 use datafusion::arrow::record_batch::RecordBatch;
 
-/// Encodes each row of the batches as a JSON object, nulls written as `null`.
-pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Bytes>, ArrowError> {
+/// Encodes each row of the batches as a JSON object; a null field is written as
+/// `null` with `explicit_nulls`, else left out.
+pub fn json_rows(batches: &[RecordBatch], explicit_nulls: bool) -> Result<Vec<Bytes>, ArrowError> {
     let mut buf = Vec::new();
     {
         let mut w = WriterBuilder::new()
-            .with_explicit_nulls(true)
+            .with_explicit_nulls(explicit_nulls)
             .build::<_, LineDelimited>(&mut buf);
         for b in batches {
             w.write(b)?;
@@ -122,12 +123,15 @@ mod tests {
             ],
         )
         .unwrap();
-        let rows = json_rows(&[b.clone(), b]).unwrap();
+        let rows = json_rows(&[b.clone(), b.clone()], true).unwrap();
         assert_eq!(rows.len(), 4);
         let v: serde_json::Value = serde_json::from_slice(&rows[1]).unwrap();
         assert_eq!(v, serde_json::json!({"device": "b\n\"x\"", "avg": null}));
         let v: serde_json::Value = serde_json::from_slice(&rows[2]).unwrap();
         assert_eq!(v, serde_json::json!({"device": "a", "avg": 1.5}));
+        // Without explicit nulls a null field is left out.
+        let rows = json_rows(&[b], false).unwrap();
+        assert_eq!(&rows[1][..], &b"{\"device\":\"b\\n\\\"x\\\"\"}"[..]);
     }
 
     #[test]
@@ -154,7 +158,7 @@ mod tests {
             Field::new("tags", tags.data_type().clone(), true),
         ]));
         let b = RecordBatch::try_new(schema, vec![Arc::new(structs), Arc::new(tags)]).unwrap();
-        let rows: Vec<serde_json::Value> = json_rows(&[b])
+        let rows: Vec<serde_json::Value> = json_rows(&[b], true)
             .unwrap()
             .iter()
             .map(|r| serde_json::from_slice(r).unwrap())

@@ -247,7 +247,7 @@ async fn publish(tx: &Publisher, template: &str, row: &PollRow, counters: &Modbu
     let topic = template
         .replace("{device}", &row.device)
         .replace("{group}", &row.group);
-    let payloads: Vec<Bytes> = match json_rows(std::slice::from_ref(&row.batch)) {
+    let payloads: Vec<Bytes> = match json_rows(std::slice::from_ref(&row.batch), true) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(device = %row.device, group = %row.group, error = %e, "cannot encode a Modbus row");

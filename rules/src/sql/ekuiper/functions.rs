@@ -136,13 +136,16 @@ pub(super) fn function(f: &mut Function) -> Result<Option<Expr>, String> {
             None => call("array_element", vec![a.clone(), by_sign(key.clone(), 1, 0)]),
         },
         // lpad(s, n) and rpad(s, n): n spaces added, whatever the length of s.
-        ("lpad", [s, n]) => call(
-            "concat",
-            vec![call("repeat", vec![string(" "), n.clone()]), s.clone()],
+        // `||` keeps a null null, where concat would drop it.
+        ("lpad", [s, n]) => binary(
+            call("repeat", vec![string(" "), n.clone()]),
+            BinaryOperator::StringConcat,
+            s.clone(),
         ),
-        ("rpad", [s, n]) => call(
-            "concat",
-            vec![s.clone(), call("repeat", vec![string(" "), n.clone()])],
+        ("rpad", [s, n]) => binary(
+            s.clone(),
+            BinaryOperator::StringConcat,
+            call("repeat", vec![string(" "), n.clone()]),
         ),
         ("ltrim" | "rtrim", [s]) => call(&name, vec![s.clone(), string(WHITESPACE)]),
         ("trim", [s]) => call("btrim", vec![s.clone(), string(WHITESPACE)]),
@@ -208,9 +211,10 @@ pub(super) fn function(f: &mut Function) -> Result<Option<Expr>, String> {
             ),
             "Int64",
         ),
-        ("dec2hex", [n]) => call(
-            "concat",
-            vec![string("0x"), call("to_hex", vec![cast(n.clone(), "Int64")])],
+        ("dec2hex", [n]) => binary(
+            string("0x"),
+            BinaryOperator::StringConcat,
+            call("to_hex", vec![cast(n.clone(), "Int64")]),
         ),
         // Conversions.
         ("cast", [x, to]) => {
