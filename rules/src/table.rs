@@ -84,13 +84,31 @@ pub(crate) fn load(
                 .map_err(|e| format!("{shown}: {e}"))?
                 .collect()
         }
-        TableFormat::JsonLines => JsonReader::new(schema.clone())
-            .build(Cursor::new(&bytes))
-            .map_err(|e| format!("{shown}: {e}"))?
-            .collect(),
+        TableFormat::JsonLines => {
+            let lines = json_lines(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+            JsonReader::new(schema.clone())
+                .build(Cursor::new(lines.as_ref()))
+                .map_err(|e| format!("{shown}: {e}"))?
+                .collect()
+        }
     };
     let batches = batches.map_err(|e| format!("{shown}: {e}"))?;
     Ok((batches.into(), hasher.finish()))
+}
+
+/// A JSON file's rows as JSON lines: the file as it is, or, when it holds one JSON
+/// array of objects (as eKuiper's file tables do), its elements one per line.
+fn json_lines(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, serde_json::Error> {
+    if bytes.trim_ascii_start().first() != Some(&b'[') {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(bytes)?;
+    let mut out = Vec::with_capacity(bytes.len());
+    for row in rows {
+        serde_json::to_writer(&mut out, &row)?;
+        out.push(b'\n');
+    }
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// A CSV file's header must name the declared columns, in order: a reordered file

@@ -363,3 +363,52 @@ async fn the_default_dialect_warns_where_ekuiper_means_otherwise() {
     );
     assert!(set.rules[0].warnings.is_empty());
 }
+
+#[tokio::test]
+async fn in_a_list_column_and_fields_after_an_arrow() {
+    // A trailing comma ends the column lists, as eKuiper allows.
+    let text = "SET DIALECT = ekuiper;\n\
+        CREATE STREAM demo (a BIGINT, tags ARRAY(BIGINT), ops STRUCT(f STRUCT(n BIGINT, m ARRAY(BIGINT))),)\n\
+        WITH (DATASOURCE=\"demo\");\n\
+        CREATE RULE r INTO out AS SELECT a, ops->f.n AS n FROM demo \
+        WHERE a IN tags AND a NOT IN ops->f->m;";
+    let got = rows_of(
+        text,
+        &[
+            json!({"a": 1, "tags": [1, 2], "ops": {"f": {"n": 7, "m": [9]}}}),
+            json!({"a": 3, "tags": [1, 2], "ops": {"f": {"n": 8, "m": [9]}}}),
+            json!({"a": 9, "tags": [9], "ops": {"f": {"n": 6, "m": [9]}}}),
+        ],
+    )
+    .await;
+    assert_eq!(got, [json!({"a": 1, "n": 7})]);
+}
+
+#[tokio::test]
+async fn replace_keeps_a_column_the_exception_names_and_rule_id_is_the_rules_name() {
+    let text = "SET DIALECT = ekuiper;\n\
+        CREATE STREAM demo (a BIGINT, b BIGINT, c BIGINT) WITH (DATASOURCE=\"demo\");\n\
+        CREATE RULE checked INTO out AS \
+        SELECT * EXCEPT(a, b) REPLACE(a * 10 AS a, b + c AS c), rule_id() AS id FROM demo;";
+    let got = rows_of(text, &[json!({"a": 1, "b": 2, "c": 3})]).await;
+    assert_eq!(got, [json!({"a": 10, "c": 5, "id": "checked"})]);
+}
+
+#[tokio::test]
+async fn the_clock_functions_are_text() {
+    let text = "SET DIALECT = ekuiper;\n\
+        CREATE STREAM demo (a BIGINT) WITH (DATASOURCE=\"demo\");\n\
+        CREATE RULE r INTO out AS SELECT now() AS t, now(3) AS ms, cur_date() AS d, \
+        cur_time() AS h FROM demo;";
+    let got = rows_of(text, &[json!({"a": 1})]).await;
+    let field = |k: &str| got[0][k].as_str().unwrap_or_default().to_string();
+    let shape = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_digit() { '9' } else { c })
+            .collect()
+    };
+    assert_eq!(shape(&field("t")), "9999-99-99 99:99:99");
+    assert_eq!(shape(&field("ms")), "9999-99-99 99:99:99.999");
+    assert_eq!(shape(&field("d")), "9999-99-99");
+    assert_eq!(shape(&field("h")), "99:99:99");
+}

@@ -120,7 +120,7 @@ async fn conversion_and_hash_functions() {
             json!("a9993e364706816aba3e25717850c26c9cd0d89d"),
         ),
         ("crc32(\"abc\")", json!("352441c2")),
-        ("to_json(info)", json!("{\"site\":\"north\",\"level\":2}")),
+        ("to_json(info)", json!("{\"level\":2,\"site\":\"north\"}")),
         ("to_json(tags)", json!("[3,1,3,2]")),
         ("isnull(info->site)", json!(false)),
         ("to_seconds(ts)", json!(1_700_000_000)),

@@ -263,3 +263,37 @@ async fn a_windowed_rule_aggregates_per_column_of_the_table() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_ekuiper_file_table_holds_one_json_array() {
+    let d = dir("ekuiper-file");
+    std::fs::write(
+        d.join("sites.json"),
+        r#"[{"device": "d1", "site": "north", "max": 30.0},
+            {"device": "d2", "site": "south", "max": 25.5}]"#,
+    )
+    .unwrap();
+    let mut p = pipeline(
+        &d,
+        &format!(
+            "{STREAM}CREATE TABLE sites (device STRING, site STRING, max DOUBLE) \
+             WITH (DATASOURCE = \"sites.json\", TYPE = \"file\", FORMAT = \"JSON\");\n\
+             CREATE RULE r INTO out AS SELECT r.device, s.site FROM readings r \
+             JOIN sites s ON r.device = s.device;"
+        ),
+    )
+    .await;
+    let got = push(&mut p, &[("d2", 1, 20.0), ("d9", 1, 1.0)]).await;
+    assert_eq!(got, [json!({"device": "d2", "site": "south"})]);
+    // Only file tables exist.
+    let (_, errors) = load(
+        &d,
+        &format!(
+            "{STREAM}CREATE TABLE t (device STRING) WITH (DATASOURCE = \"t\", TYPE = \"memory\");"
+        ),
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("only file tables")),
+        "{errors:?}"
+    );
+}

@@ -1,4 +1,5 @@
-//! `__fg_to_json(x)`: any value as its JSON text (eKuiper's `to_json`); null stays null.
+//! `__fg_to_json(x)`: any value as its JSON text (eKuiper's `to_json`), object keys in
+//! sorted order as eKuiper writes them; null stays null.
 
 use std::sync::Arc;
 
@@ -59,12 +60,26 @@ impl ScalarUDFImpl for ToJson {
                 let mut row: serde_json::Map<String, serde_json::Value> =
                     serde_json::from_str(line)
                         .map_err(|e| DataFusionError::Execution(format!("to_json: {e}")))?;
-                Ok(row.remove("v").map(|v| v.to_string()))
+                Ok(row.remove("v").map(|v| sorted(v).to_string()))
             })
             .collect::<Result<_>>()?;
         if out.len() != values.len() {
             return exec_err!("to_json: {} rows in, {} out", values.len(), out.len());
         }
         Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `v` with the keys of every object in it in sorted order.
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
     }
 }

@@ -159,7 +159,7 @@ pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlErro
     }
     let located = |(p, m): Located| SqlError::new(&file, p.unwrap_or(query_pos), m);
     if dialect == Dialect::Ekuiper {
-        ekuiper::translate(&mut query).map_err(located)?;
+        ekuiper::translate(&mut query, &name).map_err(located)?;
     }
     let warnings = differences_from
         .map(|tokens| ekuiper::differences(&query, &tokens))

@@ -256,6 +256,10 @@ pub(super) fn options(
             },
         )?;
         if c.eat_token(&Token::Comma) {
+            // A comma may end the list, as eKuiper allows.
+            if c.eat_token(&Token::RParen) {
+                break;
+            }
             continue;
         }
         c.expect_token(&Token::RParen, "`,` or `)`")?;
@@ -279,6 +283,10 @@ pub(super) fn columns(c: &mut Cursor, of: &str) -> Result<Vec<Field>, SqlError> 
         let dt = types::column(c, &col)?;
         fields.push(Field::new(col, dt, true));
         if c.eat_token(&Token::Comma) {
+            // A comma may end the list, as eKuiper allows.
+            if c.eat_token(&Token::RParen) {
+                break;
+            }
             continue;
         }
         c.expect_token(&Token::RParen, "`,` or `)`")?;

@@ -1,4 +1,5 @@
-//! `CREATE TABLE name (col TYPE, ...) WITH (PATH = 'file'[, FORMAT = 'csv' | 'jsonl'])`.
+//! `CREATE TABLE name (col TYPE, ...) WITH (PATH = 'file'[, FORMAT = 'csv' | 'jsonl'])`;
+//! eKuiper's `DATASOURCE = 'file', TYPE = 'file'` is the same.
 
 use std::sync::Arc;
 
@@ -24,6 +25,14 @@ pub(super) fn parse(c: &mut Cursor) -> Result<TableDef, SqlError> {
         } = o;
         match key.to_ascii_uppercase().as_str() {
             "PATH" | "DATASOURCE" => path = Some((value, value_pos)),
+            // eKuiper's spelling of a file table.
+            "TYPE" if value.eq_ignore_ascii_case("file") => {}
+            "TYPE" => {
+                return Err(c.error_at(
+                    value_pos,
+                    format!("table TYPE `{value}`: only file tables are supported (TYPE = 'file')"),
+                ));
+            }
             "FORMAT" => {
                 let f = match value.to_ascii_lowercase().as_str() {
                     "csv" => TableFormat::Csv,
@@ -40,7 +49,9 @@ pub(super) fn parse(c: &mut Cursor) -> Result<TableDef, SqlError> {
             _ => {
                 return Err(c.error_at(
                     key_pos,
-                    format!("unknown table option `{key}` (known: PATH, FORMAT)"),
+                    format!(
+                        "unknown table option `{key}` (known: PATH or DATASOURCE, FORMAT, TYPE)"
+                    ),
                 ));
             }
         }

@@ -40,7 +40,6 @@ const RENAMED: &[(&str, &str)] = &[
     // Others.
     ("newuuid", "uuid"),
     ("object_construct", "named_struct"),
-    ("cur_date", "current_date"),
 ];
 
 /// The characters eKuiper's trims remove.
@@ -251,10 +250,23 @@ pub(super) fn function(f: &mut Function) -> Result<Option<Expr>, String> {
             "Int64",
         ),
         // Times.
-        ("now" | "current_timestamp" | "local_time" | "local_timestamp", [_] | []) => {
-            call("now", vec![])
+        // The clock as eKuiper's text: `YYYY-MM-DD HH:mm:ss`, with `fsp` decimals.
+        ("now" | "current_timestamp" | "local_time" | "local_timestamp", []) => {
+            text_of_time(call("now", vec![]), "%Y-%m-%d %H:%M:%S")
         }
-        ("cur_time" | "current_time", [_] | []) => call("current_time", vec![]),
+        ("now" | "current_timestamp" | "local_time" | "local_timestamp", [fsp]) => {
+            let digits = match crate::sql::int_literal(fsp) {
+                Some(d @ 0..=6) => d,
+                _ => return Err(format!("{name}'s precision is a number from 0 to 6")),
+            };
+            let text = text_of_time(call("now", vec![]), "%Y-%m-%d %H:%M:%S%.9f");
+            let length = if digits == 0 { 19 } else { 20 + digits };
+            call("substr", vec![text, number(1), number(length)])
+        }
+        ("cur_date" | "current_date", []) => text_of_time(call("current_date", vec![]), "%Y-%m-%d"),
+        ("cur_time" | "current_time", [] | [_]) => {
+            text_of_time(call("current_time", vec![]), "%H:%M:%S")
+        }
         ("to_seconds", [t]) => call("to_unixtime", vec![time(t.clone())]),
         ("format_time", [t, pattern]) => {
             text_of_time(time(t.clone()), &strftime(&literal(pattern, "pattern")?)?)

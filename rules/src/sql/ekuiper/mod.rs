@@ -30,7 +30,7 @@ use super::rule::{Located, span_pos};
 use super::{calls_any, function_name, int_literal};
 use crate::error::Pos;
 use crate::functions::{DEDUP_ALL, DEDUP_LAST, LIST_FIELD};
-use build::{by_sign, call, index, number, plus, string};
+use build::{by_sign, call, index, number, plain_args, plus, string};
 
 /// The SQL a rule file is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,7 +81,9 @@ pub(super) fn field_arrows(
 ) -> Result<Vec<TokenWithSpan>, (Pos, String)> {
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
     let mut pending: Option<TokenWithSpan> = None;
-    for t in tokens {
+    // Whether the last tokens out are a `->` field: a `.name` after it is one more.
+    let mut after_arrow = false;
+    for t in in_lists(tokens) {
         if let Some(arrow) = &pending {
             match &t.token {
                 Token::Whitespace(_) => continue,
@@ -94,6 +96,7 @@ pub(super) fn field_arrows(
                     ));
                     out.push(TokenWithSpan::new(Token::RBracket, t.span));
                     pending = None;
+                    after_arrow = true;
                     continue;
                 }
                 other => {
@@ -107,10 +110,11 @@ pub(super) fn field_arrows(
                 }
             }
         }
-        if t.token == Token::Arrow {
+        if t.token == Token::Arrow || (after_arrow && t.token == Token::Period) {
             pending = Some(t);
             continue;
         }
+        after_arrow = false;
         // `list[*]`: every element, as the slice `list[:]`.
         let n = out.len();
         if t.token == Token::RBracket
@@ -132,6 +136,105 @@ pub(super) fn field_arrows(
         ));
     }
     Ok(out)
+}
+
+/// Rewrites `x IN list` (a list-valued operand rather than a parenthesised list of
+/// values) into `x IN UNNEST(list)`, which [`translate`] turns into `array_has`.
+fn in_lists(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let significant = |from: usize| {
+        (from..tokens.len()).find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+    };
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let is_in = matches!(&tokens[i].token, Token::Word(w)
+            if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("IN"));
+        out.push(tokens[i].clone());
+        i += 1;
+        if !is_in {
+            continue;
+        }
+        let Some(start) = significant(i) else {
+            continue;
+        };
+        let Token::Word(w) = &tokens[start].token else {
+            continue;
+        };
+        if w.quote_style.is_none()
+            && ["SELECT", "UNNEST"]
+                .iter()
+                .any(|k| w.value.eq_ignore_ascii_case(k))
+        {
+            continue;
+        }
+        // The operand: a name and its accesses (`->f`, `.f`, `[...]`).
+        let mut end = start + 1;
+        while end < tokens.len() {
+            match &tokens[end].token {
+                Token::Arrow | Token::Period
+                    if matches!(tokens.get(end + 1).map(|t| &t.token), Some(Token::Word(_))) =>
+                {
+                    end += 2;
+                }
+                Token::LBracket => {
+                    let mut depth = 0;
+                    while end < tokens.len() {
+                        match tokens[end].token {
+                            Token::LBracket => depth += 1,
+                            Token::RBracket => depth -= 1,
+                            _ => {}
+                        }
+                        end += 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        let span = tokens[start].span;
+        out.extend(tokens[i..start].iter().cloned());
+        out.push(TokenWithSpan::new(Token::make_keyword("UNNEST"), span));
+        out.push(TokenWithSpan::new(Token::LParen, span));
+        out.extend(tokens[start..end].iter().cloned());
+        out.push(TokenWithSpan::new(Token::RParen, span));
+        i = end;
+    }
+    out
+}
+
+/// `* EXCEPT(a, b) REPLACE(a * 10 AS a)`: a replaced column is kept, as in eKuiper,
+/// though the exception names it.
+fn replace_wins(query: &mut Query) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    for item in &mut select.projection {
+        let SelectItem::Wildcard(options) = item else {
+            continue;
+        };
+        let (Some(except), Some(replace)) = (&options.opt_except, &options.opt_replace) else {
+            continue;
+        };
+        let replaced = |i: &Ident| {
+            replace
+                .items
+                .iter()
+                .any(|r| r.column_name.value.eq_ignore_ascii_case(&i.value))
+        };
+        let kept: Vec<Ident> = std::iter::once(&except.first_element)
+            .chain(&except.additional_elements)
+            .filter(|i| !replaced(i))
+            .cloned()
+            .collect();
+        options.opt_except = kept.split_first().map(|(first, rest)| {
+            datafusion::sql::sqlparser::ast::ExceptSelectItem {
+                first_element: first.clone(),
+                additional_elements: rest.to_vec(),
+            }
+        });
+    }
 }
 
 /// Cuts an access chain after its first slice when field names follow it: those apply
@@ -441,7 +544,8 @@ fn substitute(
 }
 
 /// Rewrites a query written in eKuiper's dialect into the engine's terms.
-pub(super) fn translate(query: &mut Query) -> Result<(), Located> {
+pub(super) fn translate(query: &mut Query, rule: &str) -> Result<(), Located> {
+    replace_wins(query);
     // The user's aliases first: the names given below are not for reuse.
     inline_aliases(query);
     name_items(query);
@@ -492,6 +596,12 @@ pub(super) fn translate(query: &mut Query) -> Result<(), Located> {
                     *e = project_fields(e.clone(), rest);
                 }
             }
+            Expr::Function(f)
+                if function_name(&f.name) == "rule_id"
+                    && plain_args(f).is_some_and(|a| a.is_empty()) =>
+            {
+                *e = string(rule);
+            }
             Expr::Function(f) => match functions::function(f) {
                 Ok(Some(x)) => *e = x,
                 Ok(None) => {}
@@ -499,6 +609,22 @@ pub(super) fn translate(query: &mut Query) -> Result<(), Located> {
                     return ControlFlow::Break((span_pos(&f.name), msg));
                 }
             },
+            // `x IN list`: whether the list holds x.
+            Expr::InUnnest {
+                expr,
+                array_expr,
+                negated,
+            } => {
+                let has = call("array_has", vec![(**array_expr).clone(), (**expr).clone()]);
+                *e = if *negated {
+                    Expr::UnaryOp {
+                        op: datafusion::sql::sqlparser::ast::UnaryOperator::Not,
+                        expr: Box::new(Expr::Nested(Box::new(has))),
+                    }
+                } else {
+                    has
+                };
+            }
             // trim(s) removes tabs and line ends too.
             Expr::Trim {
                 expr,
