@@ -446,3 +446,44 @@ async fn now_reads_the_clock_for_every_batch() {
     }
     assert!(readings[1] > readings[0], "{readings:?}");
 }
+
+#[tokio::test]
+async fn a_window_without_aggregates_emits_its_rows() {
+    let mut p = pipeline(
+        "CREATE RULE all_rows INTO out AS SELECT * FROM t GROUP BY TUMBLINGWINDOW(ss, 10);\n\
+         CREATE RULE hottest INTO out AS SELECT device, temp, window_end FROM t \
+         GROUP BY TUMBLINGWINDOW(ss, 10) ORDER BY temp DESC LIMIT 2;\n\
+         CREATE RULE counted INTO out AS SELECT count(*) AS n FROM t \
+         GROUP BY TUMBLINGWINDOW(ss, 10);",
+    )
+    .await;
+    let rows = [
+        ("a", 1_000, 20.0),
+        ("b", 2_000, 35.0),
+        ("c", 3_000, 27.5),
+        // Closes the first window (3 s of lateness).
+        ("d", 14_000, 1.0),
+    ];
+    let (outs, errs) = p.push(&common::batch(&p, &rows)).await;
+    assert!(errs.is_empty(), "{errs:?}");
+    let of = |rule: &str| -> Vec<serde_json::Value> {
+        let only: Vec<RuleOutput> = outs.iter().filter(|o| &*o.rule == rule).cloned().collect();
+        common::json_rows(&only)
+    };
+    assert_eq!(
+        of("all_rows"),
+        [
+            serde_json::json!({"device": "a", "ts": 1000, "temp": 20.0}),
+            serde_json::json!({"device": "b", "ts": 2000, "temp": 35.0}),
+            serde_json::json!({"device": "c", "ts": 3000, "temp": 27.5}),
+        ]
+    );
+    assert_eq!(
+        of("hottest"),
+        [
+            serde_json::json!({"device": "b", "temp": 35.0, "window_end": 10_000}),
+            serde_json::json!({"device": "c", "temp": 27.5, "window_end": 10_000}),
+        ]
+    );
+    assert_eq!(of("counted"), [serde_json::json!({"n": 3})]);
+}

@@ -271,6 +271,61 @@ pub(super) fn function_name(name: &ObjectName) -> String {
 }
 
 /// Whether `e` calls any of the functions `names` (lower case), at any depth.
+/// The aggregate functions by name (DataFusion's and eKuiper's): a windowed query
+/// that calls none of them emits the window's rows.
+pub(crate) const AGGREGATES: &[&str] = &[
+    "avg",
+    "count",
+    "max",
+    "min",
+    "sum",
+    "collect",
+    "array_agg",
+    "median",
+    "stddev",
+    "stddevs",
+    "var",
+    "vars",
+    "stddev_pop",
+    "stddev_samp",
+    "var_pop",
+    "var_samp",
+    "percentile",
+    "percentile_cont",
+    "percentile_disc",
+    "last_value",
+    "first_value",
+    "merge_agg",
+    "deduplicate",
+    "bool_and",
+    "bool_or",
+    "string_agg",
+    "approx_distinct",
+    "approx_median",
+    "approx_percentile_cont",
+    "approx_percentile_cont_with_weight",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "corr",
+    "covar",
+    "covar_pop",
+    "covar_samp",
+    "nth_value",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "grouping",
+    "__fg_dedup_all",
+    "__fg_dedup_last",
+];
+
 pub(super) fn calls_any(e: &Expr, names: &[&str]) -> bool {
     let mut found = false;
     let _ = visit_expressions(e, |x| {

@@ -1,10 +1,10 @@
 //! `CREATE RULE name INTO sink[, sink...] AS <query>`.
 
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query,
-    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Spanned, TableFactor, Value,
-    WildcardAdditionalOptions, WindowType,
+    BinaryOperator, DateTimeField, ExceptSelectItem, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GroupByExpr, Ident, JoinConstraint, JoinOperator, ObjectName,
+    ObjectNamePart, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Spanned,
+    TableFactor, Value, WildcardAdditionalOptions, WindowType,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -340,11 +340,41 @@ fn inspect_select(query: &mut Query) -> Result<Inspected, Located> {
                 None => kept.push(e),
             }
         }
+        // A window without aggregates emits its rows, as eKuiper does (`SELECT *`,
+        // `ORDER BY`, `LIMIT` over the window's rows).
+        let rows_of_window = window.is_some()
+            && kept.is_empty()
+            && select.having.is_none()
+            && !select.projection.iter().any(|item| match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    super::calls_any(e, super::AGGREGATES)
+                }
+                _ => false,
+            });
         if window.is_some() {
             kept.append(&mut partition);
             keys = kept.clone();
             kept.push(Expr::Identifier(Ident::new("window_start")));
             kept.push(Expr::Identifier(Ident::new("window_end")));
+        }
+        if rows_of_window {
+            kept.clear();
+            // `*` is the stream's columns, not the window's bounds.
+            for item in &mut select.projection {
+                if let SelectItem::Wildcard(options) = item {
+                    let bounds = [Ident::new("window_start"), Ident::new("window_end")];
+                    match &mut options.opt_except {
+                        Some(except) => except.additional_elements.extend(bounds),
+                        None => {
+                            let [start, end] = bounds;
+                            options.opt_except = Some(ExceptSelectItem {
+                                first_element: start,
+                                additional_elements: vec![end],
+                            });
+                        }
+                    }
+                }
+            }
         }
         *exprs = kept;
     }

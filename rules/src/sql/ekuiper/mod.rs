@@ -384,39 +384,10 @@ fn name_items(query: &mut Query) {
     }
 }
 
-/// Aggregate functions, which may not nest: an alias of an aggregate is not replaced
-/// inside another.
-const AGGREGATES: &[&str] = &[
-    "avg",
-    "count",
-    "max",
-    "min",
-    "sum",
-    "collect",
-    "array_agg",
-    "median",
-    "stddev",
-    "stddevs",
-    "var",
-    "vars",
-    "stddev_pop",
-    "stddev_samp",
-    "var_pop",
-    "var_samp",
-    "percentile",
-    "percentile_cont",
-    "percentile_disc",
-    "last_value",
-    "first_value",
-    "merge_agg",
-    "deduplicate",
-    "bool_and",
-    "bool_or",
-    "string_agg",
-];
-
+/// Whether `f` is an aggregate. Aggregates may not nest: an alias of an aggregate is
+/// not replaced inside another.
 fn is_aggregate(f: &Function) -> bool {
-    AGGREGATES.contains(&function_name(&f.name).as_str())
+    super::AGGREGATES.contains(&function_name(&f.name).as_str())
 }
 
 /// An alias may be used in the other SELECT items, where it stands for its expression
@@ -469,7 +440,7 @@ fn substitute(
                 !stack.contains(j) && a.as_ref().is_some_and(|(name, _)| *name == id.value)
             });
             if let Some((j, Some((_, expr)))) = found
-                && !(in_aggregate && calls_any(expr, AGGREGATES))
+                && !(in_aggregate && calls_any(expr, super::AGGREGATES))
             {
                 stack.push(j);
                 let inner = substitute(expr.clone(), aliased, stack, in_aggregate);
