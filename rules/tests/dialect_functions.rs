@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 const STREAM: &str = "SET DIALECT = ekuiper;\n\
 CREATE STREAM demo (s STRING, n BIGINT, x DOUBLE, ts BIGINT, tags ARRAY(BIGINT),\n\
-  info STRUCT(site STRING, level BIGINT)) WITH (DATASOURCE=\"demo\", FORMAT=\"JSON\");\n";
+  info STRUCT(site STRING, level BIGINT), pair STRUCT(a BIGINT, b BIGINT),\n\
+  other STRUCT(b BIGINT, c BIGINT)) WITH (DATASOURCE=\"demo\", FORMAT=\"JSON\");\n";
 
 /// 2023-11-14 22:13:20.123 UTC, a Tuesday, day 318 of the year.
 const TS: i64 = 1_700_000_000_123;
@@ -30,7 +31,8 @@ async fn check(cases: &[(&str, Value)]) {
     );
     let mut p = common::only_pipeline("f.sql", &text).await;
     let row = json!({"s": " \tHello, World\n", "n": 26, "x": 12332.1234567, "ts": TS,
-                     "tags": [3, 1, 3, 2], "info": {"site": "north", "level": 2}});
+                     "tags": [3, 1, 3, 2], "info": {"site": "north", "level": 2},
+                     "pair": {"a": 1, "b": 2}, "other": {"b": 3, "c": 4}});
     let mut reader = ReaderBuilder::new(p.stream.schema.clone())
         .build(Cursor::new(format!("{row}\n")))
         .unwrap();
@@ -195,6 +197,34 @@ async fn list_functions() {
 }
 
 #[tokio::test]
+async fn object_functions() {
+    check(&[
+        ("keys(info)", json!(["site", "level"])),
+        ("values(pair)", json!([1, 2])),
+        ("object_pick(info, \"site\")", json!({"site": "north"})),
+        (
+            "object_pick(info, array_create(\"level\", \"site\"))",
+            json!({"level": 2, "site": "north"}),
+        ),
+        ("erase(info, \"site\")", json!({"level": 2})),
+        ("erase(info, array_create(\"site\", \"level\"))", json!({})),
+        (
+            "object_concat(pair, other)",
+            json!({"a": 1, "b": 3, "c": 4}),
+        ),
+        (
+            "obj_to_kvpair_array(pair)",
+            json!([{"key": "a", "value": 1}, {"key": "b", "value": 2}]),
+        ),
+        (
+            "object(array_create(\"x\", \"y\"), array_create(n, 7))",
+            json!({"x": 26, "y": 7}),
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
 async fn untranslatable_arguments_are_named() {
     let text = format!(
         "{STREAM}CREATE RULE r INTO out AS SELECT date_calc(ts, s) AS d FROM demo;\n\
@@ -205,7 +235,7 @@ async fn untranslatable_arguments_are_named() {
     let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     assert_eq!(errors.len(), 3, "{errors:?}");
     assert!(
-        errors[0].contains("f.sql:4:") && errors[0].contains("duration must be a string literal"),
+        errors[0].contains("f.sql:5:") && errors[0].contains("duration must be a string literal"),
         "{errors:?}"
     );
     assert!(

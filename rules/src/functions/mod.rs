@@ -7,6 +7,8 @@
 //! - [`list_field`]: a struct field taken from every element of a list, for eKuiper's
 //!   list projections (`friends[*]->first`).
 //! - [`merge_agg`] and [`deduplicate`]: eKuiper's aggregates of whole objects.
+//! - [`objects`]: eKuiper's functions of objects (`keys`, `object_pick`, ...), typed
+//!   from the object's fields.
 //! - [`text`] and [`to_json`]: eKuiper's functions that write values as text
 //!   (`format`, `conv`, `sha1`, `crc32`, `to_json`), under internal names that only the
 //!   eKuiper dialect's rewrite calls.
@@ -15,6 +17,7 @@ mod clock;
 mod deduplicate;
 mod list_field;
 mod merge_agg;
+mod objects;
 mod text;
 mod to_json;
 
@@ -22,6 +25,7 @@ use datafusion::prelude::SessionContext;
 
 pub(crate) use deduplicate::{DEDUP_ALL, DEDUP_LAST};
 pub(crate) use list_field::LIST_FIELD;
+pub(crate) use objects::ObjectOp;
 pub(crate) use text::{CONV, CRC32, FORMAT, SHA1};
 pub(crate) use to_json::TO_JSON;
 
@@ -39,4 +43,7 @@ pub(crate) fn register(ctx: &SessionContext) {
         ctx.register_udf(f);
     }
     ctx.register_udf(to_json::udf());
+    for f in objects::udfs() {
+        ctx.register_udf(f);
+    }
 }

@@ -10,7 +10,7 @@ use super::build::{
     binary, by_sign, call, cast, interval, negate, number, plain_args, plus, string, string_literal,
 };
 use super::time::{duration_ns, strftime};
-use crate::functions::{CONV, CRC32, FORMAT, SHA1, TO_JSON};
+use crate::functions::{CONV, CRC32, FORMAT, ObjectOp, SHA1, TO_JSON};
 use crate::sql::function_name;
 
 /// eKuiper's functions that are DataFusion's under another name, with the same
@@ -342,6 +342,33 @@ pub(super) fn function(f: &mut Function) -> Result<Option<Expr>, String> {
             ),
             "%Y-%m-%d %H:%M:%S",
         ),
+        // Objects.
+        ("keys", [o]) => call(ObjectOp::Keys.name(), vec![o.clone()]),
+        ("values", [o]) => call(ObjectOp::Values.name(), vec![o.clone()]),
+        ("obj_to_kvpair_array", [o]) => call(ObjectOp::KeyValuePairs.name(), vec![o.clone()]),
+        ("object_concat", objects) if !objects.is_empty() => {
+            call(ObjectOp::Concat.name(), objects.to_vec())
+        }
+        ("object_pick" | "erase", [o, names @ ..]) if !names.is_empty() => {
+            let op = if name == "erase" {
+                ObjectOp::Erase
+            } else {
+                ObjectOp::Pick
+            };
+            // A list of names, array_create('a', 'b'), is the names themselves.
+            let mut args = vec![o.clone()];
+            for n in names {
+                match n {
+                    Expr::Function(g) if function_name(&g.name) == "make_array" => {
+                        args.extend(plain_args(g).unwrap_or_default());
+                    }
+                    other => args.push(other.clone()),
+                }
+            }
+            call(op.name(), args)
+        }
+        // object(keys, values): a map.
+        ("object", [keys, values]) => call("map", vec![keys.clone(), values.clone()]),
         // The window's bounds are columns.
         ("window_start" | "window_end", []) => Expr::Identifier(Ident::new(name.as_str())),
         _ => return Ok(None),

@@ -20,6 +20,7 @@ use datafusion::sql::sqlparser::ast::{
     Ident, ObjectName, Query, SelectItem, SetExpr, Spanned, Subscript, Value, VisitMut,
     visit_expressions_mut,
 };
+use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
 mod build;
@@ -139,7 +140,8 @@ pub(super) fn field_arrows(
 }
 
 /// Rewrites `x IN list` (a list-valued operand rather than a parenthesised list of
-/// values) into `x IN UNNEST(list)`, which [`translate`] turns into `array_has`.
+/// values) into `x IN UNNEST(list)`, which [`translate`] turns into `array_has`, and
+/// reads `values(` as a call.
 fn in_lists(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let significant = |from: usize| {
         (from..tokens.len()).find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
@@ -149,7 +151,15 @@ fn in_lists(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     while i < tokens.len() {
         let is_in = matches!(&tokens[i].token, Token::Word(w)
             if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("IN"));
-        out.push(tokens[i].clone());
+        let mut t = tokens[i].clone();
+        // eKuiper's `values(obj)` is a function, not SQL's VALUES.
+        if let Token::Word(w) = &mut t.token
+            && w.keyword == Keyword::VALUES
+            && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::LParen))
+        {
+            w.keyword = Keyword::NoKeyword;
+        }
+        out.push(t);
         i += 1;
         if !is_in {
             continue;
