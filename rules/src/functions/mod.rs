@@ -5,7 +5,8 @@
 //!   the clock for every batch. DataFusion folds them into constants when a query is
 //!   planned, and a rule is planned once and runs for months.
 //! - [`list_field`]: a struct field taken from every element of a list, for eKuiper's
-//!   list projections (`friends[*]->first`).
+//!   list projections (`friends[*]->first`); [`list_where`]: the objects of a list
+//!   that meet a comparison, for JSON path filters (`$[? @.age > 30]`).
 //! - [`merge_agg`] and [`deduplicate`]: eKuiper's aggregates of whole objects.
 //! - [`objects`]: eKuiper's functions of objects (`keys`, `object_pick`, ...), typed
 //!   from the object's fields.
@@ -16,6 +17,7 @@
 mod clock;
 mod deduplicate;
 mod list_field;
+mod list_where;
 mod merge_agg;
 mod objects;
 mod text;
@@ -25,6 +27,7 @@ use datafusion::prelude::SessionContext;
 
 pub(crate) use deduplicate::{DEDUP_ALL, DEDUP_LAST};
 pub(crate) use list_field::LIST_FIELD;
+pub(crate) use list_where::LIST_WHERE;
 pub(crate) use objects::ObjectOp;
 pub(crate) use text::{CONV, CRC32, FORMAT, SHA1};
 pub(crate) use to_json::TO_JSON;
@@ -35,6 +38,7 @@ pub(crate) fn register(ctx: &SessionContext) {
         ctx.register_udf(f);
     }
     ctx.register_udf(list_field::udf());
+    ctx.register_udf(list_where::udf());
     ctx.register_udaf(merge_agg::udaf());
     for f in deduplicate::udafs() {
         ctx.register_udaf(f);

@@ -270,7 +270,6 @@ pub(super) fn function_name(name: &ObjectName) -> String {
     name.to_string().to_ascii_lowercase()
 }
 
-/// Whether `e` calls any of the functions `names` (lower case), at any depth.
 /// The aggregate functions by name (DataFusion's and eKuiper's): a windowed query
 /// that calls none of them emits the window's rows.
 pub(crate) const AGGREGATES: &[&str] = &[
@@ -326,6 +325,7 @@ pub(crate) const AGGREGATES: &[&str] = &[
     "__fg_dedup_last",
 ];
 
+/// Whether `e` calls any of the functions `names` (lower case), at any depth.
 pub(super) fn calls_any(e: &Expr, names: &[&str]) -> bool {
     let mut found = false;
     let _ = visit_expressions(e, |x| {

@@ -9,6 +9,7 @@ use datafusion::sql::sqlparser::ast::{
 use super::build::{
     binary, by_sign, call, cast, interval, negate, number, plain_args, plus, string, string_literal,
 };
+use super::json_path::{self, Ask};
 use super::time::{duration_ns, strftime};
 use crate::functions::{CONV, CRC32, FORMAT, ObjectOp, SHA1, TO_JSON};
 use crate::sql::function_name;
@@ -23,8 +24,6 @@ const RENAMED: &[(&str, &str)] = &[
     ("vars", "var_samp"),
     ("percentile", "percentile_cont"),
     // Strings.
-    ("endswith", "ends_with"),
-    ("startswith", "starts_with"),
     ("numbytes", "octet_length"),
     ("regexp_matches", "regexp_like"),
     // Numbers.
@@ -63,7 +62,7 @@ fn text_of_time(e: Expr, pattern: &str) -> Expr {
 /// eKuiper's function of this name and arguments, in DataFusion's terms; `None` for a
 /// function that means the same in both; an error for a call eKuiper accepts that
 /// cannot be translated (a pattern or duration that is not a literal, say).
-pub(super) fn function(f: &mut Function) -> Result<Option<Expr>, String> {
+pub(super) fn function(f: &mut Function, stream: Option<&str>) -> Result<Option<Expr>, String> {
     let name = function_name(&f.name);
     if let Some((_, to)) = RENAMED.iter().find(|(from, _)| *from == name) {
         f.name = ObjectName::from(vec![Ident::new(*to)]);
@@ -148,8 +147,29 @@ pub(super) fn function(f: &mut Function) -> Result<Option<Expr>, String> {
         ),
         ("ltrim" | "rtrim", [s]) => call(&name, vec![s.clone(), string(WHITESPACE)]),
         ("trim", [s]) => call("btrim", vec![s.clone(), string(WHITESPACE)]),
-        // indexof(s, t): 0-based, -1 when absent.
-        ("indexof", [s, t]) => plus(call("strpos", vec![s.clone(), t.clone()]), -1),
+        // indexof(s, t): 0-based, -1 when absent or null.
+        ("indexof", [s, t]) => call(
+            "coalesce",
+            vec![
+                plus(call("strpos", vec![s.clone(), t.clone()]), -1),
+                number(-1),
+            ],
+        ),
+        // False when either is null.
+        ("endswith" | "startswith", [s, t]) => call(
+            "coalesce",
+            vec![
+                call(
+                    if name == "endswith" {
+                        "ends_with"
+                    } else {
+                        "starts_with"
+                    },
+                    vec![s.clone(), t.clone()],
+                ),
+                false_literal(),
+            ],
+        ),
         // split_value(s, separator, i): the i-th part, from 0.
         ("split_value", [s, sep, i]) => call(
             "split_part",
@@ -342,6 +362,16 @@ pub(super) fn function(f: &mut Function) -> Result<Option<Expr>, String> {
             ),
             "%Y-%m-%d %H:%M:%S",
         ),
+        // JSON paths.
+        ("json_path_query" | "json_path_query_first" | "json_path_exists", [base, path]) => {
+            let ask = match name.as_str() {
+                "json_path_query" => Ask::Query,
+                "json_path_query_first" => Ask::First,
+                _ => Ask::Exists,
+            };
+            let row = matches!(base, Expr::Identifier(i) if Some(i.value.as_str()) == stream);
+            json_path::translate((!row).then(|| base.clone()), &literal(path, "path")?, ask)?
+        }
         // Objects.
         ("keys", [o]) => call(ObjectOp::Keys.name(), vec![o.clone()]),
         ("values", [o]) => call(ObjectOp::Values.name(), vec![o.clone()]),
@@ -394,4 +424,11 @@ fn base64_only(how: &str) -> Result<(), String> {
             "the encoding `{how}` is not supported: only base64 is"
         ))
     }
+}
+
+fn false_literal() -> Expr {
+    Expr::Value(datafusion::sql::sqlparser::ast::ValueWithSpan {
+        value: datafusion::sql::sqlparser::ast::Value::Boolean(false),
+        span: datafusion::sql::sqlparser::tokenizer::Span::empty(),
+    })
 }

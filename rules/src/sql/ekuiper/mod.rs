@@ -25,6 +25,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
 mod build;
 mod functions;
+mod json_path;
 mod time;
 
 use super::rule::{Located, span_pos};
@@ -527,6 +528,32 @@ fn substitute(
 /// Rewrites a query written in eKuiper's dialect into the engine's terms.
 pub(super) fn translate(query: &mut Query, rule: &str) -> Result<(), Located> {
     replace_wins(query);
+    // Without a window, eKuiper's window_start() and window_end() are 0.
+    let windowed = match query.body.as_ref() {
+        SetExpr::Select(s) => match &s.group_by {
+            datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(exprs, _) => {
+                exprs.iter().any(|e| {
+                    matches!(e, Expr::Function(f) if super::WINDOW_FUNCTIONS
+                        .iter()
+                        .any(|w| w.eq_ignore_ascii_case(&function_name(&f.name))))
+                })
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    // The stream's name (or alias): a JSON path may start at the row itself.
+    let from = match query.body.as_ref() {
+        SetExpr::Select(s) => s.from.first().and_then(|t| match &t.relation {
+            datafusion::sql::sqlparser::ast::TableFactor::Table { name, alias, .. } => Some(
+                alias
+                    .as_ref()
+                    .map_or_else(|| name.to_string(), |a| a.name.value.clone()),
+            ),
+            _ => None,
+        }),
+        _ => None,
+    };
     // The user's aliases first: the names given below are not for reuse.
     inline_aliases(query);
     name_items(query);
@@ -578,12 +605,22 @@ pub(super) fn translate(query: &mut Query, rule: &str) -> Result<(), Located> {
                 }
             }
             Expr::Function(f)
+                if !windowed
+                    && matches!(
+                        function_name(&f.name).as_str(),
+                        "window_start" | "window_end"
+                    )
+                    && plain_args(f).is_some_and(|a| a.is_empty()) =>
+            {
+                *e = number(0);
+            }
+            Expr::Function(f)
                 if function_name(&f.name) == "rule_id"
                     && plain_args(f).is_some_and(|a| a.is_empty()) =>
             {
                 *e = string(rule);
             }
-            Expr::Function(f) => match functions::function(f) {
+            Expr::Function(f) => match functions::function(f, from.as_deref()) {
                 Ok(Some(x)) => *e = x,
                 Ok(None) => {}
                 Err(msg) => {
