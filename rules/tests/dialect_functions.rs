@@ -226,8 +226,7 @@ async fn object_functions() {
 
 #[tokio::test]
 async fn json_path_functions() {
-    let text = format!(
-        "SET DIALECT = ekuiper;\n\
+    let text = "SET DIALECT = ekuiper;\n\
          CREATE STREAM people (age BIGINT, friends ARRAY(STRUCT(first STRING, age BIGINT)),\n\
            groups STRUCT(g1 ARRAY(STRUCT(last STRING, age BIGINT)))) WITH (DATASOURCE=\"p\");\n\
          CREATE RULE r INTO out AS SELECT json_path_query(groups, \"$.g1[*].last\") AS lasts, \
@@ -236,9 +235,8 @@ async fn json_path_functions() {
          json_path_query_first(groups, \"$.g1[? @.age >= 30].last\") AS g30, \
          json_path_exists(groups, \"$.g1[? @.last == 'Zed']\") AS zed, \
          json_path_query(people, \"$.age\") AS a \
-         FROM people WHERE json_path_exists(friends, \"$[? @.age < 50]\");"
-    );
-    let mut p = common::only_pipeline("p.sql", &text).await;
+         FROM people WHERE json_path_exists(friends, \"$[? @.age < 50]\");";
+    let mut p = common::only_pipeline("p.sql", text).await;
     let rows = [
         json!({"age": 37, "friends": [{"first": "Dale", "age": 44}, {"first": "Roger", "age": 68}],
                "groups": {"g1": [{"last": "Shavor", "age": 22}, {"last": "Miller", "age": 33}]}}),

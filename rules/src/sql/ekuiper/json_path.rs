@@ -16,7 +16,7 @@ enum Step {
     Index(i64),
     All,
     /// `[? @.field op value]`.
-    Where(String, String, Expr),
+    Where(String, String, Box<Expr>),
 }
 
 /// What the call asks of the path's result.
@@ -108,7 +108,7 @@ fn condition(text: &str) -> Option<Step> {
     if field.is_empty() || !["==", "=", "!=", ">", ">=", "<", "<="].contains(&op.as_str()) {
         return None;
     }
-    Some(Step::Where(field, op, value))
+    Some(Step::Where(field, op, Box::new(value)))
 }
 
 /// The call in DataFusion's terms; `base` is `None` when the path starts at the row
@@ -137,7 +137,7 @@ pub(super) fn translate(base: Option<Expr>, path: &str, ask: Ask) -> Result<Expr
             }
             (Step::Where(field, op, value), Some(c)) => {
                 many = true;
-                call(LIST_WHERE, vec![c, string(&field), string(&op), value])
+                call(LIST_WHERE, vec![c, string(&field), string(&op), *value])
             }
         });
     }
