@@ -188,6 +188,14 @@ async fn list_functions() {
         ("repeat(\"a\", 3)", json!(["a", "a", "a"])),
         ("array_join(tags, \"-\")", json!("3-1-3-2")),
         ("cardinality(tags)", json!(4)),
+        ("array_cardinality(array_create(1, null, 2))", json!(2)),
+        ("length(tags)", json!(4)),
+        ("length(\"héllo\")", json!(5)),
+        (
+            "kvpair_array_to_obj(array_create(object_construct(\"key\", \"a\", \"value\", 1), \
+             object_construct(\"key\", \"b\", \"value\", n)))",
+            json!({"a": 1, "b": 26}),
+        ),
         (
             "object_construct(\"a\", n, \"b\", s)",
             json!({"a": 26, "b": " \tHello, World\n"}),
@@ -273,6 +281,33 @@ async fn null_arguments_as_ekuiper_reads_them() {
         ("window_end()", json!(0)),
     ])
     .await;
+}
+
+#[tokio::test]
+async fn row_number_counts_the_rows_of_a_window() {
+    let text = "SET DIALECT = ekuiper;\n\
+        CREATE STREAM demo (a BIGINT) WITH (DATASOURCE=\"demo\");\n\
+        CREATE RULE r INTO out AS SELECT a, row_number() AS rn FROM demo \
+        GROUP BY COUNTWINDOW(3);";
+    let mut p = common::only_pipeline("w.sql", text).await;
+    let batch = ReaderBuilder::new(p.stream.schema.clone())
+        .build(Cursor::new(
+            "{\"a\": 10}\n{\"a\": 20}\n{\"a\": 30}\n{\"a\": 40}\n",
+        ))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let (outs, errs) = p.push(&batch).await;
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(
+        json_rows(&outs),
+        [
+            json!({"a": 10, "rn": 1}),
+            json!({"a": 20, "rn": 2}),
+            json!({"a": 30, "rn": 3})
+        ]
+    );
 }
 
 #[tokio::test]

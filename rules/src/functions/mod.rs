@@ -8,6 +8,7 @@
 //!   list projections (`friends[*]->first`); [`list_where`]: the objects of a list
 //!   that meet a comparison, for JSON path filters (`$[? @.age > 30]`).
 //! - [`merge_agg`] and [`deduplicate`]: eKuiper's aggregates of whole objects.
+//! - [`length`]: eKuiper's `length` and `array_cardinality`, of strings and lists.
 //! - [`objects`]: eKuiper's functions of objects (`keys`, `object_pick`, ...), typed
 //!   from the object's fields.
 //! - [`text`] and [`to_json`]: eKuiper's functions that write values as text
@@ -16,6 +17,7 @@
 
 mod clock;
 mod deduplicate;
+mod length;
 mod list_field;
 mod list_where;
 mod merge_agg;
@@ -26,6 +28,7 @@ mod to_json;
 use datafusion::prelude::SessionContext;
 
 pub(crate) use deduplicate::{DEDUP_ALL, DEDUP_LAST};
+pub(crate) use length::{LENGTH, PRESENT};
 pub(crate) use list_field::LIST_FIELD;
 pub(crate) use list_where::LIST_WHERE;
 pub(crate) use objects::ObjectOp;
@@ -38,6 +41,9 @@ pub(crate) fn register(ctx: &SessionContext) {
         ctx.register_udf(f);
     }
     ctx.register_udf(list_field::udf());
+    for f in length::udfs() {
+        ctx.register_udf(f);
+    }
     ctx.register_udf(list_where::udf());
     ctx.register_udaf(merge_agg::udaf());
     for f in deduplicate::udafs() {

@@ -3,7 +3,7 @@
 //! and the gateway's own (see `crate::functions`).
 
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr, Function, Ident, NullTreatment, ObjectName,
+    BinaryOperator, Expr, Function, Ident, NullTreatment, ObjectName, WindowSpec, WindowType,
 };
 
 use super::build::{
@@ -11,7 +11,7 @@ use super::build::{
 };
 use super::json_path::{self, Ask};
 use super::time::{duration_ns, strftime};
-use crate::functions::{CONV, CRC32, FORMAT, ObjectOp, SHA1, TO_JSON};
+use crate::functions::{CONV, CRC32, FORMAT, LENGTH, LIST_FIELD, ObjectOp, PRESENT, SHA1, TO_JSON};
 use crate::sql::function_name;
 
 /// eKuiper's functions that are DataFusion's under another name, with the same
@@ -71,6 +71,17 @@ pub(super) fn function(f: &mut Function, stream: Option<&str>) -> Result<Option<
     if f.over.is_some() {
         return Ok(None);
     }
+    // row_number(): the row's place in its window (or batch), from 1.
+    if name == "row_number" {
+        let mut g = f.clone();
+        g.over = Some(WindowType::WindowSpec(WindowSpec {
+            window_name: None,
+            partition_by: vec![],
+            order_by: vec![],
+            window_frame: None,
+        }));
+        return Ok(Some(Expr::Function(g)));
+    }
     let Some(args) = plain_args(f) else {
         return Ok(None);
     };
@@ -123,8 +134,12 @@ pub(super) fn function(f: &mut Function, stream: Option<&str>) -> Result<Option<
         ),
         // array_remove(a, v): every element equal to v.
         ("array_remove", [a, v]) => call("array_remove_all", vec![a.clone(), v.clone()]),
+        // The elements that are not null, 0 for a null list.
+        ("array_cardinality", [a]) => call(PRESENT, vec![a.clone()]),
+        // The characters of a string, or the elements of a list.
+        ("length", [x]) => call(LENGTH, vec![x.clone()]),
         // The number of elements, 0 for null.
-        ("cardinality" | "array_cardinality", [a]) => call(
+        ("cardinality", [a]) => call(
             "coalesce",
             vec![call("cardinality", vec![a.clone()]), number(0)],
         ),
@@ -397,6 +412,14 @@ pub(super) fn function(f: &mut Function, stream: Option<&str>) -> Result<Option<
             }
             call(op.name(), args)
         }
+        // [{"key": k, "value": v}, ...] as the map {k: v, ...}.
+        ("kvpair_array_to_obj", [pairs]) => call(
+            "map",
+            vec![
+                call(LIST_FIELD, vec![pairs.clone(), string("key")]),
+                call(LIST_FIELD, vec![pairs.clone(), string("value")]),
+            ],
+        ),
         // object(keys, values): a map.
         ("object", [keys, values]) => call("map", vec![keys.clone(), values.clone()]),
         // The window's bounds are columns.
