@@ -7,7 +7,9 @@ use common::json_rows;
 
 use std::io::Cursor;
 
+use fieldgate_rules::StreamPipeline;
 use fieldgate_rules::arrow::json::ReaderBuilder;
+use fieldgate_rules::arrow::record_batch::RecordBatch;
 use serde_json::{Value, json};
 
 const STREAM: &str = "SET DIALECT = ekuiper;\n\
@@ -17,6 +19,17 @@ CREATE STREAM demo (s STRING, n BIGINT, x DOUBLE, ts BIGINT, tags ARRAY(BIGINT),
 
 /// 2023-11-14 22:13:20.123 UTC, a Tuesday, day 318 of the year.
 const TS: i64 = 1_700_000_000_123;
+
+/// One batch of the pipeline's stream, from JSON rows.
+fn batch_of(p: &StreamPipeline, rows: &[Value]) -> RecordBatch {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    ReaderBuilder::new(p.stream.schema.clone())
+        .build(Cursor::new(text))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+}
 
 /// Evaluates each `(expression, expected)` over one row and checks every value.
 async fn check(cases: &[(&str, Value)]) {
@@ -33,10 +46,7 @@ async fn check(cases: &[(&str, Value)]) {
     let row = json!({"s": " \tHello, World\n", "n": 26, "x": 12332.1234567, "ts": TS,
                      "tags": [3, 1, 3, 2], "info": {"site": "north", "level": 2},
                      "pair": {"a": 1, "b": 2}, "other": {"b": 3, "c": 4}});
-    let mut reader = ReaderBuilder::new(p.stream.schema.clone())
-        .build(Cursor::new(format!("{row}\n")))
-        .unwrap();
-    let batch = reader.next().unwrap().unwrap();
+    let batch = batch_of(&p, &[row]);
     let (outs, errs) = p.push(&batch).await;
     assert!(errs.is_empty(), "{errs:?}");
     let rows = json_rows(&outs);
@@ -252,13 +262,7 @@ async fn json_path_functions() {
         json!({"age": 70, "friends": [{"first": "Old", "age": 80}],
                "groups": {"g1": []}}),
     ];
-    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
-    let batch = ReaderBuilder::new(p.stream.schema.clone())
-        .build(Cursor::new(text))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let batch = batch_of(&p, &rows);
     let (outs, errs) = p.push(&batch).await;
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(
@@ -290,14 +294,8 @@ async fn row_number_counts_the_rows_of_a_window() {
         CREATE RULE r INTO out AS SELECT a, row_number() AS rn FROM demo \
         GROUP BY COUNTWINDOW(3);";
     let mut p = common::only_pipeline("w.sql", text).await;
-    let batch = ReaderBuilder::new(p.stream.schema.clone())
-        .build(Cursor::new(
-            "{\"a\": 10}\n{\"a\": 20}\n{\"a\": 30}\n{\"a\": 40}\n",
-        ))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let rows = [10, 20, 30, 40].map(|a| json!({ "a": a }));
+    let batch = batch_of(&p, &rows);
     let (outs, errs) = p.push(&batch).await;
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(
