@@ -11,8 +11,13 @@ use datafusion::sql::sqlparser::tokenizer::Span;
 use crate::sql::int_literal;
 
 pub(super) fn number(n: i64) -> Expr {
+    literal(Value::Number(n.to_string(), false))
+}
+
+/// A literal value.
+pub(super) fn literal(value: Value) -> Expr {
     Expr::Value(ValueWithSpan {
-        value: Value::Number(n.to_string(), false),
+        value,
         span: Span::empty(),
     })
 }

@@ -3,11 +3,12 @@
 //! and the gateway's own (see `crate::functions`).
 
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr, Function, Ident, NullTreatment, ObjectName, WindowSpec, WindowType,
+    BinaryOperator, Expr, Function, Ident, NullTreatment, ObjectName, Value, WindowSpec, WindowType,
 };
 
 use super::build::{
-    binary, by_sign, call, cast, interval, negate, number, plain_args, plus, string, string_literal,
+    self, binary, by_sign, call, cast, interval, negate, number, plain_args, plus, string,
+    string_literal,
 };
 use super::json_path::{self, Ask};
 use super::time::{duration_ns, strftime};
@@ -182,7 +183,7 @@ pub(super) fn function(f: &mut Function, stream: Option<&str>) -> Result<Option<
                     },
                     vec![s.clone(), t.clone()],
                 ),
-                false_literal(),
+                build::literal(Value::Boolean(false)),
             ],
         ),
         // split_value(s, separator, i): the i-th part, from 0.
@@ -447,11 +448,4 @@ fn base64_only(how: &str) -> Result<(), String> {
             "the encoding `{how}` is not supported: only base64 is"
         ))
     }
-}
-
-fn false_literal() -> Expr {
-    Expr::Value(datafusion::sql::sqlparser::ast::ValueWithSpan {
-        value: datafusion::sql::sqlparser::ast::Value::Boolean(false),
-        span: datafusion::sql::sqlparser::tokenizer::Span::empty(),
-    })
 }

@@ -4,9 +4,9 @@
 //! and filters of a list of objects, `$.list[? @.f > 30]` (also `[?(...)]`), comparing a
 //! field to a number or a string.
 
-use datafusion::sql::sqlparser::ast::Expr;
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Ident, Value};
 
-use super::build::{by_sign, call, number, string};
+use super::build::{self, binary, by_sign, call, number, string};
 use crate::functions::{LIST_FIELD, LIST_WHERE};
 
 /// One step of a path.
@@ -99,10 +99,7 @@ fn condition(text: &str) -> Option<Step> {
         Some(s) => string(&s),
         None => {
             literal.parse::<f64>().ok()?;
-            Expr::Value(datafusion::sql::sqlparser::ast::ValueWithSpan {
-                value: datafusion::sql::sqlparser::ast::Value::Number(literal.into(), false),
-                span: datafusion::sql::sqlparser::tokenizer::Span::empty(),
-            })
+            build::literal(Value::Number(literal.into(), false))
         }
     };
     if field.is_empty() || !["==", "=", "!=", ">", ">=", "<", "<="].contains(&op.as_str()) {
@@ -119,9 +116,7 @@ pub(super) fn translate(base: Option<Expr>, path: &str, ask: Ask) -> Result<Expr
     let mut many = false;
     for step in steps(path)? {
         cur = Some(match (step, cur) {
-            (Step::Field(name), None) => {
-                Expr::Identifier(datafusion::sql::sqlparser::ast::Ident::new(name))
-            }
+            (Step::Field(name), None) => Expr::Identifier(Ident::new(name)),
             (Step::Field(name), Some(c)) if many => call(LIST_FIELD, vec![c, string(&name)]),
             (Step::Field(name), Some(c)) => call("get_field", vec![c, string(&name)]),
             (_, None) => return Err(format!("JSON path `{path}`: the row is not a list")),
@@ -150,15 +145,12 @@ pub(super) fn translate(base: Option<Expr>, path: &str, ask: Ask) -> Result<Expr
         (Ask::Exists, true) => call(
             "coalesce",
             vec![
-                Expr::BinaryOp {
-                    left: Box::new(call("cardinality", vec![cur])),
-                    op: datafusion::sql::sqlparser::ast::BinaryOperator::Gt,
-                    right: Box::new(number(0)),
-                },
-                Expr::Value(datafusion::sql::sqlparser::ast::ValueWithSpan {
-                    value: datafusion::sql::sqlparser::ast::Value::Boolean(false),
-                    span: datafusion::sql::sqlparser::tokenizer::Span::empty(),
-                }),
+                binary(
+                    call("cardinality", vec![cur]),
+                    BinaryOperator::Gt,
+                    number(0),
+                ),
+                build::literal(Value::Boolean(false)),
             ],
         ),
         (Ask::Exists, false) => Expr::IsNotNull(Box::new(cur)),
