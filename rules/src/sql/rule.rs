@@ -561,14 +561,20 @@ pub(super) fn interval_millis(e: &Expr) -> Result<i64, Located> {
 
 /// Recognises the window functions of GROUP BY: eKuiper's spellings and the SQL-style
 /// `TUMBLE`, `HOP` and `SESSION` with intervals.
+/// Whether `e` is a call of a window function (`TUMBLINGWINDOW(...)`, in any case).
+pub(super) fn is_window_call(e: &Expr) -> bool {
+    matches!(e, Expr::Function(f)
+        if WINDOW_FUNCTIONS.contains(&f.name.to_string().to_ascii_uppercase().as_str()))
+}
+
 fn window_call(e: &Expr) -> Result<Option<WindowSpec>, Located> {
     let Expr::Function(f) = e else {
         return Ok(None);
     };
-    let fname = f.name.to_string().to_ascii_uppercase();
-    if !WINDOW_FUNCTIONS.contains(&fname.as_str()) {
+    if !is_window_call(e) {
         return Ok(None);
     }
+    let fname = f.name.to_string().to_ascii_uppercase();
     let pos = span_pos(e);
     let args = args_of(f);
     let usage = |u: &str| (pos, format!("{fname} takes {u}"));

@@ -28,7 +28,7 @@ mod functions;
 mod json_path;
 mod time;
 
-use super::rule::{Located, span_pos};
+use super::rule::{Located, is_window_call, span_pos};
 use super::{calls_any, function_name, int_literal};
 use crate::error::Pos;
 use crate::functions::{DEDUP_ALL, DEDUP_LAST, LIST_FIELD};
@@ -532,11 +532,7 @@ pub(super) fn translate(query: &mut Query, rule: &str) -> Result<(), Located> {
     let windowed = match query.body.as_ref() {
         SetExpr::Select(s) => match &s.group_by {
             datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(exprs, _) => {
-                exprs.iter().any(|e| {
-                    matches!(e, Expr::Function(f) if super::WINDOW_FUNCTIONS
-                        .iter()
-                        .any(|w| w.eq_ignore_ascii_case(&function_name(&f.name))))
-                })
+                exprs.iter().any(is_window_call)
             }
             _ => false,
         },
