@@ -13,11 +13,13 @@ use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaBuilder, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::sql::sqlparser::ast::SetExpr;
 use futures::FutureExt;
 
 use crate::analytic::AnalyticStage;
 pub use crate::counters::RuleCounters;
 use crate::error::{ExecError, SqlError};
+use crate::hits::{RowHits, WindowHits, window_end};
 use crate::plan::CompiledQuery;
 use crate::row_errors::run_isolating;
 use crate::rule::RuleDef;
@@ -164,16 +166,26 @@ fn explain_plan_error(msg: &str) -> Option<String> {
 }
 
 /// A clearer message for an unknown function the rule language knows of elsewhere: a
-/// window used outside GROUP BY, or one of eKuiper's analytic functions (DataFusion
+/// window used outside GROUP BY, or one of eKuiper's functions not translated (DataFusion
 /// would suggest a function of a similar name instead).
 fn explain_unknown_function(msg: &str) -> Option<String> {
     let (_, rest) = msg.split_once("Invalid function '")?;
     let name = rest.split('\'').next()?.to_ascii_lowercase();
-    const ANALYTIC: [&str; 4] = [
-        "last_agg_hit_count",
-        "last_agg_hit_time",
-        "last_hit_count",
-        "last_hit_time",
+    const EKUIPER_ONLY: [&str; 14] = [
+        "array_map",
+        "array_shuffle",
+        "compress",
+        "convert_tz",
+        "decompress",
+        "delay",
+        "event_time",
+        "get_keyed_state",
+        "items",
+        "meta",
+        "mqtt",
+        "parse_json",
+        "rule_start",
+        "zip",
     ];
     if crate::sql::WINDOW_FUNCTIONS
         .iter()
@@ -184,9 +196,9 @@ fn explain_unknown_function(msg: &str) -> Option<String> {
              GROUP BY device, {}(ss, 10)",
             name.to_uppercase()
         ))
-    } else if ANALYTIC.contains(&name.as_str()) {
+    } else if EKUIPER_ONLY.contains(&name.as_str()) {
         Some(format!(
-            "Invalid function '{name}': eKuiper's analytic function `{name}` is not supported yet"
+            "Invalid function '{name}': eKuiper's function `{name}` is not supported yet"
         ))
     } else {
         None
@@ -230,6 +242,10 @@ pub struct Rule {
     query: CompiledQuery,
     /// Computes the rule's analytic calls before anything else runs.
     analytic: Option<AnalyticStage>,
+    /// Computes `last_hit_count()` and `last_hit_time()` (rules without a window).
+    row_hits: Option<RowHits>,
+    /// What `last_agg_hit_count()` and `last_agg_hit_time()` read (windowed rules).
+    window_hits: Option<Arc<WindowHits>>,
     failures: FailedRows,
     windowed: Option<Windowed>,
     /// Set when a panic stopped the rule.
@@ -405,17 +421,48 @@ impl Rule {
             ),
         };
         let original = stream.schema.clone();
-        let augmented;
-        let stream = match &analytic {
-            None => stream,
-            Some(a) => {
-                augmented = StreamDef {
-                    schema: a.schema(),
-                    ..stream.clone()
+        // The rest of the rule reads the stream's rows with the analytic results and
+        // the hit columns appended.
+        let mut schema = analytic.as_ref().map_or(original.clone(), |a| a.schema());
+        if def.hits.rows {
+            schema = crate::hits::with_hit_columns(&schema);
+        }
+        let augmented = StreamDef {
+            schema,
+            ..stream.clone()
+        };
+        let stream = &augmented;
+        let row_hits = match def.hits.rows {
+            false => None,
+            true => {
+                let filter = match def.query.body.as_ref() {
+                    SetExpr::Select(s) => s.selection.as_ref(),
+                    _ => None,
                 };
-                &augmented
+                if !def.tables.is_empty() && filter.is_some() {
+                    return Err(err(format!(
+                        "rule `{}`: last_hit_count() and last_hit_time() count the rows \
+                         that pass WHERE, which cannot read a joined table yet",
+                        def.name
+                    )));
+                }
+                Some(
+                    RowHits::compile(
+                        &stream.name,
+                        stream.schema.clone(),
+                        filter,
+                        stream.event_time.clone(),
+                    )
+                    .await
+                    .map_err(plan_err)?,
+                )
             }
         };
+        let window_hits = def.hits.windows.then(|| Arc::new(WindowHits::default()));
+        let functions = window_hits
+            .as_ref()
+            .map(|h| h.functions())
+            .unwrap_or_default();
         let mut input = stream.schema.clone();
         let mut windowed = match def.window {
             None => None,
@@ -485,9 +532,15 @@ impl Rule {
                 })
             }
         };
-        let query = CompiledQuery::compile_with(&stream.name, input.clone(), &def.query, tables)
-            .await
-            .map_err(plan_err)?;
+        let query = CompiledQuery::compile_with(
+            &stream.name,
+            input.clone(),
+            &def.query,
+            tables,
+            &functions,
+        )
+        .await
+        .map_err(plan_err)?;
         if let Some(w) = windowed.as_mut() {
             let (size, slide) = match def.window {
                 Some(WindowSpec::Tumbling { size_ms }) => (size_ms, size_ms),
@@ -523,6 +576,8 @@ impl Rule {
             counters: Arc::default(),
             query,
             analytic,
+            row_hits,
+            window_hits,
             windowed,
             stopped: None,
             paused: Arc::default(),
@@ -586,6 +641,17 @@ impl Rule {
             }
         };
         let Some(w) = self.windowed.as_mut() else {
+            let counted;
+            let batch = match self.row_hits.as_mut() {
+                None => batch,
+                Some(h) => {
+                    counted = h
+                        .apply(batch, now)
+                        .await
+                        .map_err(|e| df_err(&self.counters, &self.name, e))?;
+                    &counted
+                }
+            };
             let run = run_isolating(&self.query, batch)
                 .await
                 .map_err(|e| self.df_err(e))?;
@@ -671,12 +737,16 @@ impl Rule {
         // their time bounds, and the plan groups by those.
         let mut results = Vec::new();
         for window in done {
-            results.extend(
-                self.query
-                    .run(vec![window])
-                    .await
-                    .map_err(|e| self.df_err(e))?,
-            );
+            let end = window_end(&window);
+            let out = self
+                .query
+                .run(vec![window])
+                .await
+                .map_err(|e| self.df_err(e))?;
+            if let (Some(h), Some(end)) = (&self.window_hits, end) {
+                h.window_done(end, out.iter().map(|b| b.num_rows()).sum());
+            }
+            results.extend(out);
         }
         if !results.is_empty() {
             outputs.push(self.output(results));
@@ -701,7 +771,23 @@ impl Rule {
                 if closing.is_empty() {
                     return Ok(None);
                 }
-                self.query.run(closing).await
+                match &self.window_hits {
+                    None => self.query.run(closing).await,
+                    // Each window reads the count the ones before it left.
+                    Some(hits) => {
+                        let mut out = Vec::new();
+                        for window in closing {
+                            let end = window_end(&window);
+                            let rows = self.query.run(vec![window]).await;
+                            let rows = rows.map_err(|e| self.df_err(e))?;
+                            if let Some(end) = end {
+                                hits.window_done(end, rows.iter().map(|b| b.num_rows()).sum());
+                            }
+                            out.extend(rows);
+                        }
+                        Ok(out)
+                    }
+                }
             }
             Windows::Incremental(panes) => {
                 let aggregated = panes
@@ -710,7 +796,23 @@ impl Rule {
                 if aggregated.is_empty() {
                     return Ok(None);
                 }
-                panes.results(aggregated).await
+                match &self.window_hits {
+                    None => {
+                        panes
+                            .results(aggregated.into_iter().map(|(_, b)| b).collect())
+                            .await
+                    }
+                    Some(hits) => {
+                        let mut out = Vec::new();
+                        for (end, window) in aggregated {
+                            let rows = panes.results(vec![window]).await;
+                            let rows = rows.map_err(|e| df_err(&self.counters, &self.name, e))?;
+                            hits.window_done(end, rows.iter().map(|b| b.num_rows()).sum());
+                            out.extend(rows);
+                        }
+                        Ok(out)
+                    }
+                }
             }
         };
         let out = out.map_err(|e| self.df_err(e))?;

@@ -25,6 +25,7 @@ mod counters;
 mod engine;
 mod error;
 mod functions;
+mod hits;
 mod plan;
 mod reload;
 mod row_errors;
@@ -42,6 +43,7 @@ pub use engine::{
     WINDOW_END, WINDOW_START, now_millis,
 };
 pub use error::{ExecError, Pos, SqlError};
+pub use hits::HitFunctions;
 pub use reload::{
     Applied, ReloadPlan, ReloadSummary, RuleSlot, StreamChange, apply as apply_rules,
     plan as plan_reload, same_rule, same_stream,

@@ -20,7 +20,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
+use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF, TableType};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
@@ -52,15 +52,17 @@ pub(crate) struct CompiledQuery {
 impl CompiledQuery {
     /// Plans `query` against a table named `table` with the given schema.
     pub async fn compile(table: &str, input: SchemaRef, query: &Query) -> Result<Self> {
-        Self::compile_with(table, input, query, &[]).await
+        Self::compile_with(table, input, query, &[], &[]).await
     }
 
-    /// [`CompiledQuery::compile`], with lookup tables the query may join.
+    /// [`CompiledQuery::compile`], with lookup tables the query may join and functions
+    /// of the rule's own (which may hold its state).
     pub async fn compile_with(
         table: &str,
         input: SchemaRef,
         query: &Query,
         lookups: &[&TableDef],
+        functions: &[ScalarUDF],
     ) -> Result<Self> {
         let config = SessionConfig::new()
             .with_target_partitions(1)
@@ -83,6 +85,9 @@ impl CompiledQuery {
             .set_bool("datafusion.execution.collect_statistics", false);
         let ctx = SessionContext::new_with_config(config);
         crate::functions::register(&ctx);
+        for f in functions {
+            ctx.register_udf(f.clone());
+        }
         let slot: Slot = Arc::default();
         ctx.register_table(
             table,

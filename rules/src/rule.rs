@@ -6,6 +6,7 @@ use datafusion::sql::sqlparser::ast::Query;
 
 use crate::analytic::AnalyticCall;
 use crate::error::{Pos, SqlError};
+use crate::hits::HitFunctions;
 use crate::sql::Dialect;
 use crate::window::WindowSpec;
 
@@ -37,6 +38,8 @@ pub struct RuleDef {
     /// The analytic calls taken out of `query`, each now a column of its rows
     /// (see [`crate::analytic`]).
     pub analytic: Vec<AnalyticCall>,
+    /// Which of eKuiper's hit functions the query uses (see [`crate::hits`]).
+    pub hits: HitFunctions,
     /// The dialect of the rule's file.
     pub dialect: Dialect,
     /// The lookup tables the rule joins to its stream.

@@ -317,12 +317,12 @@ async fn functions_of_other_places_are_explained() {
     )
     .await;
     let errs = errors_of(&rule(
-        "CREATE RULE r INTO cloud AS SELECT last_hit_count() AS hits FROM t;",
+        "CREATE RULE r INTO cloud AS SELECT get_keyed_state('k', 'bigint', 0) AS v FROM t;",
     ))
     .await;
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(
-        errs[0].contains("analytic function `last_hit_count` is not supported yet"),
+        errs[0].contains("eKuiper's function `get_keyed_state` is not supported yet"),
         "{errs:?}"
     );
     assert!(!errs[0].contains("Did you mean"), "{errs:?}");

@@ -150,7 +150,8 @@ pub(super) fn extract(query: &mut Query) -> Result<Extracted, Located> {
         return Err(err);
     }
     if !calls.is_empty() {
-        hide_from_wildcards(query, calls.len());
+        let hidden: Vec<String> = (0..calls.len()).map(column_name).collect();
+        hide_from_wildcards(query, &hidden);
     }
     Ok(Extracted {
         calls,
@@ -195,7 +196,8 @@ fn expand_changed_cols(query: &mut Query) -> Result<(), Located> {
         let usage = || {
             (
                 pos,
-                "changed_cols takes (prefix, ignore null, expr, ...), e.g.                  changed_cols('c_', true, temp, humidity); `*` is not supported"
+                "changed_cols takes (prefix, ignore null, expr, ...), e.g. \
+                 changed_cols('c_', true, temp, humidity); `*` is not supported"
                     .to_string(),
             )
         };
@@ -261,8 +263,8 @@ fn name_unnamed_items(query: &mut Query) {
     }
 }
 
-/// `SELECT *` must not show the columns holding analytic results.
-fn hide_from_wildcards(query: &mut Query, n: usize) {
+/// `SELECT *` must not show the columns `hidden` (analytic results, hit counts).
+pub(super) fn hide_from_wildcards(query: &mut Query, hidden: &[String]) {
     let SetExpr::Select(select) = query.body.as_mut() else {
         return;
     };
@@ -276,8 +278,11 @@ fn hide_from_wildcards(query: &mut Query, n: usize) {
             Some(ExcludeSelectItem::Multiple(v)) => v,
             None => vec![],
         };
-        names
-            .extend((0..n).map(|i| ObjectName::from(vec![Ident::with_quote('"', column_name(i))])));
+        names.extend(
+            hidden
+                .iter()
+                .map(|c| ObjectName::from(vec![Ident::with_quote('"', c.as_str())])),
+        );
         opts.opt_exclude = Some(ExcludeSelectItem::Multiple(names));
     }
 }

@@ -7,6 +7,7 @@
 mod analytic;
 mod cursor;
 mod ekuiper;
+mod hits;
 mod rule;
 mod stream;
 mod table;
@@ -323,6 +324,10 @@ pub(crate) const AGGREGATES: &[&str] = &[
     "grouping",
     "__fg_dedup_all",
     "__fg_dedup_last",
+    "last_agg_hit_count",
+    "last_agg_hit_time",
+    "__fg_agg_hit_count",
+    "__fg_agg_hit_time",
 ];
 
 /// Whether `e` calls any of the functions `names` (lower case), at any depth.

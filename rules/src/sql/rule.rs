@@ -11,8 +11,8 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::Cursor;
-use super::analytic;
 use super::ekuiper::{self, Dialect};
+use super::{analytic, hits};
 use crate::error::{Pos, SqlError};
 use crate::rule::RuleDef;
 use crate::window::{WindowSpec, unit_millis};
@@ -168,6 +168,8 @@ pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlErro
         .map(|(p, m)| SqlError::new(&file, p, m))
         .collect();
     let extracted = analytic::extract(&mut query).map_err(located)?;
+    let windowed = has_window(&query);
+    let hits = hits::extract(&mut query, windowed).map_err(located)?;
     let (stream, window, prefilter, keys, tables) = inspect_select(&mut query).map_err(located)?;
     if let Some((at, name)) = extracted.sql_window_at
         && window.is_none()
@@ -202,6 +204,7 @@ pub(super) fn parse(c: &mut Cursor, dialect: Dialect) -> Result<RuleDef, SqlErro
         late_sink,
         error_sink,
         analytic: extracted.calls,
+        hits,
         dialect,
         tables,
         warnings,
@@ -565,6 +568,17 @@ pub(super) fn interval_millis(e: &Expr) -> Result<i64, Located> {
 pub(super) fn is_window_call(e: &Expr) -> bool {
     matches!(e, Expr::Function(f)
         if WINDOW_FUNCTIONS.contains(&f.name.to_string().to_ascii_uppercase().as_str()))
+}
+
+/// Whether the query's GROUP BY has a window.
+pub(super) fn has_window(query: &Query) -> bool {
+    match query.body.as_ref() {
+        SetExpr::Select(s) => match &s.group_by {
+            GroupByExpr::Expressions(exprs, _) => exprs.iter().any(is_window_call),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 fn window_call(e: &Expr) -> Result<Option<WindowSpec>, Located> {

@@ -213,8 +213,9 @@ impl IncrementalWindows {
     }
 
     /// Aggregates of every window the watermark completed (with `None`: of every
-    /// window, as at the end of a finite input), in the aggregate's output schema.
-    pub fn close(&mut self, wm: Option<&Watermark>) -> Result<Vec<RecordBatch>> {
+    /// window, as at the end of a finite input), in the aggregate's output schema, each
+    /// with its window's end.
+    pub fn close(&mut self, wm: Option<&Watermark>) -> Result<Vec<(i64, RecordBatch)>> {
         let limit = match wm {
             None => i64::MAX,
             Some(w) => match w.current() {
@@ -267,7 +268,7 @@ impl IncrementalWindows {
             };
             let (keys, values, groups) = state.finish()?;
             if groups > 0 {
-                out.push(self.output(s, end, keys, values, groups)?);
+                out.push((end, self.output(s, end, keys, values, groups)?));
             }
         }
         if wm.is_none() {

@@ -28,7 +28,7 @@ mod functions;
 mod json_path;
 mod time;
 
-use super::rule::{Located, is_window_call, span_pos};
+use super::rule::{Located, has_window, span_pos};
 use super::{calls_any, function_name, int_literal};
 use crate::error::Pos;
 use crate::functions::{DEDUP_ALL, DEDUP_LAST, LIST_FIELD};
@@ -529,15 +529,7 @@ fn substitute(
 pub(super) fn translate(query: &mut Query, rule: &str) -> Result<(), Located> {
     replace_wins(query);
     // Without a window, eKuiper's window_start() and window_end() are 0.
-    let windowed = match query.body.as_ref() {
-        SetExpr::Select(s) => match &s.group_by {
-            datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(exprs, _) => {
-                exprs.iter().any(is_window_call)
-            }
-            _ => false,
-        },
-        _ => false,
-    };
+    let windowed = has_window(query);
     // The stream's name (or alias): a JSON path may start at the row itself.
     let from = match query.body.as_ref() {
         SetExpr::Select(s) => s.from.first().and_then(|t| match &t.relation {
