@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -13,7 +12,7 @@ use fieldgate_rules::arrow::array::{
 };
 use fieldgate_rules::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use fieldgate_rules::arrow::util::display::array_value_to_string;
-use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline};
+use fieldgate_rules::{RuleOutput, StreamPipeline};
 use proptest::prelude::*;
 
 const STREAM: &str = "CREATE STREAM t (device STRING, ts BIGINT, temp DOUBLE, status BIGINT)
@@ -26,11 +25,7 @@ async fn pipeline(rules: &str) -> StreamPipeline {
 }
 
 async fn errors_of(rules: &str) -> Vec<String> {
-    let text = format!("{STREAM}{rules}");
-    let (set, mut errors) = RuleSet::parse(Path::new("test.sql"), &text);
-    let (_, more) = set.build(|s| s == "out").await;
-    errors.extend(more);
-    errors.iter().map(|e| e.to_string()).collect()
+    common::errors("test.sql", &format!("{STREAM}{rules}"), "out").await
 }
 
 fn batch(p: &StreamPipeline, rows: &[Row]) -> RecordBatch {

@@ -22,10 +22,7 @@ async fn pipeline(text: &str) -> StreamPipeline {
 }
 
 async fn errors_of(text: &str) -> Vec<String> {
-    let (set, mut errors) = RuleSet::parse(Path::new("ek.sql"), text);
-    let (_, more) = set.build(|s| s == "out").await;
-    errors.extend(more);
-    errors.iter().map(|e| e.to_string()).collect()
+    common::errors("ek.sql", text, "out").await
 }
 
 fn input() -> Vec<Value> {

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use fieldgate_rules::{RuleSet, StreamPipeline};
+use fieldgate_rules::StreamPipeline;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -19,11 +17,7 @@ async fn pipeline(rules: &str) -> StreamPipeline {
 }
 
 async fn errors_of(rules: &str) -> Vec<String> {
-    let text = format!("{STREAM}{rules}");
-    let (set, mut errors) = RuleSet::parse(Path::new("hits.sql"), &text);
-    let (_, more) = set.build(|s| s == "out").await;
-    errors.extend(more);
-    errors.iter().map(|e| e.to_string()).collect()
+    common::errors("hits.sql", &format!("{STREAM}{rules}"), "out").await
 }
 
 /// Pushes `rows` in batches of the sizes in `cuts` (cycled), then ends the input;

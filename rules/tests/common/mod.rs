@@ -21,6 +21,15 @@ pub async fn only_pipeline(file: &str, text: &str) -> StreamPipeline {
     pipelines.remove(0)
 }
 
+/// Every error parsing and planning `text` (a file named `file`, whose only sink is
+/// `sink`) gives, as the user reads them.
+pub async fn errors(file: &str, text: &str, sink: &str) -> Vec<String> {
+    let (set, mut errors) = RuleSet::parse(Path::new(file), text);
+    let (_, more) = set.build(|s| s == sink).await;
+    errors.extend(more);
+    errors.iter().map(|e| e.to_string()).collect()
+}
+
 /// A batch of a `(STRING, BIGINT, DOUBLE)` stream, such as `(device, ts, temp)`.
 pub fn batch(p: &StreamPipeline, rows: &[(&str, i64, f64)]) -> RecordBatch {
     RecordBatch::try_new(
