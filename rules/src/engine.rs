@@ -171,14 +171,13 @@ fn explain_plan_error(msg: &str) -> Option<String> {
 fn explain_unknown_function(msg: &str) -> Option<String> {
     let (_, rest) = msg.split_once("Invalid function '")?;
     let name = rest.split('\'').next()?.to_ascii_lowercase();
-    const EKUIPER_ONLY: [&str; 14] = [
+    const EKUIPER_ONLY: [&str; 13] = [
         "array_map",
         "array_shuffle",
         "compress",
         "convert_tz",
         "decompress",
         "delay",
-        "event_time",
         "get_keyed_state",
         "items",
         "meta",
@@ -242,7 +241,8 @@ pub struct Rule {
     query: CompiledQuery,
     /// Computes the rule's analytic calls before anything else runs.
     analytic: Option<AnalyticStage>,
-    /// Computes `last_hit_count()` and `last_hit_time()` (rules without a window).
+    /// Computes `last_hit_count()`, `last_hit_time()` and `event_time()` (rules without
+    /// a window).
     row_hits: Option<RowHits>,
     /// What `last_agg_hit_count()` and `last_agg_hit_time()` read (windowed rules).
     window_hits: Option<Arc<WindowHits>>,
@@ -424,7 +424,8 @@ impl Rule {
         // The rest of the rule reads the stream's rows with the analytic results and
         // the hit columns appended.
         let mut schema = analytic.as_ref().map_or(original.clone(), |a| a.schema());
-        if def.hits.rows {
+        let hits = def.hits;
+        if hits.rows || hits.event_time {
             schema = crate::hits::with_hit_columns(&schema);
         }
         let augmented = StreamDef {
@@ -432,11 +433,11 @@ impl Rule {
             ..stream.clone()
         };
         let stream = &augmented;
-        let row_hits = match def.hits.rows {
+        let row_hits = match hits.rows || hits.event_time {
             false => None,
             true => {
                 let filter = match def.query.body.as_ref() {
-                    SetExpr::Select(s) => s.selection.as_ref(),
+                    SetExpr::Select(s) if hits.rows => s.selection.as_ref(),
                     _ => None,
                 };
                 if !def.tables.is_empty() && filter.is_some() {

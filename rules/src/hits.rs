@@ -8,6 +8,9 @@
 //!   before the query runs. When WHERE reads them itself (`WHERE last_hit_count() < 3`),
 //!   each row is decided with the values the rows before it left, which costs one
 //!   evaluation of the WHERE per row that passes.
+//! - `event_time()` in a rule without a window is the row's event time (its arrival
+//!   time without `TIMESTAMP`), a third column beside them; in a windowed rule it is the
+//!   window's end.
 //! - `last_agg_hit_count()` and `last_agg_hit_time()` (windowed rules): the number of
 //!   earlier windows that gave a result (passed HAVING) and the end of the last one.
 //!   [`WindowHits`] holds them and gives the functions the rule's plan calls; the rule
@@ -37,6 +40,8 @@ use crate::stream::EventTime;
 pub(crate) const HIT_COUNT: &str = "__fg_hit_count";
 /// The column `last_hit_time()` becomes.
 pub(crate) const HIT_TIME: &str = "__fg_hit_time";
+/// The column `event_time()` becomes in a rule without a window.
+pub(crate) const EVENT_TIME: &str = "__fg_event_time";
 /// The function `last_agg_hit_count()` becomes.
 pub(crate) const AGG_HIT_COUNT: &str = "__fg_agg_hit_count";
 /// The function `last_agg_hit_time()` becomes.
@@ -49,22 +54,26 @@ pub struct HitFunctions {
     pub rows: bool,
     /// `last_agg_hit_count()` or `last_agg_hit_time()`.
     pub windows: bool,
+    /// `event_time()` in a rule without a window (in a windowed rule it is
+    /// `window_end`).
+    pub event_time: bool,
 }
 
-/// `schema` with the two hit columns appended.
+/// `schema` with the hit columns and the event time appended.
 pub(crate) fn with_hit_columns(schema: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(HIT_COUNT, DataType::Int64, false));
-    fields.push(Field::new(HIT_TIME, DataType::Int64, false));
+    for name in [HIT_COUNT, HIT_TIME, EVENT_TIME] {
+        fields.push(Field::new(name, DataType::Int64, false));
+    }
     Arc::new(Schema::new(fields))
 }
 
-/// Computes `last_hit_count()` and `last_hit_time()` for the rows of a rule without a
-/// window.
+/// Computes `last_hit_count()`, `last_hit_time()` and `event_time()` for the rows of a
+/// rule without a window.
 pub(crate) struct RowHits {
     count: i64,
     time: i64,
-    /// `SELECT (WHERE) IS TRUE FROM stream`, when the rule has a WHERE.
+    /// `SELECT (WHERE) IS TRUE FROM stream`, when the rule has a WHERE and counts hits.
     passes: Option<CompiledQuery>,
     /// Whether the WHERE reads the hit columns (then rows are decided one pass at a time).
     reads_hits: bool,
@@ -73,8 +82,8 @@ pub(crate) struct RowHits {
 }
 
 impl RowHits {
-    /// Plans the rule's `filter` (its WHERE) over `schema`: the stream's rows with the
-    /// hit columns appended.
+    /// Plans the rule's `filter` (its WHERE, `None` when it counts no hits) over
+    /// `schema`: the stream's rows with the hit columns appended.
     pub async fn compile(
         stream: &str,
         schema: SchemaRef,
@@ -114,20 +123,22 @@ impl RowHits {
     /// rows that pass WHERE count for the rows after them.
     pub async fn apply(&mut self, batch: &RecordBatch, now: i64) -> Result<RecordBatch> {
         let n = batch.num_rows();
-        let times = match &self.event_time {
-            Some(et) => et.millis(batch.column(et.index)),
+        // A row without an event time has its arrival time.
+        let times: Int64Array = match &self.event_time {
+            Some(et) => et
+                .millis(batch.column(et.index))
+                .iter()
+                .map(|t| t.unwrap_or(now))
+                .collect(),
             None => Int64Array::from_value(now, n),
-        };
-        let time_of = |i: usize| match times.is_valid(i) {
-            true => times.value(i),
-            false => now,
         };
         let mut counts = Vec::with_capacity(n);
         let mut hit_times = Vec::with_capacity(n);
         let mut k = 0;
         while k < n {
-            let rest = batch.slice(k, n - k);
-            let passed = self.passes(&rest).await?;
+            let passed = self
+                .passes(&batch.slice(k, n - k), times.slice(k, n - k))
+                .await?;
             // Without the hit columns in WHERE, one evaluation decides every row.
             let decided = match (self.reads_hits, passed.iter().position(|p| *p)) {
                 (false, _) => n - k,
@@ -139,7 +150,7 @@ impl RowHits {
                 hit_times.push(self.time);
                 if *p {
                     self.count += 1;
-                    self.time = time_of(k + i);
+                    self.time = times.value(k + i);
                 }
             }
             k += decided;
@@ -147,12 +158,13 @@ impl RowHits {
         let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
         cols.push(Arc::new(Int64Array::from(counts)));
         cols.push(Arc::new(Int64Array::from(hit_times)));
+        cols.push(Arc::new(times));
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
 
     /// Whether each row of `rows` passes WHERE, read with the hit values as they stand.
     /// A row WHERE fails on does not pass (the rule's query reports it).
-    async fn passes(&self, rows: &RecordBatch) -> Result<Vec<bool>> {
+    async fn passes(&self, rows: &RecordBatch, times: Int64Array) -> Result<Vec<bool>> {
         let n = rows.num_rows();
         let Some(q) = &self.passes else {
             return Ok(vec![true; n]);
@@ -160,6 +172,7 @@ impl RowHits {
         let mut cols: Vec<ArrayRef> = rows.columns().to_vec();
         cols.push(Arc::new(Int64Array::from_value(self.count, n)));
         cols.push(Arc::new(Int64Array::from_value(self.time, n)));
+        cols.push(Arc::new(times));
         let input = RecordBatch::try_new(self.schema.clone(), cols)?;
         let run = run_isolating(q, &input).await?;
         let mut failed = run.failed.iter().map(|(i, _)| *i).peekable();

@@ -214,3 +214,48 @@ async fn each_kind_of_rule_is_told_which_functions_it_has() {
         );
     }
 }
+
+#[tokio::test]
+async fn event_time_is_the_rows_time_or_the_windows_end() {
+    let mut p = pipeline(
+        "CREATE RULE rows INTO out AS SELECT temp, event_time() AS et FROM s WHERE temp > 1;\n\
+         CREATE RULE windows INTO out AS SELECT count(*) AS n, event_time() AS et FROM s \
+         GROUP BY TUMBLINGWINDOW(ss, 1);",
+    )
+    .await;
+    let rows = [("d", 10_200, 2.0), ("d", 10_700, 1.0), ("d", 11_300, 3.0)];
+    let got = run(&mut p, &rows, &[2]).await;
+    assert_eq!(
+        got,
+        vec![
+            json!({"temp": 2.0, "et": 10_200}),
+            json!({"temp": 3.0, "et": 11_300}),
+            json!({"n": 2, "et": 11_000}),
+            json!({"n": 1, "et": 12_000}),
+        ]
+    );
+    // Without TIMESTAMP, a row's event time is when it arrived.
+    let mut p = common::only_pipeline(
+        "hits.sql",
+        "CREATE STREAM s (device STRING, ts BIGINT, temp DOUBLE) WITH (DATASOURCE = 's');\n\
+         CREATE RULE r INTO out AS SELECT ts, event_time() AS et FROM s;",
+    )
+    .await;
+    let (outs, errs) = p.push_at(&common::batch(&p, &rows[..1]), 777).await;
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(
+        common::json_rows(&outs),
+        vec![json!({"ts": 10_200, "et": 777})]
+    );
+    let errors = errors_of(
+        "CREATE RULE r INTO out AS SELECT count(*) FROM s WHERE event_time() > 0 \
+         GROUP BY TUMBLINGWINDOW(ss, 1);",
+    )
+    .await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("the stream's TIMESTAMP column")),
+        "{errors:?}"
+    );
+}

@@ -4,7 +4,9 @@
 //! - `last_hit_count()` and `last_hit_time()`, for rules without a window, become
 //!   columns computed for each row before the query runs;
 //! - `last_agg_hit_count()` and `last_agg_hit_time()`, for windowed rules, become calls
-//!   of functions that read the rule's count when a window's results are computed.
+//!   of functions that read the rule's count when a window's results are computed;
+//! - `event_time()` becomes a column beside the hit columns, or `window_end` in a
+//!   windowed rule.
 
 use std::ops::ControlFlow;
 
@@ -17,12 +19,13 @@ use datafusion::sql::sqlparser::parser::Parser;
 
 use super::function_name;
 use super::rule::{Located, span_pos};
-use crate::hits::{AGG_HIT_COUNT, AGG_HIT_TIME, HIT_COUNT, HIT_TIME, HitFunctions};
+use crate::hits::{AGG_HIT_COUNT, AGG_HIT_TIME, EVENT_TIME, HIT_COUNT, HIT_TIME, HitFunctions};
 
 /// What each hit function becomes.
 enum Replacement {
     Column(&'static str),
     Call(&'static str),
+    EventTime,
 }
 
 fn replacement(name: &str) -> Option<Replacement> {
@@ -31,6 +34,7 @@ fn replacement(name: &str) -> Option<Replacement> {
         "last_hit_time" => Replacement::Column(HIT_TIME),
         "last_agg_hit_count" => Replacement::Call(AGG_HIT_COUNT),
         "last_agg_hit_time" => Replacement::Call(AGG_HIT_TIME),
+        "event_time" => Replacement::EventTime,
         _ => return None,
     })
 }
@@ -47,8 +51,17 @@ pub(super) fn extract(query: &mut Query, windowed: bool) -> Result<HitFunctions,
         // A windowed rule's WHERE runs on rows before they enter windows.
         if let Some(w) = &select.selection
             && let Some((pos, name)) = first_hit(w)
-            && name.starts_with("last_agg_")
+            && (name.starts_with("last_agg_") || name == "event_time")
         {
+            if name == "event_time" {
+                return Err((
+                    pos,
+                    "event_time() in a windowed rule is the window's end, which WHERE \
+                     cannot read: WHERE runs on the rows before they enter a window (use \
+                     the stream's TIMESTAMP column there)"
+                        .into(),
+                ));
+            }
             return Err((
                 pos,
                 format!(
@@ -76,6 +89,15 @@ pub(super) fn extract(query: &mut Query, windowed: bool) -> Result<HitFunctions,
             return ControlFlow::Break((pos, format!("{name}() takes no arguments and no OVER")));
         }
         match with {
+            Replacement::EventTime if windowed => {
+                *e = Expr::Identifier(Ident::new("window_end"));
+                ControlFlow::Continue(())
+            }
+            Replacement::EventTime => {
+                used.event_time = true;
+                *e = Expr::Identifier(Ident::with_quote('"', EVENT_TIME));
+                ControlFlow::Continue(())
+            }
             Replacement::Column(_) if windowed => ControlFlow::Break((
                 pos,
                 format!(
@@ -121,8 +143,9 @@ pub(super) fn extract(query: &mut Query, windowed: bool) -> Result<HitFunctions,
     if let ControlFlow::Break(err) = flow {
         return Err(err);
     }
-    if used.rows {
-        super::analytic::hide_from_wildcards(query, &[HIT_COUNT.into(), HIT_TIME.into()]);
+    if used.rows || used.event_time {
+        let hidden = [HIT_COUNT, HIT_TIME, EVENT_TIME].map(String::from);
+        super::analytic::hide_from_wildcards(query, &hidden);
     }
     Ok(used)
 }
