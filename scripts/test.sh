@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs fieldgate's whole test suite on a fresh machine: installs what the tests need
 # when it is missing (mosquitto, socat, mount and prlimit from Debian; paho-mqtt, pytest,
-# pymodbus and PyYAML from PyPI), builds the gateway once in the debug profile, then runs
-# the Rust tests and the Python client tests against that binary. The full-disk tests
+# pymodbus and PyYAML from PyPI), checks formatting and clippy (warnings are errors),
+# builds the gateway once in the debug profile, then runs the Rust tests and the Python
+# client tests against that binary. The full-disk tests
 # mount small tmpfs file systems, so the suite runs as root (as CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,10 @@ if ! python3 -c 'import sys, serial, pymodbus; sys.exit(tuple(map(int, pymodbus.
   echo "installing pymodbus"
   python3 -m pip install --quiet --disable-pip-version-check 'pymodbus[serial]>=3.16,<4'
 fi
+
+# The gates: formatting, and clippy with every warning an error.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 # The end-to-end tests run this binary; build it once, in the debug profile.
 cargo build -p fieldgate

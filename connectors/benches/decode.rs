@@ -22,7 +22,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::arrow::json::ReaderBuilder;
-use fieldgate_connectors::source::mqtt::{InputLimits, JsonDecoder, Screen};
+use fieldgate_connectors::codec::{InputLimits, JsonDecoder, Screen};
 
 const BATCH: usize = 4096;
 

@@ -1,12 +1,30 @@
-//! fieldgate's connectors: what comes into the gateway and what goes out of it.
+//! fieldgate's connectors: what comes into the gateway and what goes out of it, one
+//! module per protocol.
 //!
-//! - [`source`]: turning device messages into Arrow batches of a declared stream
-//!   ([`source::mqtt::JsonDecoder`]), and matching MQTT topics to stream filters; polling
-//!   Modbus TCP/RTU devices into one Arrow row per poll group ([`source::modbus`]).
-//! - [`sink`]: delivering queued rule results to their destinations behind one
-//!   [`sink::Sink`] trait: the cloud over MQTT ([`sink::mqtt`]) and JSONL files
-//!   ([`sink::file`]). Sinks report which messages are confirmed so the queue in front of
-//!   them deletes only what arrived.
+//! - [`mqtt`]: the cloud MQTT sink (QoS 1, TLS) and the topic filters that route
+//!   messages the embedded broker accepted to the streams.
+//! - [`modbus`]: Modbus TCP/RTU devices polled into one Arrow row per poll group, the
+//!   poll groups' columns as streams see them, and rule results written back to tags.
+//! - [`http`]: results POSTed in batches, with retries and a dead-letter file.
+//! - [`file`]: results appended to JSONL files.
+//! - [`republish`]: results published to the embedded broker for applications on the box.
+//!
+//! Shared by them: [`codec`] (device JSON into Arrow, rule results out as JSON, message
+//! ids), [`sink`] (the one [`sink::Sink`] trait the uplink drives: only what a
+//! destination confirmed is deleted from the queue in front of it), [`retry`]
+//! (reconnect backoff), [`topic_template`] (per-result topics), [`rate_limited`] (warnings at a bounded
+//! rate) and [`secret`].
 
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod file;
+pub mod http;
+pub mod modbus;
+pub mod mqtt;
+pub mod rate_limited;
+pub mod republish;
+pub mod retry;
+pub mod secret;
 pub mod sink;
-pub mod source;
+pub mod topic_template;

@@ -4,16 +4,14 @@
 //! Needs `socat` and `python3` with `pymodbus[serial]` (installed by `scripts/test.sh`);
 //! fails when missing.
 
-mod sim;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, UInt16Type};
-use fieldgate_connectors::source::modbus::{ModbusConfig, pollers};
-use sim::Sim;
+use fieldgate_connectors::modbus::{ModbusConfig, pollers};
+use fieldgate_e2e::ModbusSim;
 
 /// A virtual serial pair; killed on drop.
 struct Pty {
@@ -99,7 +97,7 @@ async fn two_units_share_one_serial_line_and_survive_its_loss() {
         a.display().to_string(),
         baud.to_string(),
     ];
-    let sim = Sim::start(&sim_args);
+    let sim = ModbusSim::start(&sim_args);
 
     let cfg = config(&b, baud);
     let ps = pollers(&cfg).unwrap();
@@ -146,7 +144,7 @@ async fn two_units_share_one_serial_line_and_survive_its_loss() {
 
     // ...and comes back at the same path: the port is reopened.
     let _pty = Pty::start(&a, &b);
-    let sim = Sim::start(&sim_args);
+    let sim = ModbusSim::start(&sim_args);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let r = m2.poll(0).await.unwrap();
@@ -166,7 +164,7 @@ async fn two_units_share_one_serial_line_and_survive_its_loss() {
 #[test]
 fn devices_on_one_port_must_agree_on_its_settings() {
     let mut cfg = config(Path::new("/dev/ttyFAKE0"), 9600);
-    if let fieldgate_connectors::source::modbus::config::Transport::Rtu { baud, .. } =
+    if let fieldgate_connectors::modbus::config::Transport::Rtu { baud, .. } =
         &mut cfg.devices[1].transport
     {
         *baud = 19200;
@@ -181,7 +179,7 @@ async fn an_answer_with_a_bad_crc_is_a_bad_frame_not_a_timeout() {
     let (a, b): (PathBuf, PathBuf) = (dir.path().join("dev"), dir.path().join("gw"));
     let baud = 115_200;
     let _pty = Pty::start(&a, &b);
-    let sim = Sim::start(&[
+    let sim = ModbusSim::start(&[
         "--rtu-bad-crc".to_string(),
         a.display().to_string(),
         baud.to_string(),

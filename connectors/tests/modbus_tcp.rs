@@ -4,16 +4,14 @@
 //!
 //! Needs `python3` with `pymodbus` (installed by `scripts/test.sh`); fails when missing.
 
-mod sim;
-
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{
     Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type,
 };
-use fieldgate_connectors::source::modbus::{DevicePoller, ModbusConfig, ModbusError, Value};
-use sim::{Sim, free_port};
+use fieldgate_connectors::modbus::{DevicePoller, ModbusConfig, ModbusError, Value};
+use fieldgate_e2e::{ModbusSim, free_port};
 
 /// The device: one group with every type and order, `max_gap = 10`; tags given in both
 /// address notations.
@@ -112,7 +110,7 @@ const EXPECTED_FCS: [&str; 6] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decodes_every_type_and_order_in_the_planned_requests() {
     let port = free_port();
-    let sim = Sim::start(&[port.to_string()]);
+    let sim = ModbusSim::start(&[port.to_string()]);
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
     let plan = &poller.groups()[0].reads;
     assert_eq!(plan.len(), EXPECTED_FCS.len(), "{plan:?}");
@@ -205,7 +203,7 @@ async fn decodes_every_type_and_order_in_the_planned_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_round_trip_and_refusals() {
     let port = free_port();
-    let sim = Sim::start(&[port.to_string()]);
+    let sim = ModbusSim::start(&[port.to_string()]);
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
 
     poller.write("f32_cdab", &Value::F32(-42.25)).await.unwrap();
@@ -298,7 +296,7 @@ async fn writes_round_trip_and_refusals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_goes_away_and_comes_back() {
     let port = free_port();
-    let sim = Sim::start(&[port.to_string()]);
+    let sim = ModbusSim::start(&[port.to_string()]);
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
     let b = poller.poll(0).await.unwrap();
     assert_eq!(quality(&b, "u16"), "ok");
@@ -323,7 +321,7 @@ async fn a_device_that_goes_away_and_comes_back() {
     assert!(poller.is_degraded(), "degraded after 2 failed cycles");
 
     // Back on the same port: values return within the reconnect backoff.
-    let sim = Sim::start(&[port.to_string()]);
+    let sim = ModbusSim::start(&[port.to_string()]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let b = loop {
         let b = poller.poll(0).await.unwrap();
@@ -346,7 +344,7 @@ async fn a_device_that_goes_away_and_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_polls_at_the_interval_until_shutdown() {
     let port = free_port();
-    let sim = Sim::start(&[port.to_string()]);
+    let sim = ModbusSim::start(&[port.to_string()]);
     let poller = std::sync::Arc::new(DevicePoller::standalone(&config(port).devices[0]).unwrap());
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
-use fieldgate_connectors::source::modbus::Tag;
-use fieldgate_connectors::source::modbus::config::TagConfig;
-use fieldgate_connectors::source::modbus::decode::{Value, decode, encode};
-use fieldgate_connectors::source::mqtt::{InputLimits, JsonDecoder, RejectReason, Screen};
+use fieldgate_connectors::codec::{InputLimits, JsonDecoder, RejectReason, Screen};
+use fieldgate_connectors::modbus::Tag;
+use fieldgate_connectors::modbus::config::TagConfig;
+use fieldgate_connectors::modbus::registers::{Value, decode, encode};
 use proptest::prelude::*;
 
 fn schema() -> SchemaRef {

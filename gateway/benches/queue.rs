@@ -1,13 +1,14 @@
 //! The durable store-and-forward queue (`fieldgate::queue::Queue`), driven through its
 //! public API as the gateway's stream tasks and uplink drive it, on a file on the real
-//! disk, with the gateway's default queue settings (`QueueConfig::default()`: 5 ms commit
+//! disk, with the gateway's default queue settings (`QueueConfig::default()`: no commit
 //! delay, 4 MiB cache, 1 GiB drop-oldest limit).
 //!
 //! Run with `cargo bench -p fieldgate --bench queue`. Cases:
 //! - `enqueue/P_producers/B`: P tasks each appending batches of B entries in a loop,
 //!   every append awaited until durable (group commit). One iteration is one append per
 //!   producer, P × B entries;
-//! - `enqueue_no_delay/P_producers/B`: the same with `commit_delay = 0`, for contrast;
+//! - `enqueue_delay_5ms/P_producers/B`: the same with `commit_delay = 5ms`, for
+//!   contrast (appends wait for others to share their commit);
 //! - `baseline/write_sync_data/B`: the same bytes an append of B entries makes (encoded
 //!   entries and their keys) written to a plain file with `write_all` + `sync_data` per
 //!   batch: what the disk allows per fsync;
@@ -162,8 +163,8 @@ const ENQUEUE: [EnqueueGroup; 2] = [
         sizes: &[1, 100, 1000, 4096],
     },
     EnqueueGroup {
-        name: "enqueue_no_delay",
-        delay: Some(Duration::ZERO),
+        name: "enqueue_delay_5ms",
+        delay: Some(Duration::from_millis(5)),
         producers: &[1, 4],
         sizes: &[1, 100, 1000],
     },

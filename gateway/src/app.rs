@@ -9,26 +9,26 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use fieldgate_connectors::codec::MessageIds;
+use fieldgate_connectors::file::FileSink;
+use fieldgate_connectors::http::HttpSink;
+use fieldgate_connectors::modbus::ModbusSink;
+use fieldgate_connectors::modbus::{DevicePoller, Groups, pollers};
+use fieldgate_connectors::mqtt::MqttSink;
+use fieldgate_connectors::republish::{Publish, RepublishSink};
 use fieldgate_connectors::sink::Sink;
-use fieldgate_connectors::sink::encode::MessageIds;
-use fieldgate_connectors::sink::file::FileSink;
-use fieldgate_connectors::sink::http::HttpSink;
-use fieldgate_connectors::sink::modbus::ModbusSink;
-use fieldgate_connectors::sink::mqtt::MqttSink;
-use fieldgate_connectors::sink::republish::{Publish, RepublishSink};
-use fieldgate_connectors::source::modbus::{DevicePoller, pollers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::ops::{Running, SinkExtra, SinkView};
 use crate::admin::{self, Ops};
 use crate::config::{Config, SinkConfig};
-use crate::ingest::modbus::{self, Groups, ModbusIngestCounters, Republish};
+use crate::ingest::modbus::{self, ModbusIngestCounters, Republish};
 use crate::ingest::mqtt::{self, IngestCounters};
 use crate::journal::{Journal, JournalOptions};
-use crate::pipeline::StreamContext;
+use crate::live::stream_task::StreamContext;
+use crate::live::{LiveRules, Triggers};
 use crate::queue::{Queue, QueueOptions};
-use crate::reload::{LiveRules, Triggers};
 use crate::uplink::UplinkCounters;
 use crate::{broker, uplink};
 

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fieldgate_connectors::sink::file::FileSinkConfig;
-use fieldgate_connectors::sink::http::HttpSinkConfig;
-use fieldgate_connectors::sink::modbus::ModbusSinkConfig;
-use fieldgate_connectors::sink::mqtt::MqttSinkConfig;
-use fieldgate_connectors::sink::republish::RepublishSinkConfig;
-use fieldgate_connectors::source::modbus::{DeviceConfig, ModbusConfig, Transport};
-use fieldgate_connectors::source::mqtt::InputLimits;
+use fieldgate_connectors::codec::InputLimits;
+use fieldgate_connectors::file::FileSinkConfig;
+use fieldgate_connectors::http::HttpSinkConfig;
+use fieldgate_connectors::modbus::ModbusSinkConfig;
+use fieldgate_connectors::modbus::{DeviceConfig, ModbusConfig, Transport};
+use fieldgate_connectors::mqtt::MqttSinkConfig;
+use fieldgate_connectors::republish::RepublishSinkConfig;
 use serde::Deserialize;
 
 use crate::queue::{OnFull, QueueLimits, QueueOptions};

@@ -107,55 +107,7 @@ where
         .try_init();
 }
 
-/// Logs at most one line per interval, counting the events it held back: for the
-/// gateway's own repeated messages.
-#[derive(Debug)]
-pub struct RateLimited {
-    every: Duration,
-    last: Option<Instant>,
-    held: u64,
-}
-
-impl RateLimited {
-    pub const fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: None,
-            held: 0,
-        }
-    }
-
-    /// `n` more events happened: when they may be logged now (in one line), returns how
-    /// many were held back before them; otherwise holds them back.
-    pub fn allow(&mut self, n: u64) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|l| now.duration_since(l) < self.every)
-        {
-            self.held += n;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held))
-    }
-}
-
-/// A [`RateLimited`] that can be a `static`, shared by every thread that logs one kind
-/// of event.
-#[derive(Debug)]
-pub struct SharedRateLimited(Mutex<RateLimited>);
-
-impl SharedRateLimited {
-    pub const fn new(every: Duration) -> Self {
-        Self(Mutex::new(RateLimited::new(every)))
-    }
-
-    /// As [`RateLimited::allow`].
-    pub fn allow(&self, n: u64) -> Option<u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).allow(n)
-    }
-}
+pub use fieldgate_connectors::rate_limited::{RateLimited, SharedRateLimited};
 
 /// Counts lines per place in a library's code and window.
 #[derive(Default)]

@@ -1,7 +1,7 @@
 //! The `fieldgate` command line: `run` starts the gateway; `rules check` and
 //! `rules test` are the rule author's tools.
 
-use fieldgate::{app, config, ingest, logging, rules_cli};
+use fieldgate::{app, config, logging, rules_cli};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -283,10 +283,10 @@ fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<bool> {
 }
 
 /// The poll groups a config's Modbus devices define.
-fn modbus_groups(cfg: &config::Config) -> anyhow::Result<ingest::modbus::Groups> {
-    let pollers = fieldgate_connectors::source::modbus::pollers(&cfg.modbus.source())?;
+fn modbus_groups(cfg: &config::Config) -> anyhow::Result<fieldgate_connectors::modbus::Groups> {
+    let pollers = fieldgate_connectors::modbus::pollers(&cfg.modbus.source())?;
     let pollers: Vec<_> = pollers.into_iter().map(std::sync::Arc::new).collect();
-    Ok(ingest::modbus::Groups::of(&pollers))
+    Ok(fieldgate_connectors::modbus::Groups::of(&pollers))
 }
 
 fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
@@ -298,10 +298,12 @@ fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
             let (sinks, groups) = match config {
                 Some(c) => {
                     let cfg = config::Config::load(&c)?;
-                    let pollers =
-                        fieldgate_connectors::source::modbus::pollers(&cfg.modbus.source())?;
+                    let pollers = fieldgate_connectors::modbus::pollers(&cfg.modbus.source())?;
                     let pollers: Vec<_> = pollers.into_iter().map(std::sync::Arc::new).collect();
-                    (Some(cfg.sinks), Some(ingest::modbus::Groups::of(&pollers)))
+                    (
+                        Some(cfg.sinks),
+                        Some(fieldgate_connectors::modbus::Groups::of(&pollers)),
+                    )
                 }
                 None => (None, None),
             };

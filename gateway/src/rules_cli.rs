@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, bail};
-use fieldgate_connectors::sink::encode::json_rows;
-use fieldgate_connectors::source::mqtt::{JsonDecoder, topic_matches};
+use fieldgate_connectors::codec::JsonDecoder;
+use fieldgate_connectors::codec::json_rows;
+use fieldgate_connectors::modbus::Groups;
+use fieldgate_connectors::mqtt::topic_matches;
 use fieldgate_rules::{NullFields, RuleOutput, RuleSet, StreamPipeline, now_millis};
 use serde_json::Value;
-
-use crate::ingest::modbus::Groups;
 
 /// Parses and plans every stream and rule under `paths`; prints each error as
 /// `file:line:col: message`. With `groups`, Modbus streams are checked against the
@@ -23,7 +23,7 @@ pub async fn check(
 ) -> anyhow::Result<bool> {
     let (mut set, mut errors) = RuleSet::load(paths);
     if let Some(g) = groups {
-        g.retain_known(&mut set, &mut errors);
+        crate::ingest::modbus::retain_known(g, &mut set, &mut errors);
     }
     let (pipelines, build_errors) = set.build(sink_exists).await;
     errors.extend(build_errors);

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::logging::RateLimited;
 use crate::queue::Queue;
+use crate::sleep_until;
 
 /// Entries read from the queue per read.
 const READ_BATCH: usize = 512;
@@ -157,12 +158,5 @@ pub async fn run<S: Sink>(
                 break;
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

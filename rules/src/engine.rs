@@ -20,11 +20,11 @@ use crate::analytic::AnalyticStage;
 pub use crate::counters::RuleCounters;
 use crate::error::{ExecError, SqlError};
 use crate::hits::{RowHits, WindowHits, window_end};
-use crate::plan::CompiledQuery;
+use crate::query::CompiledQuery;
 use crate::row_errors::run_isolating;
-use crate::rule::RuleDef;
-use crate::stream::{EventTime, StreamDef};
-use crate::table::TableDef;
+use crate::rule_def::RuleDef;
+use crate::stream_def::{EventTime, StreamDef};
+use crate::table_def::TableDef;
 use crate::watermark::Watermark;
 use crate::window::{IncrementalWindows, Input, WindowSpec, WindowState};
 
@@ -233,7 +233,7 @@ fn blame(def: &RuleDef, msg: &str) -> crate::error::Pos {
 }
 
 /// A planned rule with its window state.
-pub struct Rule {
+pub struct RunningRule {
     pub def: Arc<RuleDef>,
     pub counters: Arc<RuleCounters>,
     name: Arc<str>,
@@ -369,13 +369,13 @@ impl KeyIds {
     }
 }
 
-impl Rule {
+impl RunningRule {
     /// Plans a rule over its stream. Errors point at the rule in its file.
     pub async fn compile(
         mut def: RuleDef,
         stream: &StreamDef,
         tables: &[&TableDef],
-    ) -> Result<Rule, SqlError> {
+    ) -> Result<RunningRule, SqlError> {
         crate::sql::row_aggregates(&mut def.query, &stream.schema).map_err(|m| {
             SqlError::new(
                 &def.file,
@@ -569,7 +569,7 @@ impl Rule {
             cols: original.fields().len(),
             null_fields: def.dialect.into(),
         };
-        Ok(Rule {
+        Ok(RunningRule {
             failures,
             name: Arc::from(def.name.as_str()),
             sinks: Arc::from(def.sinks.clone()),
@@ -859,7 +859,7 @@ impl Rule {
         }
     }
 
-    /// Whether the rule is paused (see [`Rule::paused`]).
+    /// Whether the rule is paused (see [`RunningRule::paused`]).
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
     }
@@ -878,9 +878,9 @@ impl Rule {
     }
 }
 
-/// Closes a rule's complete windows; a panic stops the rule (see [`Rule::stop`]).
+/// Closes a rule's complete windows; a panic stops the rule (see [`RunningRule::stop`]).
 async fn close_guarded(
-    rule: &mut Rule,
+    rule: &mut RunningRule,
     watermark: Option<&Watermark>,
     outputs: &mut Vec<RuleOutput>,
     errors: &mut Vec<ExecError>,
@@ -900,14 +900,14 @@ async fn close_guarded(
 /// every rule.
 pub struct StreamPipeline {
     pub stream: Arc<StreamDef>,
-    pub rules: Vec<Rule>,
+    pub rules: Vec<RunningRule>,
     watermark: Watermark,
     /// Wall-clock time (ms) of the last batch, and the largest event time seen then.
     last_arrival: Option<(i64, i64)>,
 }
 
 impl StreamPipeline {
-    pub fn new(stream: Arc<StreamDef>, rules: Vec<Rule>) -> Self {
+    pub fn new(stream: Arc<StreamDef>, rules: Vec<RunningRule>) -> Self {
         let lateness = stream.event_time.as_ref().map_or(0, |e| {
             i64::try_from(e.lateness.as_millis()).unwrap_or(i64::MAX)
         });

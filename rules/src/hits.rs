@@ -32,9 +32,9 @@ use datafusion::sql::sqlparser::ast::{Expr, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-use crate::plan::CompiledQuery;
+use crate::query::CompiledQuery;
 use crate::row_errors::run_isolating;
-use crate::stream::EventTime;
+use crate::stream_def::EventTime;
 
 /// The column `last_hit_count()` becomes.
 pub(crate) const HIT_COUNT: &str = "__fg_hit_count";

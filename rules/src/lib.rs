@@ -20,26 +20,28 @@
 //! The crate does no I/O beyond reading rule files, so it runs the same in the gateway,
 //! in tests and in benchmarks.
 
+#![warn(missing_docs)]
+
 mod analytic;
 mod counters;
 mod engine;
 mod error;
 mod functions;
 mod hits;
-mod plan;
+mod query;
 mod reload;
 mod row_errors;
-mod rule;
+mod rule_def;
 mod ruleset;
 mod sql;
-mod stream;
-mod table;
+mod stream_def;
+mod table_def;
 mod watermark;
 mod window;
 
 pub use counters::{LATENCY_BUCKETS_US, LatencyHistogram, LatencySnapshot};
 pub use engine::{
-    ERROR_COLUMN, LATE_REASON, NullFields, Rule, RuleCounters, RuleOutput, StreamPipeline,
+    ERROR_COLUMN, LATE_REASON, NullFields, RuleCounters, RuleOutput, RunningRule, StreamPipeline,
     WINDOW_END, WINDOW_START, now_millis,
 };
 pub use error::{ExecError, Pos, SqlError};
@@ -48,11 +50,11 @@ pub use reload::{
     Applied, ReloadPlan, ReloadSummary, RuleSlot, StreamChange, apply as apply_rules,
     plan as plan_reload, same_rule, same_stream,
 };
-pub use rule::RuleDef;
+pub use rule_def::RuleDef;
 pub use ruleset::{RuleSet, rule_files};
 pub use sql::Dialect;
-pub use stream::{EventTime, PayloadFormat, Source, StreamDef, TimeEncoding};
-pub use table::{MAX_TABLE_BYTES, TableDef, TableFormat};
+pub use stream_def::{EventTime, PayloadFormat, Source, StreamDef, TimeEncoding};
+pub use table_def::{MAX_TABLE_BYTES, TableDef, TableFormat};
 pub use watermark::Watermark;
 pub use window::WindowSpec;
 

@@ -11,12 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::engine::{Rule, StreamPipeline};
+use crate::engine::{RunningRule, StreamPipeline};
 use crate::error::{Pos, SqlError};
-use crate::rule::RuleDef;
+use crate::rule_def::RuleDef;
 use crate::ruleset::RuleSet;
-use crate::stream::StreamDef;
-use crate::table::TableDef;
+use crate::stream_def::StreamDef;
+use crate::table_def::TableDef;
 
 /// Whether two stream declarations read and decode the same way.
 pub fn same_stream(a: &StreamDef, b: &StreamDef) -> bool {
@@ -66,7 +66,7 @@ pub enum RuleSlot {
     /// replaces the rule's `def`.
     Keep(Arc<RuleDef>),
     /// A newly planned rule (new, or a changed version), starting with no windows.
-    New(Box<Rule>),
+    New(Box<RunningRule>),
 }
 
 impl RuleSlot {
@@ -323,7 +323,7 @@ async fn compile(
     tables: &[TableDef],
     broken_streams: &[String],
     sink_exists: &impl Fn(&str) -> bool,
-) -> Result<Rule, SqlError> {
+) -> Result<RunningRule, SqlError> {
     let set = RuleSet {
         streams: stream.into_iter().cloned().collect(),
         rules: vec![def.clone()],
@@ -361,7 +361,7 @@ pub struct Applied {
 /// state; the pipeline's watermark is not touched.
 pub fn apply(pipeline: &mut StreamPipeline, rules: Vec<RuleSlot>) -> Applied {
     let mut applied = Applied::default();
-    let mut old: HashMap<String, Rule> = pipeline
+    let mut old: HashMap<String, RunningRule> = pipeline
         .rules
         .drain(..)
         .map(|r| (r.def.name.clone(), r))

@@ -8,7 +8,7 @@
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::Result;
 
-use crate::plan::CompiledQuery;
+use crate::query::CompiledQuery;
 
 /// Most runs of the plan spent on one batch.
 const MAX_RUNS: usize = 256;

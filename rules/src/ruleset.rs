@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::engine::{Rule, StreamPipeline};
+use crate::engine::{RunningRule, StreamPipeline};
 use crate::error::{Pos, SqlError};
-use crate::rule::RuleDef;
+use crate::rule_def::RuleDef;
 use crate::sql::{Statement, parse_file};
-use crate::stream::StreamDef;
-use crate::table::TableDef;
+use crate::stream_def::StreamDef;
+use crate::table_def::TableDef;
 
 /// The parsed contents of a set of rule files.
 #[derive(Debug, Default, Clone)]
@@ -160,7 +160,7 @@ impl RuleSet {
         sink_exists: impl Fn(&str) -> bool,
     ) -> (Vec<StreamPipeline>, Vec<SqlError>) {
         let mut errors = Vec::new();
-        let mut by_stream: HashMap<&str, Vec<Rule>> = HashMap::new();
+        let mut by_stream: HashMap<&str, Vec<RunningRule>> = HashMap::new();
         for def in &self.rules {
             if self.tables.iter().any(|t| t.name == def.stream) {
                 errors.push(SqlError::new(
@@ -213,7 +213,7 @@ impl RuleSet {
             if joined.len() < def.tables.len() {
                 continue;
             }
-            match Rule::compile(def.clone(), stream, &joined).await {
+            match RunningRule::compile(def.clone(), stream, &joined).await {
                 Ok(rule) => by_stream
                     .entry(stream.name.as_str())
                     .or_default()

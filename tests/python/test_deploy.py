@@ -615,17 +615,18 @@ def test_base_config_validates(tmp_path):
 
 @pytest.mark.parametrize("name", ["base"] + OVERLAYS)
 def test_rules_and_config_match_configs(name):
-    """The copies under deploy/k8s (kustomize reads files only below a kustomization) are
-    configs/'s: the same rules, the same config but for the pod's rules path."""
+    """The rules under deploy/k8s (kustomize reads files only below a kustomization) are
+    configs/'s: configs/ links to them; and the config is configs/'s but for the pod's
+    paths."""
     if name == "base":
         rules, source_rules, source_config = K8S / "base" / "rules", ROOT / "configs" / "rules", None
     else:
         rules = K8S / "overlays" / name / "rules"
         source_rules = ROOT / "configs" / name / "rules"
         source_config = ROOT / "configs" / f"{name}.toml"
-    ours = {p.name: p.read_text() for p in sorted(rules.glob("*.sql"))}
-    theirs = {p.name: p.read_text() for p in sorted(source_rules.glob("*.sql"))}
-    assert ours == theirs, f"{rules} differs from {source_rules}: copy them again"
+    assert source_rules.is_symlink() and source_rules.resolve() == rules.resolve(), (
+        f"{source_rules} must be a symbolic link to {rules}, the one copy kustomize can read")
+    assert sorted(rules.glob("*.sql")), f"{rules} holds no rules"
     if source_config is None:
         return
     k8s = tomllib.loads((K8S / "overlays" / name / "fieldgate.toml").read_text())
@@ -655,7 +656,7 @@ def test_rules_and_config_match_configs(name):
         _, volume, key = mounted_file(docs, pod_acl)
         mounted = one(docs, "ConfigMap", volume["configMap"]["name"])["data"][key]
         assert mounted == (source_config.parent / src_acl).read_text(), (
-            f"the ACL of deploy/k8s/overlays/{name} differs from configs/{src_acl}: copy it again")
+            f"the ACL of deploy/k8s/overlays/{name} differs from configs/{src_acl}, which links to it")
 
 
 def test_kubectl_and_fallback_render_alike():
@@ -853,16 +854,12 @@ def test_dashboard_is_importable():
 # The contract against a running gateway
 
 
-def running_gateway_metrics(tmp: pathlib.Path) -> dict:
-    """Starts the gateway with a sink of every kind and an unreachable Modbus device,
-    scrapes /metrics once it is ready, stops it, and returns {family: (type, labels,
-    {label: values})} from the exposition (# TYPE lines, and the labels of the samples)."""
-    import time
-    import urllib.request
-
+def every_kind_config(tmp: pathlib.Path, mqtt: int, admin: int) -> pathlib.Path:
+    """A config with a sink of every kind and an unreachable Modbus device, its rules
+    under tmp; the admin token is "t0k"."""
     from conftest import free_port
 
-    mqtt, admin, dead = free_port(), free_port(), free_port()
+    dead = free_port()
     (tmp / "rules").mkdir()
     (tmp / "rules" / "r.sql").write_text(
         "CREATE STREAM s (device STRING, v BIGINT) WITH (DATASOURCE = 'sensors/+');\n"
@@ -885,9 +882,38 @@ def running_gateway_metrics(tmp: pathlib.Path) -> dict:
         f'[sinks.bus]\ntype = "republish"\n'
         f'[sinks.plc_ctl]\ntype = "modbus"\ndevice = "plc"\n'
     )
+    return config
+
+
+def default_config(tmp: pathlib.Path, mqtt: int, admin: int) -> pathlib.Path:
+    """configs/default.toml, as shipped, on the given loopback ports, with its rules
+    copied under tmp (the config's paths are relative to the working directory)."""
+    text = (ROOT / "configs" / "default.toml").read_text()
+    for shipped, port in (('"127.0.0.1:1883"', mqtt), ('"127.0.0.1:9180"', admin)):
+        assert shipped in text, f"configs/default.toml no longer listens on {shipped}"
+        text = text.replace(shipped, f'"127.0.0.1:{port}"')
+    shutil.copytree(ROOT / "configs" / "rules", tmp / "configs" / "rules")
+    config = tmp / "default.toml"
+    config.write_text(text)
+    return config
+
+
+def running_gateway_metrics(tmp: pathlib.Path, make_config=every_kind_config, token: str | None = "t0k") -> dict:
+    """Starts the gateway on the config `make_config(tmp, mqtt_port, admin_port)` writes,
+    in tmp, scrapes /metrics once it is ready, stops it, and returns {family: (type,
+    labels, {label: values})} from the exposition (# TYPE lines, and the labels of the
+    samples)."""
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    mqtt, admin = free_port(), free_port()
+    config = make_config(tmp, mqtt, admin)
     log = tmp / "fieldgate.log"
     proc = subprocess.Popen(
-        [str(binary()), "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=open(log, "w")
+        [str(binary()), "run", "--config", str(config)], cwd=tmp,
+        stdout=subprocess.DEVNULL, stderr=open(log, "w"),
     )
     try:
         deadline = time.monotonic() + 30
@@ -901,9 +927,8 @@ def running_gateway_metrics(tmp: pathlib.Path) -> dict:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"fieldgate did not become ready:\n{log.read_text()}")
             time.sleep(0.05)
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{admin}/metrics", headers={"Authorization": "Bearer t0k"}
-        )
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}/metrics", headers=headers)
         with urllib.request.urlopen(req, timeout=5) as r:
             text = r.read().decode()
     finally:
@@ -939,3 +964,34 @@ def test_a_running_gateway_exports_the_contract_and_the_dashboard_metrics(tmp_pa
         assert got == values, f"{name}{{{label}}} has {sorted(got)}, not {sorted(values)}"
     missing = sorted(dashboard_metric_names() - exposed.keys())
     assert not missing, f"the dashboard queries metrics /metrics does not have: {missing}"
+
+
+def test_the_default_config_exports_every_dashboard_family_and_a_series_per_part(tmp_path):
+    """What a newcomer sees on the first start: every family the dashboard queries has
+    its # TYPE line, and every sink, stream and rule the default config and its rules
+    name has its series, at 0, before any message arrives. Families labelled by Modbus
+    device have no samples here: the default config has no device to name."""
+    exposed = running_gateway_metrics(tmp_path, default_config, token=None)
+    missing = sorted(dashboard_metric_names() - exposed.keys())
+    assert not missing, f"with the default config, /metrics lacks: {missing}"
+    config = tomllib.loads((ROOT / "configs" / "default.toml").read_text())
+    sinks = set(config["sinks"])
+    rules_text = "\n".join(p.read_text() for p in sorted((ROOT / "configs" / "rules").glob("*.sql")))
+    streams = set(re.findall(r"CREATE\s+STREAM\s+(\w+)", rules_text, re.I))
+    rules = set(re.findall(r"CREATE\s+RULE\s+(\w+)", rules_text, re.I))
+    assert sinks and streams and rules, "the default config names no sink, stream or rule"
+    for family, label, want in [
+        ("fieldgate_sink_up", "sink", sinks),
+        ("fieldgate_sink_delivered_total", "sink", sinks),
+        ("fieldgate_sink_dropped_total", "sink", sinks),
+        ("fieldgate_stream_rows_total", "stream", streams),
+        ("fieldgate_rule_records_in_total", "rule", rules),
+        ("fieldgate_rule_records_out_total", "rule", rules),
+    ]:
+        assert family in exposed, f"/metrics lacks {family}"
+        got = exposed[family][2].get(label, set())
+        assert got == want, f"{family}{{{label}}} has {sorted(got)}, not {sorted(want)}"
+    reasons = exposed["fieldgate_sink_dropped_total"][2].get("reason", set())
+    assert {"dead_letter", "refused", "device_exception"} <= reasons, sorted(reasons)
+    for family in [f for f, (_, labels) in CONTRACT_METRICS.items() if "device" in labels]:
+        assert "device" not in exposed[family][2], f"{family} names a device the config lacks"

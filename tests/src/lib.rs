@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+pub mod modbus_sim;
+pub use modbus_sim::ModbusSim;
+
 /// Appends MQTT's variable-length "remaining length" of `n` bytes.
 pub fn put_remaining_length(out: &mut Vec<u8>, mut n: usize) {
     loop {

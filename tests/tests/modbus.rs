@@ -6,16 +6,12 @@
 //! Needs `python3` with `pymodbus` and `mosquitto-clients` (installed by
 //! `scripts/test.sh`); fails when missing.
 
-#[path = "../../connectors/tests/sim/mod.rs"]
-mod sim;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use fieldgate_e2e::*;
 use serde_json::Value;
-use sim::Sim;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -117,7 +113,7 @@ fn coils(port: u16, address: u16, count: u16) -> Vec<bool> {
 async fn poll_rows_feed_rules_and_a_rule_writes_coils_back() {
     let dir = tempfile::tempdir().unwrap();
     let sim_port = free_port();
-    let sim = Sim::start(&[sim_port.to_string()]);
+    let sim = ModbusSim::start(&[sim_port.to_string()]);
     assert_eq!(
         coils(sim_port, 0, 2),
         [true, false],
@@ -217,7 +213,7 @@ async fn poll_rows_feed_rules_and_a_rule_writes_coils_back() {
 async fn a_stream_on_an_unknown_group_or_tag_is_reported_and_the_rest_runs() {
     let dir = tempfile::tempdir().unwrap();
     let sim_port = free_port();
-    let sim = Sim::start(&[sim_port.to_string()]);
+    let sim = ModbusSim::start(&[sim_port.to_string()]);
     let rules = format!(
         "{RULES}
 CREATE STREAM typo (device STRING)

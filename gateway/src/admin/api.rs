@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::ops::{Ops, RuleView, SinkExtra};
+use super::ops::{Ops, SinkExtra};
+use crate::live::view::RuleView;
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fieldgate_connectors::source::modbus::DevicePoller;
-use fieldgate_connectors::source::mqtt::RejectReason;
+use fieldgate_connectors::codec::RejectReason;
+use fieldgate_connectors::modbus::DevicePoller;
 use fieldgate_rules::LatencySnapshot;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -548,19 +548,24 @@ fn sinks(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> 
         e,
         "fieldgate_sink_dropped_total",
         "Results a sink gave up on, by reason: refused by an HTTP receiver (dead_letter), \
-         not writable to a Modbus device (refused), or answered with a Modbus exception.",
+         not writable to a Modbus device (refused), or answered with a Modbus exception \
+         (device_exception). Every sink has every reason, at 0 where its kind never drops.",
         r.sinks.iter().flat_map(|s| {
-            let by_reason: Vec<(&'static str, u64)> = match &s.extra {
-                SinkExtra::None => vec![],
-                SinkExtra::Http(h) => vec![("dead_letter", load(&h.dead_lettered))],
-                SinkExtra::Modbus(m) => vec![
-                    ("refused", load(&m.refused)),
-                    ("device_exception", load(&m.failed)),
-                ],
-            };
-            by_reason
-                .into_iter()
-                .map(|(reason, v)| (vec![("sink", s.name.as_str()), ("reason", reason)], v))
+            let (mut dead_letter, mut refused, mut exception) = (0, 0, 0);
+            match &s.extra {
+                SinkExtra::None => {}
+                SinkExtra::Http(h) => dead_letter = load(&h.dead_lettered),
+                SinkExtra::Modbus(m) => {
+                    refused = load(&m.refused);
+                    exception = load(&m.failed);
+                }
+            }
+            [
+                ("dead_letter", dead_letter),
+                ("refused", refused),
+                ("device_exception", exception),
+            ]
+            .map(|(reason, v)| (vec![("sink", s.name.as_str()), ("reason", reason)], v))
         }),
     )?;
     Ok(())

@@ -9,7 +9,7 @@
 
 use std::io::ErrorKind;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -46,8 +46,7 @@ pub async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut backoff = BACKOFF_MIN;
-    let mut last_log: Option<Instant> = None;
-    let mut unlogged = 0u64;
+    let mut accept_log = crate::logging::RateLimited::new(ACCEPT_LOG_EVERY);
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p {
@@ -66,10 +65,8 @@ pub async fn run(
                 stream
             }
             Err(e) => {
-                unlogged += 1;
-                if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
-                    last_log = Some(Instant::now());
-                    tracing::warn!(error = %e, failures = std::mem::take(&mut unlogged), "admin HTTP cannot accept connections");
+                if let Some(held) = accept_log.allow(1) {
+                    tracing::warn!(error = %e, failures = held + 1, "admin HTTP cannot accept connections");
                 }
                 if out_of_resources(&e) {
                     tokio::time::sleep(backoff).await;

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use fieldgate_connectors::source::mqtt::topic_matches;
+use fieldgate_connectors::mqtt::topic_matches;
 
 /// What a client wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

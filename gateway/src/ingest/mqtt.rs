@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fieldgate_connectors::source::mqtt::topic_matches;
+use fieldgate_connectors::mqtt::topic_matches;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{Input, Route};
 use crate::journal::{Hold, Holds, Record};
+use crate::sleep_until;
 
 /// A route of an MQTT stream, with its topic filter.
 struct MqttRoute {
@@ -145,13 +146,6 @@ pub async fn run(
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
 /// ...or after this long in all.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Ready when the pending batches are due: without `batch_delay`, at once (the select
 /// asks the broker first, so that means once it has nothing more ready); else at their

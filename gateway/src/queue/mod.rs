@@ -37,7 +37,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use store::Store;
-pub use store::{Entry, StoreError};
+pub use store::{Entry, StoreError, entry_bytes};
 use writer::{Request, Writer};
 
 /// How often the writer expires old entries and considers compacting.
@@ -291,9 +291,7 @@ pub fn default_reserve(dir: &Path) -> u64 {
 
 /// The clock entries are stamped with: epoch milliseconds.
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(fieldgate_rules::now_millis()).unwrap_or(0)
 }
 
 #[cfg(test)]

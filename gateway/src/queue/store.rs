@@ -432,3 +432,19 @@ fn decode(v: &[u8]) -> Option<(Arc<str>, Bytes)> {
         Bytes::copy_from_slice(v.get(HEADER + len..)?),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_bytes_is_what_an_entry_takes_on_disk() {
+        for (rule, payload) in [("forward", &b"{\"n\":1}"[..]), ("", b""), ("r", &[7; 300])] {
+            let mut value = Vec::new();
+            encode(rule, 1_700_000_000_000, payload, &mut value);
+            assert_eq!(entry_bytes(rule, payload), value.len() as u64 + 8, "{rule}");
+            let (r, p) = decode(&value).expect("decodes");
+            assert_eq!((&*r, &p[..]), (rule, payload));
+        }
+    }
+}

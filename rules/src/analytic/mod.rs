@@ -33,9 +33,9 @@ use datafusion::sql::sqlparser::ast::{Expr, Ident, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-use crate::plan::CompiledQuery;
+use crate::query::CompiledQuery;
 use crate::row_errors::run_isolating;
-use crate::stream::{EventTime, StreamDef};
+use crate::stream_def::{EventTime, StreamDef};
 use state::{Inputs, State};
 
 /// A key (of one call) not seen for this long, by the clock, is forgotten: 24 hours.

@@ -82,7 +82,7 @@ impl Running {
         &mut self.pipelines[0]
     }
 
-    fn rule(&self, name: &str) -> &Rule {
+    fn rule(&self, name: &str) -> &RunningRule {
         self.pipelines
             .iter()
             .flat_map(|p| &p.rules)

@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace};
 
-use super::rule::{Located, interval_millis, span_pos};
+use super::create_rule::{Located, interval_millis, span_pos};
 use super::{calls_any, function_name, int_literal, number_literal};
 use crate::analytic::{AccKind, AnalyticCall, AnalyticFn, column_name};
 

@@ -17,8 +17,8 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+use super::create_rule::{Located, span_pos};
 use super::function_name;
-use super::rule::{Located, span_pos};
 use crate::hits::{AGG_HIT_COUNT, AGG_HIT_TIME, EVENT_TIME, HIT_COUNT, HIT_TIME, HitFunctions};
 
 /// What each hit function becomes.

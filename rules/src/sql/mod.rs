@@ -5,12 +5,12 @@
 //! column; positions in errors therefore point into the file, not into a statement.
 
 mod analytic;
+mod create_rule;
+mod create_stream;
+mod create_table;
 mod cursor;
 mod ekuiper;
 mod hits;
-mod rule;
-mod stream;
-mod table;
 mod types;
 
 use std::path::Path;
@@ -22,14 +22,14 @@ use datafusion::sql::sqlparser::dialect::{GenericDialect, MySqlDialect};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Pos, SqlError};
-use crate::rule::RuleDef;
-use crate::stream::StreamDef;
-use crate::table::TableDef;
+use crate::rule_def::RuleDef;
+use crate::stream_def::StreamDef;
+use crate::table_def::TableDef;
 
+pub(crate) use create_rule::WINDOW_FUNCTIONS;
 pub(crate) use cursor::Cursor;
 pub use ekuiper::Dialect;
 pub(crate) use ekuiper::{match_columns, row_aggregates};
-pub(crate) use rule::WINDOW_FUNCTIONS;
 
 /// One parsed statement of a rule file.
 #[derive(Debug, Clone)]
@@ -144,15 +144,15 @@ fn parse_statement(c: &mut Cursor, dialect: Dialect) -> Result<Statement, SqlErr
     match kind.as_deref() {
         Some("STREAM") => {
             c.next();
-            stream::parse(c).map(Statement::Stream)
+            create_stream::parse(c).map(Statement::Stream)
         }
         Some("RULE") => {
             c.next();
-            rule::parse(c, dialect).map(Statement::Rule)
+            create_rule::parse(c, dialect).map(Statement::Rule)
         }
         Some("TABLE") => {
             c.next();
-            table::parse(c).map(Statement::Table)
+            create_table::parse(c).map(Statement::Table)
         }
         _ => Err(c.error_here("expected STREAM, TABLE or RULE after CREATE")),
     }

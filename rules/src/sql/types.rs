@@ -16,7 +16,7 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::Cursor;
 use crate::error::{Pos, SqlError};
-use crate::stream::column_type;
+use crate::stream_def::column_type;
 
 /// How deeply types may nest; deeper declarations are refused rather than recursed into.
 const MAX_DEPTH: usize = 32;

@@ -20,7 +20,7 @@ use datafusion::physical_expr::utils::collect_columns;
 
 use super::groups::{AggregateSpec, GroupState};
 use crate::engine::{WINDOW_END, WINDOW_START};
-use crate::plan::SplitQuery;
+use crate::query::SplitQuery;
 use crate::watermark::Watermark;
 
 /// Where each group column of the aggregate's output comes from.

@@ -28,7 +28,7 @@ mod functions;
 mod json_path;
 mod time;
 
-use super::rule::{Located, has_window, span_pos};
+use super::create_rule::{Located, has_window, span_pos};
 use super::{calls_any, function_name, int_literal};
 use crate::error::Pos;
 use crate::functions::{DEDUP_ALL, DEDUP_LAST, LIST_FIELD};

@@ -1,0 +1,23 @@
+//! Configuration of the local republish sink.
+
+use serde::Deserialize;
+
+/// `[sinks.NAME]` with `type = "republish"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepublishSinkConfig {
+    /// Topic of each result on the embedded broker; `{gateway}`, `{rule}` and `{device}`
+    /// (the result's `device` field) are replaced.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+}
+
+fn default_topic() -> String {
+    "fieldgate/{gateway}/{rule}".into()
+}
+
+impl RepublishSinkConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        crate::topic_template::validate(&self.topic)
+    }
+}

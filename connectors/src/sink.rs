@@ -1,0 +1,85 @@
+//! Sinks: where queued rule results go.
+//!
+//! A sink is driven by the gateway's uplink worker: the worker [`Sink::send`]s messages
+//! read from the sink's durable queue and waits on [`Sink::next_event`] for what the
+//! destination confirmed. Only confirmed messages are deleted from the queue; after
+//! [`SinkEvent::Ready`] (a new connection) every unconfirmed message is sent again.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// One queued result on its way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The queue's sequence number: unique and increasing per sink.
+    pub seq: u64,
+    /// The rule that produced the result.
+    pub rule: Arc<str>,
+    /// The encoded result (a JSON object).
+    pub payload: Bytes,
+}
+
+/// What a sink reports to its uplink worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkEvent {
+    /// The destination is reachable; nothing sent before this is in flight any more, so
+    /// everything unconfirmed must be sent again.
+    Ready,
+    /// These messages arrived and may be deleted from the queue.
+    Confirmed(Vec<u64>),
+    /// The destination was lost; sending resumes after the next `Ready`.
+    Down(String),
+}
+
+/// Errors from handing messages to a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("not connected")]
+    NotConnected,
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("MQTT client: {0}")]
+    Client(#[from] rumqttc::ClientError),
+    #[error("{0}")]
+    Config(String),
+    #[error("embedded broker: {0}")]
+    Broker(String),
+}
+
+/// A destination for queued results.
+pub trait Sink: Send {
+    /// How many messages may be sent and not yet confirmed.
+    fn max_in_flight(&self) -> usize;
+
+    /// Sends messages, in order. They count as delivered only once confirmed.
+    fn send(&mut self, msgs: &[Message]) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Waits for the next confirmation or connection change.
+    fn next_event(&mut self) -> impl Future<Output = SinkEvent> + Send;
+}
+
+/// `next_event` of a sink that queues its events: the oldest queued event; else, with a
+/// retry set, `Ready` once it is due (the retry is cleared only then, so a caller that
+/// stops waiting early, as the uplink's `select!` does, loses nothing); else never.
+pub(crate) async fn queued_event(
+    events: &mut std::collections::VecDeque<SinkEvent>,
+    retry_at: &mut Option<tokio::time::Instant>,
+) -> SinkEvent {
+    if let Some(e) = events.pop_front() {
+        return e;
+    }
+    match *retry_at {
+        Some(at) => {
+            tokio::time::sleep_until(at).await;
+            *retry_at = None;
+            SinkEvent::Ready
+        }
+        None => std::future::pending().await,
+    }
+}

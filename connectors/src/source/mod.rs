@@ -1,4 +1,0 @@
-//! Sources: the way messages enter a stream.
-
-pub mod modbus;
-pub mod mqtt;
