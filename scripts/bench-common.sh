@@ -3,7 +3,8 @@
 # process's CPU time and memory; the binaries measured. The sourcing script sets
 # BENCH_NAME for its messages, and TARGET, BIN and OUT for `bench_binaries`.
 
-# Every process started goes into PIDS; the trap stops them all when the script ends.
+# Every process started goes into PIDS; the trap stops them all when the script ends,
+# then runs the sourcing script's `bench_cleanup` if it defines one.
 PIDS=()
 cleanup() {
   local p
@@ -11,25 +12,45 @@ cleanup() {
   sleep 0.5
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   PIDS=()
+  if declare -F bench_cleanup >/dev/null; then bench_cleanup; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# forget PID: it has exited and been waited for; cleanup must not signal it.
+forget() {
+  local p kept=()
+  for p in "${PIDS[@]}"; do
+    [ "$p" = "$1" ] || kept+=("$p")
+  done
+  PIDS=("${kept[@]}")
+}
+
 # stop PID [seconds]: SIGTERM, then SIGKILL after the grace period.
 stop() {
   local pid=$1 grace=${2:-15} i
-  kill -TERM "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || { forget "$pid"; return 0; }
   for ((i = 0; i < grace * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; forget "$pid"; return 0; }
     sleep 0.1
   done
   echo "  pid $pid still running after ${grace}s: SIGKILL" >&2
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+  forget "$pid"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+free_port() { free_ports 1; }
+
+# N free TCP ports on 127.0.0.1, held together while picked so they differ.
+free_ports() { # n
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
 }
 
 wait_port() { # port what

@@ -46,32 +46,21 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fieldgate-drain.XXXXXX")
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
+BENCH_NAME=bench-drain.sh
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
+bench_cleanup() {
   if [ "${KEEP:-0}" = 1 ]; then
     echo "work directory kept: $WORK"
   else
     rm -rf "$WORK"
   fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # A private copy, so that another build into the same target directory cannot replace
 # the binary during the runs.
 cp "$TARGET/release/fieldgate" "$WORK/fieldgate"
 GATEWAY="$WORK/fieldgate"
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 now() { date +%s.%N; }
 
@@ -91,8 +80,9 @@ wait_until() {
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start_mosquitto DIR PORT: starts mosquitto (persistence for the subscriber's session).
-start_mosquitto() {
+# start_cloud DIR PORT: starts mosquitto as the cloud, with persistence for the
+# subscriber's session (and as root, so that it may write DIR).
+start_cloud() {
   local dir=$1 port=$2
   mkdir -p "$dir"
   cat >"$dir/mosquitto.conf" <<EOF
@@ -113,24 +103,6 @@ EOF
   MOSQ_PID=$!
   PIDS+=("$MOSQ_PID")
   wait_until 20 "mosquitto on port $port" listening "$port"
-}
-
-# forget PID: it has exited and been waited for; cleanup must not signal it.
-forget() {
-  local p kept=()
-  for p in "${PIDS[@]}"; do
-    [ "$p" = "$1" ] || kept+=("$p")
-  done
-  PIDS=("${kept[@]}")
-}
-
-# stop PID: SIGTERM, up to 15 s to exit, then SIGKILL.
-stop() {
-  local pid=$1
-  kill "$pid" 2>/dev/null || true
-  wait_until 15 "process $pid to exit" bash -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
 }
 
 # make_session PORT: the subscriber's persistent QoS 1 session, subscribed, then left.
@@ -159,14 +131,16 @@ rates() {
                  NR / (last - start), (NR ? bytes / NR : 0) }' "$1"
 }
 
-# Readings of exactly 150 bytes, one per line, `seq` 0..N-1.
+# Readings of exactly 150 bytes, one per line, `seq` 0..N-1 (JSON numbers have no leading
+# zeros: the length is made up with white space before the closing brace).
 python3 - "$N" >"$WORK/readings.txt" <<'EOF'
 import sys
 for i in range(int(sys.argv[1])):
-    print('{"device":"press-%04d","ts":%d,"temp":%06.3f,"pressure":%.2f,"humidity":%05.2f,'
-          '"status":"running","line":"L%d","shift":%d,"seq":%010d}'
-          % (i % 1000, 1767225600000 + i, 10 + (i % 8000) / 100, 1000 + (i % 9000) / 100,
-             10 + (i % 8900) / 100, i % 8, i % 3, i))
+    line = ('{"device":"press-%04d","ts":%d,"temp":%06.3f,"pressure":%.2f,"humidity":%05.2f,'
+            '"status":"running","line":"L%d","shift":%d,"seq":%d'
+            % (i % 1000, 1767225600000 + i, 10 + (i % 8000) / 100, 1000 + (i % 9000) / 100,
+               10 + (i % 8900) / 100, i % 8, i % 3, i))
+    print(line.ljust(149) + "}")
 EOF
 
 echo "fieldgate drain benchmark: N=$N, $RUNS run(s), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -180,7 +154,7 @@ for run in $(seq 1 "$RUNS"); do
   admin_port=$(free_port)
 
   # The subscriber's session, then the outage: mosquitto stopped.
-  start_mosquitto "$dir/cloud" "$cloud_port"
+  start_cloud "$dir/cloud" "$cloud_port"
   make_session "$cloud_port"
   stop "$MOSQ_PID"
 
@@ -230,7 +204,7 @@ EOF
 
   # The outage ends.
   t_up=$(now)
-  start_mosquitto "$dir/cloud" "$cloud_port"
+  start_cloud "$dir/cloud" "$cloud_port"
   start_sub "$cloud_port" "$dir/received.txt"
   wait "$SUB_PID" || true
   forget "$SUB_PID"
@@ -249,7 +223,7 @@ EOF
   # Baseline: the same payloads through mosquitto alone.
   cut -d' ' -f2- "$dir/received.txt" >"$dir/payloads.txt"
   base_port=$(free_port)
-  start_mosquitto "$dir/base" "$base_port"
+  start_cloud "$dir/base" "$base_port"
   make_session "$base_port"
   start_sub "$base_port" "$dir/base-received.txt"
   t_base=$(now)

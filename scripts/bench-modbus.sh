@@ -42,19 +42,9 @@ CLIENT="$ROOT/tests/sim/modbus_poll.py"
 HZ=$(getconf CLK_TCK)
 mkdir -p "$OUT"
 
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do
-    kill "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]}"; do
-    wait "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+BENCH_NAME=bench-modbus.sh
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 
 die() {
   echo "bench-modbus: $*" >&2
@@ -67,17 +57,6 @@ if [ "$BUILD" = 1 ]; then
 fi
 [ -x "$FIELDGATE" ] || die "no binary at $FIELDGATE"
 python3 -c 'import pymodbus' 2>/dev/null || die "python3 with pymodbus >= 3.16 is needed"
-
-# N free TCP ports on 127.0.0.1, held together while picked so they differ.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
 
 # Waits (bounded) until file $1 has a line starting with $2; fails if pid $3 died.
 wait_line() {

@@ -9,10 +9,12 @@ use serde::Deserialize;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `s` as a secret.
     pub fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
 
+    /// The secret's text, for where it is sent; never for logs.
     pub fn expose(&self) -> &str {
         &self.0
     }

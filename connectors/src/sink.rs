@@ -36,18 +36,25 @@ pub enum SinkEvent {
 /// Errors from handing messages to a sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// The destination is not reachable now.
     #[error("not connected")]
     NotConnected,
+    /// Opening, writing or rolling a file failed, or compressing a request body.
     #[error("I/O error on {path}: {source}")]
     Io {
+        /// The file, or `gzip` for a request body.
         path: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
+    /// The MQTT client did not take a publish.
     #[error("MQTT client: {0}")]
     Client(#[from] rumqttc::ClientError),
+    /// The sink cannot be built from its configuration; the message says why.
     #[error("{0}")]
     Config(String),
+    /// The embedded broker did not take the results; the message says why.
     #[error("embedded broker: {0}")]
     Broker(String),
 }

@@ -5,6 +5,7 @@
 pub struct TopicTemplate(String);
 
 impl TopicTemplate {
+    /// `template` with `{gateway}` replaced by `gateway`.
     pub fn new(template: &str, gateway: &str) -> Self {
         TopicTemplate(template.replace("{gateway}", gateway))
     }

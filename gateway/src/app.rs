@@ -255,6 +255,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let reload_counters = rules.counters.clone();
     let rules_view = rules.view.clone();
     let reload_task = tokio::spawn(triggers.run(rules, stop_rx.clone()));
+    tokio::spawn(crate::heap::run(crate::heap::TRIM_PERIOD, stop_rx.clone()));
 
     let ingest_counters = Arc::new(IngestCounters::default());
     let modbus_counters = Arc::new(ModbusIngestCounters::default());

@@ -33,16 +33,22 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Directory of `.sql` rule files.
     pub rules_dir: PathBuf,
+    /// `[broker]`: the embedded MQTT broker.
     #[serde(default)]
     pub broker: BrokerConfig,
+    /// `[admin]`: the admin HTTP endpoint.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[log]`: the log level.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[ingest]`: micro-batching and the limits of a payload.
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// `[journal]`: the ingest journal.
     #[serde(default)]
     pub journal: JournalConfig,
+    /// `[queue]`: the durable queues in front of the sinks.
     #[serde(default)]
     pub queue: QueueConfig,
     /// Modbus devices to poll.
@@ -83,6 +89,8 @@ pub struct BrokerConfig {
     pub acl_file: Option<PathBuf>,
     /// When a QoS 1/2 PUBLISH is acknowledged.
     pub ack: AckMode,
+    /// Client connections open at once (default 10000); a CONNECT past it is refused.
+    /// Also the most sessions held, offline persistent ones included.
     pub max_connections: usize,
     /// Largest MQTT packet a device may send (its payload, topic and header), in bytes.
     pub max_payload_size: usize,
@@ -93,6 +101,7 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// Longest topic name or filter, in bytes, and most levels in one.
     pub max_topic_length: usize,
+    /// Most levels (`/`-separated parts) in a topic name or filter (default 32).
     pub max_topic_levels: usize,
     /// Subscriptions one client may hold (0: no limit).
     pub max_subscriptions: usize,
@@ -123,9 +132,11 @@ pub enum AckMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerTlsConfig {
+    /// Address of the TLS listener; required.
     pub listen: SocketAddr,
     /// PEM certificate chain and private key.
     pub cert: PathBuf,
+    /// PEM private key of `cert`.
     pub key: PathBuf,
     /// PEM CA certificates: when set, clients must present a certificate they signed
     /// (mutual TLS), and its common name is the client's username.
@@ -194,6 +205,8 @@ impl Default for JournalConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// Address of the endpoint (default 127.0.0.1:9180); off loopback it needs `token` or
+    /// `token_env`.
     pub listen: SocketAddr,
     /// Bearer token `/metrics` and `/api` require. Needed when `listen` is not loopback.
     pub token: Option<String>,
@@ -410,9 +423,14 @@ impl ModbusSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
+    /// Publishes to an MQTT broker off the box (the cloud), over TCP or TLS
+    /// (`type = "mqtt"`).
     Mqtt(Box<MqttSinkConfig>),
+    /// POSTs batches of results to an HTTP endpoint (`type = "http"`).
     Http(Box<HttpSinkConfig>),
+    /// Appends results to a file as JSON lines (`type = "file"`).
     File(FileSinkConfig),
+    /// Writes results to the tags of Modbus devices (`type = "modbus"`).
     Modbus(ModbusSinkConfig),
     /// Publishes to the embedded broker, for applications on the box.
     Republish(RepublishSinkConfig),

@@ -8,7 +8,8 @@
 //! [`queue`] (durable, per sink) → [`uplink`] (delivery to the sinks). [`app`] wires
 //! them; [`config`] reads the TOML configuration; [`admin`] serves the health probes,
 //! metrics and REST API; [`logging`] writes the log; [`rules_cli`] holds the rule
-//! author's offline tools; [`simulate`] is a load generator.
+//! author's offline tools; [`simulate`] is a load generator; [`heap`] hands freed memory
+//! back to the system.
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod heap;
 pub mod ingest;
 pub mod journal;
 pub mod live;

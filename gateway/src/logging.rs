@@ -20,7 +20,9 @@ use tracing_subscriber::prelude::*;
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Plain text lines, coloured on a terminal.
     Text,
+    /// One JSON object per line.
     Json,
 }
 

@@ -47,10 +47,17 @@ pub async fn check(
 
 /// Options of `rules test`.
 pub struct TestOptions {
+    /// Rule files or directories of them.
     pub paths: Vec<PathBuf>,
+    /// Events, one JSON object per line: a payload, or `{"topic": ..., "payload": ...}`.
     pub input: PathBuf,
+    /// Only this rule's results; `None`: every rule's.
     pub rule: Option<String>,
+    /// The stream that bare payload lines feed; `None`: the only stream (with several,
+    /// such lines are rejected).
     pub stream: Option<String>,
+    /// Expected results (JSON lines as printed) to compare with; `None`: the results are
+    /// printed.
     pub expect: Option<PathBuf>,
     /// Pass although input lines were rejected or rules failed on rows.
     pub allow_rejects: bool,

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 pub struct Options {
     /// Broker host and port.
     pub host: String,
+    /// The broker's TCP port.
     pub port: u16,
     /// Simulated devices; each publishes on its own topic.
     pub devices: u32,
@@ -28,6 +29,7 @@ pub struct Options {
     pub count: u64,
     /// ...or after this long, whichever comes first.
     pub duration: Duration,
+    /// QoS of the publishes: 0 or 1.
     pub qos: QoS,
     /// Topic with `{device}` replaced by the device's name (`dev-<n>`).
     pub topic: String,
@@ -42,6 +44,7 @@ pub struct Report {
     pub sent: u64,
     /// Of those, acknowledged by the broker (QoS 1; equal to `sent` for QoS 0).
     pub acknowledged: u64,
+    /// Time the run took, in seconds.
     pub seconds: f64,
     /// Messages per second achieved.
     pub rate: f64,
@@ -52,8 +55,11 @@ pub struct Report {
 /// Percentiles of a latency, in milliseconds.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Latency {
+    /// Median.
     pub p50_ms: f64,
+    /// 99th percentile.
     pub p99_ms: f64,
+    /// Largest.
     pub max_ms: f64,
 }
 

@@ -48,7 +48,9 @@ pub struct LatencyHistogram {
 pub struct LatencySnapshot {
     /// `(upper bound in µs, observations at or below it)`, cumulative, ascending.
     pub cumulative: Vec<(u64, u64)>,
+    /// Number of observations, those above every bound included.
     pub count: u64,
+    /// Sum of the observed durations, in nanoseconds.
     pub sum_ns: u64,
 }
 

@@ -30,6 +30,7 @@ use crate::window::{IncrementalWindows, Input, WindowSpec, WindowState};
 
 /// Column names a windowed rule can select.
 pub const WINDOW_START: &str = "window_start";
+/// The end of a row's window, in epoch ms (the start is [`WINDOW_START`]).
 pub const WINDOW_END: &str = "window_end";
 /// Column added to rows sent to a rule's `LATE INTO` sink.
 pub const LATE_REASON: &str = "late_reason";
@@ -41,8 +42,12 @@ fn add(c: &AtomicU64, n: usize) {
 /// Result rows of one rule, to be sent to its sinks.
 #[derive(Debug, Clone)]
 pub struct RuleOutput {
+    /// Name of the rule that produced the rows.
     pub rule: Arc<str>,
+    /// The sinks that receive the rows: the rule's `INTO` sinks, or its `LATE INTO` or
+    /// `ERRORS INTO` sink for rows set aside.
     pub sinks: Arc<[String]>,
+    /// The rows, in the order produced.
     pub batches: Vec<RecordBatch>,
     /// How the rows' null fields are encoded.
     pub null_fields: NullFields,
@@ -234,7 +239,9 @@ fn blame(def: &RuleDef, msg: &str) -> crate::error::Pos {
 
 /// A planned rule with its window state.
 pub struct RunningRule {
+    /// The rule's declaration.
     pub def: Arc<RuleDef>,
+    /// What the rule counts while it runs, shared with whoever reports it.
     pub counters: Arc<RuleCounters>,
     name: Arc<str>,
     sinks: Arc<[String]>,
@@ -585,6 +592,7 @@ impl RunningRule {
         })
     }
 
+    /// The rule's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -899,7 +907,9 @@ async fn close_guarded(
 /// All rules reading one stream, with the stream's watermark. One decoded batch serves
 /// every rule.
 pub struct StreamPipeline {
+    /// The stream the pipeline reads.
     pub stream: Arc<StreamDef>,
+    /// The rules reading the stream, each offered every batch.
     pub rules: Vec<RunningRule>,
     watermark: Watermark,
     /// Wall-clock time (ms) of the last batch, and the largest event time seen then.
@@ -907,6 +917,8 @@ pub struct StreamPipeline {
 }
 
 impl StreamPipeline {
+    /// A pipeline running `rules` over `stream`, its watermark trailing the largest
+    /// event time by the stream's `LATENESS` (0 without event time).
     pub fn new(stream: Arc<StreamDef>, rules: Vec<RunningRule>) -> Self {
         let lateness = stream.event_time.as_ref().map_or(0, |e| {
             i64::try_from(e.lateness.as_millis()).unwrap_or(i64::MAX)

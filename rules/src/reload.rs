@@ -84,14 +84,20 @@ pub enum StreamChange {
     /// The declaration is unchanged: the running pipeline (and its watermark) stays and
     /// gets this list of rules. `changed` is false when the list is what already runs.
     Update {
+        /// The stream's name.
         stream: String,
+        /// The rules the pipeline runs from now on, in declaration order.
         rules: Vec<RuleSlot>,
+        /// Whether `rules` differs from what runs: a rule added, removed, planned anew
+        /// or moved.
         changed: bool,
     },
     /// The stream is new (`replaces` false) or its declaration changed (`replaces` true):
     /// this fresh pipeline takes the place of any running one.
     Start {
+        /// The new pipeline, with its rules planned and no windows or watermark yet.
         pipeline: StreamPipeline,
+        /// Whether it replaces a running pipeline of the same stream.
         replaces: bool,
     },
 }
@@ -99,12 +105,22 @@ pub enum StreamChange {
 /// Names of what a reload added, changed, removed or kept.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadSummary {
+    /// Rules that did not run before.
     pub rules_added: Vec<String>,
+    /// Rules planned anew, starting with no windows: their declaration, their stream or
+    /// a table they join changed.
     pub rules_changed: Vec<String>,
+    /// Rules that stop: no longer declared, or their new version failed and the
+    /// previous one cannot stay.
     pub rules_removed: Vec<String>,
+    /// Rules that run on with their windows and counters (previous versions kept
+    /// included).
     pub rules_unchanged: Vec<String>,
+    /// Streams that did not run before.
     pub streams_added: Vec<String>,
+    /// Streams whose declaration changed: their pipelines start afresh.
     pub streams_changed: Vec<String>,
+    /// Streams no longer declared: their pipelines stop.
     pub streams_removed: Vec<String>,
     /// Declarations whose new version failed (in a file with errors, or not plannable)
     /// and that keep running their previous version, as `stream name` or `rule name`.
@@ -134,6 +150,7 @@ pub struct ReloadPlan {
     pub removed_streams: Vec<String>,
     /// Errors in files and in rules that could not be planned, with file:line:col.
     pub errors: Vec<SqlError>,
+    /// Names of what the plan adds, changes, removes and keeps.
     pub summary: ReloadSummary,
 }
 

@@ -14,6 +14,7 @@ use crate::window::WindowSpec;
 /// AS SELECT ... FROM stream ...`.
 #[derive(Debug, Clone)]
 pub struct RuleDef {
+    /// The rule's name, unique across the rule files.
     pub name: String,
     /// Names of the sinks (from the gateway config) that receive every result row.
     pub sinks: Vec<String>,
@@ -46,7 +47,9 @@ pub struct RuleDef {
     pub tables: Vec<String>,
     /// Constructs eKuiper reads differently (default dialect only), for `rules check`.
     pub warnings: Vec<SqlError>,
+    /// The rule file that declares the rule.
     pub file: PathBuf,
+    /// Where the rule's name is written in `file`.
     pub pos: Pos,
     /// Where the SELECT starts, for errors found while planning.
     pub query_pos: Pos,

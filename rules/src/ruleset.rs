@@ -15,7 +15,9 @@ use crate::table_def::TableDef;
 /// The parsed contents of a set of rule files.
 #[derive(Debug, Default, Clone)]
 pub struct RuleSet {
+    /// The declared streams, in the order read.
     pub streams: Vec<StreamDef>,
+    /// The declared rules, in the order read.
     pub rules: Vec<RuleDef>,
     /// Lookup tables, with their rows.
     pub tables: Vec<TableDef>,

@@ -14,6 +14,7 @@ use crate::error::Pos;
 /// A declared stream: `CREATE STREAM name (columns) WITH (options)`.
 #[derive(Debug, Clone)]
 pub struct StreamDef {
+    /// The stream's name, which rules read `FROM`.
     pub name: String,
     /// The typed columns; payloads are decoded straight into this schema.
     pub schema: SchemaRef,
@@ -21,6 +22,7 @@ pub struct StreamDef {
     pub source: Source,
     /// Where `DATASOURCE` is written, for errors about the source.
     pub source_pos: Pos,
+    /// How the stream's payloads are decoded (`FORMAT`).
     pub format: PayloadFormat,
     /// Event time, when the stream declares one; without it, windows run on the time
     /// rows arrive (processing time).
@@ -28,7 +30,9 @@ pub struct StreamDef {
     /// With event time: after this long without rows, the watermark follows the clock
     /// so that open windows still close.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The rule file that declares the stream.
     pub file: PathBuf,
+    /// Where the stream's name is written in `file`.
     pub pos: Pos,
 }
 
@@ -37,9 +41,17 @@ pub struct StreamDef {
 pub enum Source {
     /// Messages of the embedded broker whose topic matches this filter,
     /// e.g. `sensors/+/telemetry`.
-    Mqtt { filter: String },
+    Mqtt {
+        /// The MQTT topic filter, wildcards (`+`, `#`) allowed.
+        filter: String,
+    },
     /// The rows of one Modbus poll group, one per poll.
-    Modbus { device: String, group: String },
+    Modbus {
+        /// The device's name in the gateway's config.
+        device: String,
+        /// The name of the device's poll group.
+        group: String,
+    },
 }
 
 impl Source {
@@ -71,9 +83,11 @@ pub enum PayloadFormat {
 /// The event-time column of a stream and how late its rows may arrive.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventTime {
+    /// Name of the event-time column (`TIMESTAMP`).
     pub column: String,
     /// Index of the column in the stream's schema.
     pub index: usize,
+    /// How the column encodes an instant (`TIMESTAMP_FORMAT`).
     pub encoding: TimeEncoding,
     /// How far behind the largest event time seen a row may still arrive.
     pub lateness: Duration,
@@ -91,6 +105,8 @@ pub enum TimeEncoding {
 }
 
 impl TimeEncoding {
+    /// Reads a `TIMESTAMP_FORMAT` value, in any case: `epoch_ms` (or `ms`, `millis`),
+    /// `epoch_s` (or `s`, `seconds`), `rfc3339` (or `iso8601`); `None` for any other.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "epoch_ms" | "ms" | "millis" => Some(Self::EpochMillis),

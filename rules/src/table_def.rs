@@ -34,15 +34,21 @@ pub enum TableFormat {
 /// A declared lookup table with its rows.
 #[derive(Debug, Clone)]
 pub struct TableDef {
+    /// The table's name, which rules `JOIN`.
     pub name: String,
+    /// The declared columns; the file's rows are read into this schema.
     pub schema: SchemaRef,
     /// The file the rows come from.
     pub path: PathBuf,
+    /// How the file is written (`FORMAT`, else its extension).
     pub format: TableFormat,
+    /// The file's rows, kept in memory.
     pub rows: Arc<[RecordBatch]>,
     /// A hash of the file's bytes: equal for an unchanged file.
     pub fingerprint: u64,
+    /// The rule file that declares the table.
     pub file: PathBuf,
+    /// Where the table's name is written in `file`.
     pub pos: Pos,
 }
 
@@ -52,6 +58,7 @@ impl TableDef {
         self.rows.iter().map(|b| b.num_rows()).sum()
     }
 
+    /// Whether the table has no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -8,6 +8,8 @@ pub struct Watermark {
 }
 
 impl Watermark {
+    /// A watermark trailing the largest event time by `lateness_ms` milliseconds, with
+    /// no event seen yet.
     pub fn new(lateness_ms: i64) -> Self {
         Self {
             lateness_ms,

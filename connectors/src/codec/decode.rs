@@ -41,6 +41,7 @@ pub struct Rejected {
 pub struct Decoded {
     /// The rows of every good payload, in order; `None` when there were none.
     pub batch: Option<RecordBatch>,
+    /// The payloads that could not be decoded, each with its reason.
     pub rejected: Vec<Rejected>,
 }
 
@@ -67,6 +68,7 @@ impl JsonDecoder {
             .build_decoder()
     }
 
+    /// The schema payloads are decoded into.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }

@@ -25,6 +25,7 @@ fn default_max_files() -> usize {
 }
 
 impl FileSinkConfig {
+    /// Checks values serde cannot: returns a message naming the bad key.
     pub fn validate(&self) -> Result<(), String> {
         if self.path.as_os_str().is_empty() {
             return Err("`path` is empty".into());

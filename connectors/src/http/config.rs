@@ -25,6 +25,7 @@ pub enum HttpFormat {
 pub struct HttpSinkConfig {
     /// Where batches are POSTed (`http://` or `https://`).
     pub url: String,
+    /// How a batch is written in the body; `ndjson` by default.
     #[serde(default)]
     pub format: HttpFormat,
     /// Compress request bodies with gzip (`Content-Encoding: gzip`).
@@ -42,11 +43,14 @@ pub struct HttpSinkConfig {
     /// Results per request, at most.
     #[serde(default = "default_batch")]
     pub batch_max: usize,
+    /// Longest a request may take, from connecting to the end of the answer; 10s by
+    /// default.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// First retry delay; doubles per failed attempt up to `retry_max`.
     #[serde(default = "default_retry_min", with = "humantime_serde")]
     pub retry_min: Duration,
+    /// Longest retry delay; 60s by default.
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
     /// JSONL file receiving batches the receiver refused with a 4xx answer.

@@ -26,6 +26,7 @@ pub const MAX_READ_BITS: u16 = 2000;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusConfig {
+    /// One entry per `[[modbus.devices]]` table; none by default.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
 }
@@ -36,6 +37,7 @@ pub struct ModbusConfig {
 pub struct DeviceConfig {
     /// Unique name; the `device` column of every row.
     pub name: String,
+    /// How the device is reached: `transport.type` is `tcp` or `rtu`.
     pub transport: Transport,
     /// Modbus unit (slave) id; 1..=247 on serial lines, any u8 over TCP.
     #[serde(default = "default_unit_id")]
@@ -49,6 +51,7 @@ pub struct DeviceConfig {
     /// First reconnect delay; doubles per failed attempt up to `reconnect_max`, with jitter.
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
     pub reconnect_min: Duration,
+    /// Longest reconnect delay; 30s by default.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
     /// Consecutive failed poll cycles after which the device counts as degraded.
@@ -57,6 +60,7 @@ pub struct DeviceConfig {
     /// Largest run of unused registers (or bits) a read may span to join two tags.
     #[serde(default)]
     pub max_gap: u16,
+    /// The poll groups (`[[modbus.devices.groups]]`); at least one.
     pub groups: Vec<GroupConfig>,
 }
 
@@ -66,19 +70,26 @@ pub struct DeviceConfig {
 pub enum Transport {
     /// Modbus TCP.
     Tcp {
+        /// Host name or IP address of the device.
         host: String,
+        /// TCP port; 502 by default.
         #[serde(default = "default_tcp_port")]
         port: u16,
     },
     /// Modbus RTU over a serial line; devices with the same `path` share the line.
     Rtu {
+        /// The serial port, e.g. `/dev/ttyUSB0`.
         path: String,
+        /// Line speed in bits per second; 9600 by default.
         #[serde(default = "default_baud")]
         baud: u32,
+        /// Parity bit; none by default.
         #[serde(default)]
         parity: Parity,
+        /// Data bits per character, 5 to 8; 8 by default.
         #[serde(default = "default_data_bits")]
         data_bits: u8,
+        /// Stop bits per character, 1 or 2; 1 by default.
         #[serde(default = "default_stop_bits")]
         stop_bits: u8,
     },
@@ -88,9 +99,12 @@ pub enum Transport {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Parity {
+    /// No parity bit (`"none"`, the default).
     #[default]
     None,
+    /// Even parity (`"even"`).
     Even,
+    /// Odd parity (`"odd"`).
     Odd,
 }
 
@@ -100,11 +114,13 @@ pub enum Parity {
 pub struct GroupConfig {
     /// The `group` column; unique within the device.
     pub name: String,
+    /// Time between polls, e.g. `"500ms"`; must be positive.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Overrides the device's `max_gap` for this group.
     #[serde(default)]
     pub max_gap: Option<u16>,
+    /// The tags read at each poll (`[[modbus.devices.groups.tags]]`); at least one.
     pub tags: Vec<TagConfig>,
 }
 
@@ -112,9 +128,13 @@ pub struct GroupConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Area {
+    /// Single bits, read and written (`coil`; function codes 1, 5, 15).
     Coil,
+    /// Single bits, read only (`discrete_input`; function code 2).
     DiscreteInput,
+    /// 16-bit registers, read only (`input_register`; function code 4).
     InputRegister,
+    /// 16-bit registers, read and written (`holding_register`; function codes 3, 6, 16).
     HoldingRegister,
 }
 
@@ -140,13 +160,21 @@ impl Area {
 pub enum TagType {
     /// A coil or discrete input.
     Bool,
+    /// Unsigned 16-bit integer in one register.
     U16,
+    /// Signed (two's complement) 16-bit integer in one register.
     I16,
+    /// Unsigned 32-bit integer in two registers.
     U32,
+    /// Signed (two's complement) 32-bit integer in two registers.
     I32,
+    /// Unsigned 64-bit integer in four registers.
     U64,
+    /// Signed (two's complement) 64-bit integer in four registers.
     I64,
+    /// IEEE 754 single-precision float in two registers.
     F32,
+    /// IEEE 754 double-precision float in four registers.
     F64,
     /// Text in `length` registers, two bytes each, high byte first; NULs at the end are cut.
     String,
@@ -161,13 +189,17 @@ pub enum TagType {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum WordOrder {
+    /// Big-endian: most significant word first, high byte first in each (the default).
     #[default]
     #[serde(alias = "abcd")]
     Abcd,
+    /// Words in reverse order, high byte first in each.
     #[serde(alias = "cdab")]
     Cdab,
+    /// Most significant word first, low byte first in each.
     #[serde(alias = "badc")]
     Badc,
+    /// Little-endian: least significant byte first.
     #[serde(alias = "dcba")]
     Dcba,
 }
@@ -202,6 +234,7 @@ pub struct TagConfig {
     /// Value = raw * scale + offset; either makes the column f64.
     #[serde(default)]
     pub scale: Option<f64>,
+    /// Added after scaling; see `scale`.
     #[serde(default)]
     pub offset: Option<f64>,
     /// Engineering unit, for documentation and metadata.
@@ -215,19 +248,27 @@ pub struct TagConfig {
 /// A validated tag with its resolved table and protocol address.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tag {
+    /// Column name; unique within the group.
     pub name: String,
+    /// The table the tag is in.
     pub area: Area,
     /// 0-based protocol address of its first register or bit.
     pub address: u16,
+    /// Value type; the configured `type`, or its default for the table.
     pub kind: TagType,
     /// Registers of a string.
     pub length: u16,
     /// Bit index of a `bit` tag.
     pub bit: u8,
+    /// Byte order of multi-byte values; ABCD when not configured.
     pub order: WordOrder,
+    /// Factor in `raw * scale + offset`; `None` means 1.
     pub scale: Option<f64>,
+    /// Term in `raw * scale + offset`; `None` means 0.
     pub offset: Option<f64>,
+    /// Engineering unit, as configured.
     pub unit: Option<String>,
+    /// Whether rule results may write to the tag.
     pub writable: bool,
 }
 

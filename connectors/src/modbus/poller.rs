@@ -26,6 +26,7 @@ use super::requests::{ReadRequest, plan};
 /// How a reading (or write) went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quality {
+    /// The device answered with the data asked for.
     Ok,
     /// No answer (or no connection) within the device's timeout.
     Timeout,
@@ -73,14 +74,19 @@ pub struct DeviceCounters {
     pub polls: AtomicU64,
     /// Requests sent, retries included.
     pub requests: AtomicU64,
+    /// Requests (retries and writes included) not answered within the timeout.
     pub errors_timeout: AtomicU64,
+    /// Requests the device answered with a Modbus exception.
     pub errors_exception: AtomicU64,
     /// Answers with a bad CRC or frame, or not matching the request.
     pub errors_frame: AtomicU64,
+    /// Requests that failed with an I/O error on the connection.
     pub errors_io: AtomicU64,
     /// Round trips of answered requests: sum in microseconds and count.
     pub latency_us_sum: AtomicU64,
+    /// Answered requests whose round trips `latency_us_sum` adds up.
     pub latency_count: AtomicU64,
+    /// Tag values written; a write of several tags counts each of them.
     pub writes: AtomicU64,
     /// Writes refused (not writable, out of range) or failed on the wire.
     pub write_errors: AtomicU64,
@@ -91,16 +97,35 @@ pub struct DeviceCounters {
 /// Errors building pollers or writing.
 #[derive(Debug, thiserror::Error)]
 pub enum ModbusError {
+    /// The configuration is invalid (the message names the key), or a poll asked for a
+    /// group the device does not have.
     #[error("Modbus config: {0}")]
     Config(String),
+    /// The polled values could not be built into a row.
     #[error("building the row: {0}")]
     Arrow(#[from] ArrowError),
+    /// A write names a tag the device does not have.
     #[error("device `{device}` has no tag `{tag}`")]
-    UnknownTag { device: String, tag: String },
+    UnknownTag {
+        /// The device written to.
+        device: String,
+        /// The tag name asked for.
+        tag: String,
+    },
+    /// A value was refused before anything was sent: tag not writable, wrong type or out
+    /// of range.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A write request got no good answer: no connection, a timeout, a bad frame or an
+    /// exception.
     #[error("write to `{tag}` failed: {}", quality.as_str())]
-    WriteFailed { tag: String, quality: Quality },
+    WriteFailed {
+        /// The tags the failed request carried, separated by `, `.
+        tag: String,
+        /// How the request went.
+        quality: Quality,
+    },
+    /// Two tags of one write share a register, a bit or a coil.
     #[error("tags `{0}` and `{1}` overlap; one write cannot set both")]
     Overlap(String, String),
 }
@@ -108,8 +133,11 @@ pub enum ModbusError {
 /// One poll of one group: a one-row batch of the group's schema.
 #[derive(Debug, Clone)]
 pub struct PollRow {
+    /// The device's name.
     pub device: Arc<str>,
+    /// The poll group's name.
     pub group: Arc<str>,
+    /// The row, in the group's [`GroupPlan::schema`].
     pub batch: RecordBatch,
 }
 
@@ -127,9 +155,13 @@ fn failure_quality(e: &tokio_modbus::Error) -> Quality {
 /// One poll group, planned.
 #[derive(Debug, Clone)]
 pub struct GroupPlan {
+    /// The group's name (its `group` column).
     pub name: Arc<str>,
+    /// Time between polls.
     pub interval: Duration,
+    /// The resolved tags, in configuration order (the order of their columns).
     pub tags: Vec<Tag>,
+    /// The read requests each poll sends, coalesced from the tags.
     pub reads: Vec<ReadRequest>,
     /// device, group, timestamp, then per tag its value and `<tag>_quality`.
     pub schema: SchemaRef,
@@ -272,6 +304,7 @@ impl DevicePoller {
         Self::new(cfg, line.shared())
     }
 
+    /// The device's name (its `device` column).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -281,6 +314,7 @@ impl DevicePoller {
         &self.groups
     }
 
+    /// The device's counters, readable while it polls.
     pub fn counters(&self) -> &Arc<DeviceCounters> {
         &self.counters
     }

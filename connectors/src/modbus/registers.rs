@@ -6,15 +6,25 @@ use super::config::{Tag, TagType, WordOrder};
 /// A decoded tag value, before it goes into its Arrow column.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// Of a coil, a discrete input or a `bit` tag.
     Bool(bool),
+    /// Of an unscaled `u16` tag.
     U16(u16),
+    /// Of an unscaled `i16` tag.
     I16(i16),
+    /// Of an unscaled `u32` tag.
     U32(u32),
+    /// Of an unscaled `i32` tag.
     I32(i32),
+    /// Of an unscaled `u64` tag.
     U64(u64),
+    /// Of an unscaled `i64` tag.
     I64(i64),
+    /// Of an unscaled `f32` tag.
     F32(f32),
+    /// Of an `f64` tag, or of any tag with `scale` or `offset`.
     F64(f64),
+    /// Of a `string` tag.
     Str(String),
 }
 
@@ -38,18 +48,28 @@ impl Value {
 /// Why a value cannot be written to a tag.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EncodeError {
+    /// The tag (named) is not configured `writable`.
     #[error("tag `{0}` is not writable")]
     NotWritable(String),
+    /// The value, with scale and offset undone, does not fit the tag's type, or a text is
+    /// longer than the tag's registers hold.
     #[error("tag `{tag}`: value {value} is out of range for {kind:?}")]
     OutOfRange {
+        /// The tag's name.
         tag: String,
+        /// The value asked for, as text.
         value: String,
+        /// The tag's type.
         kind: TagType,
     },
+    /// The value is of a kind the tag cannot take, such as text for a `u16` tag.
     #[error("tag `{tag}`: a {kind:?} tag cannot take {value}")]
     WrongType {
+        /// The tag's name.
         tag: String,
+        /// The value asked for, as text.
         value: String,
+        /// The tag's type.
         kind: TagType,
     },
 }

@@ -11,6 +11,7 @@ use super::config::{Area, MAX_READ_BITS, MAX_READ_REGISTERS, Tag};
 /// One read request and the tags it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRequest {
+    /// The table read.
     pub area: Area,
     /// 0-based protocol address of the first register or bit read.
     pub start: u16,

@@ -74,6 +74,7 @@ impl ModbusSink {
         })
     }
 
+    /// The sink's counters.
     pub fn counters(&self) -> &Arc<ModbusSinkCounters> {
         &self.counters
     }

@@ -23,6 +23,7 @@ fn default_max_age() -> Duration {
 }
 
 impl ModbusSinkConfig {
+    /// Checks values serde cannot: returns a message naming the bad key.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_age.is_zero() {
             return Err("`max_age` must be positive".into());

@@ -23,10 +23,13 @@ pub struct MqttSinkConfig {
     /// field) are replaced.
     #[serde(default = "default_topic")]
     pub topic: String,
+    /// MQTT keep-alive interval; at least 1s, 30s by default.
     #[serde(default = "default_keepalive", with = "humantime_serde")]
     pub keepalive: Duration,
+    /// User name sent to the broker; without it, no credentials are sent.
     #[serde(default)]
     pub username: Option<String>,
+    /// Password sent with `username` (empty when not given); ignored without `username`.
     #[serde(default)]
     pub password: Option<Secret>,
     /// Publishes sent and not yet acknowledged, at most.
@@ -35,6 +38,7 @@ pub struct MqttSinkConfig {
     /// First reconnect delay; doubles per failed attempt up to `reconnect_max`.
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
     pub reconnect_min: Duration,
+    /// Longest reconnect delay; 30s by default.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
     /// TLS to the broker; without it, plain TCP.

@@ -26,14 +26,23 @@ pub struct MqttTlsConfig {
 /// Why a TLS configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A PEM file cannot be read or parsed.
     #[error("cannot read {what} {path}: {reason}")]
     Pem {
+        /// Which file: `CA file`, `client certificate` or `client key`.
         what: &'static str,
+        /// The file's path.
         path: PathBuf,
+        /// Why it cannot be read.
         reason: String,
     },
+    /// A CA or client certificate file holds no certificate.
     #[error("{path} holds no certificate")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The file's path.
+        path: PathBuf,
+    },
+    /// rustls refused a certificate or the key, or could not set up the protocol versions.
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }

@@ -17,6 +17,7 @@ fn default_topic() -> String {
 }
 
 impl RepublishSinkConfig {
+    /// Checks the topic template: a non-empty topic name without wildcards.
     pub fn validate(&self) -> Result<(), String> {
         crate::topic_template::validate(&self.topic)
     }

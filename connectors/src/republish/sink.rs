@@ -31,6 +31,8 @@ pub struct RepublishSink {
 }
 
 impl RepublishSink {
+    /// A sink handing results to `publish`, on `cfg`'s topic with `{gateway}` set to
+    /// `gateway`, each stamped with its id from `ids`.
     pub fn new(
         cfg: &RepublishSinkConfig,
         gateway: &str,

@@ -49,16 +49,27 @@ impl Ops {
 
 /// The started gateway's parts.
 pub struct Running {
+    /// The configured `gateway_id`.
     pub gateway_id: String,
+    /// What the embedded broker counts: connections, refusals, access-file reloads.
     pub broker: Arc<BrokerCounters>,
+    /// Whether the embedded broker still runs.
     pub broker_health: Arc<BrokerHealth>,
+    /// The ingest journal's counters.
     pub journal: Arc<JournalStats>,
+    /// The ingest journal, asked whether it can still write.
     pub journal_handle: Journal,
+    /// What MQTT ingest counts: messages read from the journal, and those no stream reads.
     pub mqtt: Arc<IngestCounters>,
+    /// What Modbus ingest counts: poll rows received, unrouted, not castable, republished.
     pub modbus: Arc<ModbusIngestCounters>,
+    /// The Modbus device pollers, in configuration order.
     pub devices: Vec<Arc<DevicePoller>>,
+    /// The sinks, in name order.
     pub sinks: Vec<SinkView>,
+    /// The streams and rules running now.
     pub rules: Arc<RwLock<RulesView>>,
+    /// Outcomes of rule reloads.
     pub reloads: Arc<ReloadCounters>,
     /// Asks the rules to reload now; the answer says what changed.
     pub reload: mpsc::Sender<oneshot::Sender<ReloadReport>>,
@@ -76,17 +87,24 @@ impl std::fmt::Debug for Running {
 
 /// One sink: its queue and what its uplink counts.
 pub struct SinkView {
+    /// The sink's name, as in `[sinks.NAME]`.
     pub name: String,
     /// `mqtt`, `http`, `file`, `republish` or `modbus`.
     pub kind: &'static str,
+    /// The sink's durable queue.
     pub queue: Queue,
+    /// What the sink's uplink worker delivered and retried.
     pub uplink: Arc<UplinkCounters>,
+    /// The counters only this kind of sink has.
     pub extra: SinkExtra,
 }
 
 /// What some kinds of sink count besides the uplink.
 pub enum SinkExtra {
+    /// Nothing besides the uplink (`mqtt`, `file` and `republish` sinks).
     None,
+    /// An HTTP sink's requests delivered, retries and dead-lettered results.
     Http(Arc<HttpCounters>),
+    /// A Modbus sink's results written, refused and failed.
     Modbus(Arc<ModbusSinkCounters>),
 }

@@ -59,11 +59,14 @@ pub struct Acl {
 
 /// Who is asking.
 pub struct Client<'a> {
+    /// The client's username (`%u` in a pattern); `None`: an anonymous client.
     pub username: Option<&'a str>,
+    /// The client's id (`%c` in a pattern).
     pub client_id: &'a str,
 }
 
 impl Acl {
+    /// Reads an ACL file; errors name the file and line.
     pub fn load(path: &Path) -> anyhow::Result<Acl> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read ACL file {}: {e}", path.display()))?;

@@ -50,6 +50,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, in [`Refusal::index`] order.
     pub const ALL: [Refusal; 11] = [
         Refusal::BadCredentials,
         Refusal::Anonymous,
@@ -64,10 +65,12 @@ impl Refusal {
         Refusal::Connect,
     ];
 
+    /// Position in [`Refusal::ALL`] and in `BrokerCounters::refused`.
     pub fn index(self) -> usize {
         self as usize
     }
 
+    /// The `reason` label in metrics and logs, e.g. `bad_credentials`.
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::BadCredentials => "bad_credentials",

@@ -52,7 +52,9 @@ pub fn check_files(cfg: &BrokerConfig) -> anyhow::Result<()> {
 
 /// The running broker.
 pub struct Broker {
+    /// What the broker's hooks count.
     pub counters: Arc<BrokerCounters>,
+    /// Whether the broker still runs.
     pub health: Arc<BrokerHealth>,
     scx: ServerContext,
     gate: Gate,
@@ -182,11 +184,13 @@ impl BrokerHealth {
 pub struct BrokerCounters {
     /// Connections open now, and accepted since start.
     pub connections: AtomicI64,
+    /// Connections accepted (CONNACK success) since start.
     pub accepted: AtomicU64,
     /// Connections, subscriptions and publishes refused, by [`Refusal::index`].
     pub refused: [AtomicU64; Refusal::ALL.len()],
     /// Reloads of the password and ACL files, and reloads that failed.
     pub access_reloads: AtomicU64,
+    /// Reloads of the password and ACL files that failed (the previous ones stay in force).
     pub access_reload_errors: AtomicU64,
 }
 

@@ -65,6 +65,7 @@ impl Passwords {
         Ok(Passwords { users })
     }
 
+    /// Whether the file lists no user.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }

@@ -37,6 +37,7 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// Every reason, in [`ProtocolError::index`] order.
     pub const ALL: [ProtocolError; 9] = [
         ProtocolError::BadProtocol,
         ProtocolError::InvalidPacketType,
@@ -49,10 +50,12 @@ impl ProtocolError {
         ProtocolError::Other,
     ];
 
+    /// Position in [`ProtocolError::ALL`] and among the counters.
     pub fn index(self) -> usize {
         self as usize
     }
 
+    /// The `reason` label in metrics and logs, e.g. `too_large`.
     pub fn as_str(self) -> &'static str {
         match self {
             ProtocolError::BadProtocol => "bad_protocol",

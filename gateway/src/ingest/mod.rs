@@ -32,9 +32,12 @@ pub enum Input {
 /// Where one stream's input goes.
 #[derive(Clone)]
 pub struct Route {
+    /// The stream's name.
     pub stream: String,
+    /// What the stream reads: an MQTT topic filter or a Modbus poll group.
     pub source: Source,
     /// The stream's columns.
     pub schema: SchemaRef,
+    /// The stream task's input.
     pub tx: mpsc::Sender<Input>,
 }

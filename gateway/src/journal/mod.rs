@@ -48,8 +48,15 @@ pub struct JournalOptions {
 /// Why an append was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// The messages of one append take more room than the whole journal.
     #[error("a message of {size} bytes is larger than the whole journal ({max} bytes)")]
-    TooLarge { size: usize, max: u64 },
+    TooLarge {
+        /// Bytes the messages take in the journal.
+        size: usize,
+        /// The journal's size, `journal.max_bytes`.
+        max: u64,
+    },
+    /// The journal's writer has stopped.
     #[error("the journal is closed")]
     Closed,
 }
@@ -59,17 +66,22 @@ pub enum JournalError {
 pub struct JournalStats {
     /// Bytes and entries not released yet.
     pub bytes: AtomicU64,
+    /// Entries not released yet.
     pub entries: AtomicU64,
     /// Entries appended since start.
     pub appended: AtomicU64,
     /// Commits (one sync each) and the time they took, with a histogram of it.
     pub commits: AtomicU64,
+    /// Time the commits took, in nanoseconds.
     pub commit_nanos: AtomicU64,
+    /// Commits that took at most each bound of [`COMMIT_BUCKETS`] (cumulative, like
+    /// Prometheus buckets).
     pub commit_buckets: [AtomicU64; COMMIT_BUCKETS.len()],
     /// Writes or syncs that failed (each retried).
     pub write_errors: AtomicU64,
     /// Appends that had to wait for room, and the time they waited.
     pub waits: AtomicU64,
+    /// Time appends waited for room, in nanoseconds.
     pub wait_nanos: AtomicU64,
     /// Entries read back at start.
     pub recovered: AtomicU64,
@@ -158,7 +170,9 @@ impl Drop for Hold {
 
 /// One message to journal.
 pub struct Message {
+    /// The topic it was published to.
     pub topic: String,
+    /// The payload as published.
     pub payload: Bytes,
 }
 
@@ -305,10 +319,12 @@ impl Journal {
         ))
     }
 
+    /// The journal's counters.
     pub fn stats(&self) -> &Arc<JournalStats> {
         &self.shared.stats
     }
 
+    /// What keeps entries in the journal until they are processed.
     pub fn holds(&self) -> &Arc<Holds> {
         &self.shared.holds
     }

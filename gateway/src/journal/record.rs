@@ -37,8 +37,11 @@ pub fn encode(buf: &mut Vec<u8>, seq: u64, topic: &str, payload: &[u8]) {
 /// A record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The entry's sequence number.
     pub seq: u64,
+    /// The topic the message was published to.
     pub topic: String,
+    /// The message's payload.
     pub payload: Bytes,
 }
 

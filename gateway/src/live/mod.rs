@@ -60,6 +60,7 @@ pub struct LiveRules {
     /// Tasks of replaced or removed streams, finishing what they were sent.
     retired: Vec<JoinHandle<()>>,
     routes: watch::Sender<Vec<Route>>,
+    /// Outcomes of reloads (the load at start not included).
     pub counters: Arc<ReloadCounters>,
     /// What runs, for the operations surface.
     pub view: Arc<RwLock<RulesView>>,

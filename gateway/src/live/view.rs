@@ -24,26 +24,35 @@ pub struct ReloadCounters {
 /// The running streams and rules, as the last (re)load left them.
 #[derive(Debug, Default)]
 pub struct RulesView {
+    /// The running streams.
     pub streams: Vec<StreamView>,
+    /// The running rules, stopped and failed ones included.
     pub rules: Vec<RuleView>,
 }
 
 /// One running stream.
 #[derive(Debug, Clone)]
 pub struct StreamView {
+    /// The stream's name.
     pub name: String,
     /// Where its rows come from, in words.
     pub source: String,
+    /// What the stream's task counts.
     pub counters: Arc<StreamCounters>,
 }
 
 /// One running rule.
 #[derive(Debug, Clone)]
 pub struct RuleView {
+    /// The rule's name.
     pub name: String,
+    /// The stream it reads.
     pub stream: String,
+    /// The sinks it sends its results to.
     pub sinks: Vec<String>,
+    /// The rule file that declares it.
     pub file: String,
+    /// What the rule counts.
     pub counters: Arc<RuleCounters>,
     /// Set by `POST /api/rules/{name}/stop`, cleared by `.../start`.
     pub paused: Arc<AtomicBool>,
@@ -68,6 +77,7 @@ impl RuleView {
 pub struct ReloadReport {
     /// Errors in rule files, as `file:line:col: message`.
     pub errors: Vec<String>,
+    /// What the reload added, changed, removed or kept, by name.
     #[serde(flatten)]
     pub summary: fieldgate_rules::ReloadSummary,
 }

@@ -60,6 +60,7 @@ pub struct QueueOptions {
     pub commit_delay: Duration,
     /// Memory redb may use as cache, in bytes.
     pub cache_bytes: usize,
+    /// Largest size, on-full policy and time to live.
     pub limits: QueueLimits,
     /// Free space the queue leaves on its file system: below it, the queue stops growing.
     /// 0: no reserve (the queue grows until a write fails); `None`: [`default_reserve`].
@@ -84,6 +85,7 @@ pub enum OnFull {
 pub struct QueueLimits {
     /// Largest size of the entries held, in bytes; `None`: unbounded.
     pub max_bytes: Option<u64>,
+    /// What happens at `max_bytes`: `drop_oldest` (default) or `reject_new`.
     pub on_full: OnFull,
     /// Entries older than this are dropped; `None`: kept until delivered.
     #[serde(with = "humantime_serde")]

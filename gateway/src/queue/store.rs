@@ -39,34 +39,57 @@ const KEY_BYTES: u64 = 8;
 /// Errors of the queue store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store's redb file could not be opened or created.
     #[error("queue database: {0}")]
     Database(#[from] redb::DatabaseError),
+    /// A transaction could not be started.
     #[error("queue transaction: {0}")]
     Transaction(#[from] redb::TransactionError),
+    /// A table could not be opened.
     #[error("queue table: {0}")]
     Table(#[from] redb::TableError),
+    /// Reading or writing the store's file failed.
     #[error("queue storage: {0}")]
     Storage(#[from] redb::StorageError),
+    /// A transaction could not be committed.
     #[error("queue commit: {0}")]
     Commit(#[from] redb::CommitError),
+    /// A transaction's durability could not be set.
     #[error("queue durability: {0}")]
     Durability(#[from] redb::SetDurabilityError),
+    /// Compacting the store's file failed.
     #[error("queue compaction: {0}")]
     Compaction(#[from] redb::CompactionError),
+    /// The entry of this sequence number cannot be decoded.
     #[error("queue entry {0} is corrupt")]
     Corrupt(u64),
+    /// The queue's writer thread could not be started.
     #[error("queue writer thread: {0}")]
     Thread(std::io::Error),
+    /// A commit failed for a reason other than the disk; nothing of it was committed.
     #[error("queue commit failed: {0}")]
     CommitFailed(String),
+    /// With `on_full = "reject_new"`, the queue was full (at `max_bytes`, or its disk at
+    /// the reserve): the results that did not fit were refused.
     #[error("queue is full ({bytes} of {max} bytes held); results that did not fit were refused")]
-    Full { bytes: u64, max: u64 },
+    Full {
+        /// Bytes the queue held, counting the results taken before these in the same commit.
+        bytes: u64,
+        /// The size limit in force: `max_bytes`, or what the queue holds when its disk is
+        /// at the reserve.
+        max: u64,
+    },
+    /// The queue's writer has stopped.
     #[error("queue is closed")]
     Closed,
+    /// The queue's directory could not be created.
     #[error("cannot create queue directory: {0}")]
     Dir(std::io::Error),
+    /// A thread panicked while holding the store's lock.
     #[error("queue store lock poisoned")]
     Poisoned,
+    /// The store cannot take results now (its disk failed, or is at the reserve with too
+    /// little held to make room); the same append can be retried.
     #[error("queue cannot take results now: {0}")]
     Unwritable(String),
 }

@@ -37,20 +37,47 @@ use crate::watermark::Watermark;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
     /// Fixed, non-overlapping windows `[k·size, (k+1)·size)` in event time.
-    Tumbling { size_ms: i64 },
+    Tumbling {
+        /// Length of each window, in ms.
+        size_ms: i64,
+    },
     /// Windows of `size` starting every `slide`: `[k·slide, k·slide + size)`.
-    Hopping { size_ms: i64, slide_ms: i64 },
+    Hopping {
+        /// Length of each window, in ms.
+        size_ms: i64,
+        /// Time from one window's start to the next one's, in ms.
+        slide_ms: i64,
+    },
     /// One window per distinct event time `t`, covering `(t − size, t + delay]`,
     /// emitted when the watermark reaches `t + delay`.
-    Sliding { size_ms: i64, delay_ms: i64 },
+    Sliding {
+        /// How far before a row's time its window reaches, in ms.
+        size_ms: i64,
+        /// How far after a row's time its window reaches (and its emission waits), in ms.
+        delay_ms: i64,
+    },
     /// Per group key: rows closer than `gap` to each other form a session, which is
     /// also cut once it spans `max`.
-    Session { max_ms: i64, gap_ms: i64 },
+    Session {
+        /// A session is cut once it would span this long, in ms.
+        max_ms: i64,
+        /// Rows less than this far apart (in ms) belong to the same session.
+        gap_ms: i64,
+    },
     /// Every `slide` rows (in arrival order), a window of the last `size` rows.
-    Count { size: u64, slide: u64 },
+    Count {
+        /// Rows in each window.
+        size: u64,
+        /// Rows from the end of one window to the end of the next.
+        slide: u64,
+    },
     /// eKuiper's `STATEWINDOW(begin, end)` (or `STATEWINDOW(trigger)`, `single`): per
     /// group key, in arrival order, from a row meeting `begin` to one meeting `end`.
-    State { single: bool },
+    State {
+        /// One condition (`STATEWINDOW(trigger)`): each row meeting it ends the window
+        /// held so far and begins the next.
+        single: bool,
+    },
 }
 
 impl WindowSpec {
