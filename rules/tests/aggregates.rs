@@ -3,14 +3,14 @@
 //! through tumbling and hopping windows (kept as partial state per pane) and the results
 //! are compared with a reference computed here in plain Rust over the input rows.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::Arc;
+mod common;
 
-use fieldgate_rules::arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch};
-use fieldgate_rules::arrow::array::{StringArray, UInt64Array};
+use std::collections::{BTreeMap, BTreeSet};
+
+use fieldgate_rules::StreamPipeline;
+use fieldgate_rules::arrow::array::UInt64Array;
+use fieldgate_rules::arrow::array::{Array, AsArray};
 use fieldgate_rules::arrow::datatypes::{DataType, Float64Type, Int64Type};
-use fieldgate_rules::{RuleSet, StreamPipeline};
 use rand::{Rng, SeedableRng};
 
 const LATENESS: i64 = 1_500;
@@ -24,11 +24,7 @@ async fn pipeline(rule: &str) -> StreamPipeline {
            WITH (DATASOURCE = 'x/+', TIMESTAMP = 'ts', LATENESS = '{LATENESS}ms');
          CREATE RULE r INTO out AS {rule};"
     );
-    let (set, errors) = RuleSet::parse(Path::new("a.sql"), &text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let (mut p, errors) = set.build(|_| true).await;
-    assert!(errors.is_empty(), "{errors:?}");
-    p.remove(0)
+    common::only_pipeline("a.sql", &text).await
 }
 
 /// Mostly increasing times with jitter inside the lateness and a few far-behind rows,
@@ -82,21 +78,7 @@ fn reference_windows(batches: &[Vec<Event>], size: i64, slide: i64) -> BTreeMap<
     windows
 }
 
-fn batch(p: &StreamPipeline, b: &[Event]) -> RecordBatch {
-    RecordBatch::try_new(
-        p.stream.schema.clone(),
-        vec![
-            Arc::new(StringArray::from(
-                b.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(b.iter().map(|e| e.1).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(
-                b.iter().map(|e| e.2 as f64).collect::<Vec<_>>(),
-            )),
-        ],
-    )
-    .unwrap()
-}
+use common::events_batch as batch;
 
 /// Every result row as column name → value rendered as text (floats to 6 decimals).
 async fn run(p: &mut StreamPipeline, batches: &[Vec<Event>]) -> Vec<BTreeMap<String, String>> {

@@ -1,12 +1,13 @@
 //! Struct and list columns: declared in a stream, reached into by rules.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Cursor;
-use std::path::Path;
 
+use fieldgate_rules::StreamPipeline;
 use fieldgate_rules::arrow::array::RecordBatch;
-use fieldgate_rules::arrow::json::{ArrayWriter, ReaderBuilder};
-use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline};
+use fieldgate_rules::arrow::json::ReaderBuilder;
 use serde_json::{Value, json};
 
 const STREAM: &str = "CREATE STREAM t (
@@ -19,11 +20,7 @@ const STREAM: &str = "CREATE STREAM t (
 
 async fn pipeline(rules: &str) -> StreamPipeline {
     let text = format!("{STREAM}{rules}");
-    let (set, errors) = RuleSet::parse(Path::new("nested.sql"), &text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let (mut pipelines, errors) = set.build(|s| s == "out").await;
-    assert!(errors.is_empty(), "{errors:?}");
-    pipelines.remove(0)
+    common::only_pipeline("nested.sql", &text).await
 }
 
 /// One input row, as plain Rust data.
@@ -78,23 +75,7 @@ fn batch(p: &StreamPipeline, rows: &[Row]) -> RecordBatch {
     reader.next().unwrap().unwrap()
 }
 
-/// Every result row of the outputs as a JSON object.
-fn results(outs: &[RuleOutput]) -> Vec<Value> {
-    let mut rows = Vec::new();
-    for o in outs {
-        for b in &o.batches {
-            let mut buf = Vec::new();
-            let mut w = ArrayWriter::new(&mut buf);
-            w.write(b).unwrap();
-            w.finish().unwrap();
-            if b.num_rows() > 0 {
-                let v: Vec<Value> = serde_json::from_slice(&buf).unwrap();
-                rows.extend(v);
-            }
-        }
-    }
-    rows
-}
+use common::json_rows as results;
 
 fn rows(n: i64) -> Vec<Row> {
     let sites = ["north", "south", "east"];

@@ -2,14 +2,14 @@
 //! some late rows, random batch sizes) through every window kind, compared exactly with
 //! a reference computed here in plain Rust over the input rows.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fieldgate_rules::arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use fieldgate_rules::arrow::array::AsArray;
 use fieldgate_rules::arrow::datatypes::{Float64Type, Int64Type};
-use fieldgate_rules::{RuleOutput, RuleSet, StreamPipeline};
+use fieldgate_rules::{RuleOutput, StreamPipeline};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -28,11 +28,7 @@ async fn pipeline(window: &str) -> StreamPipeline {
            SELECT device, window_start, window_end, count(*) AS n, sum(v) AS s, max(v) AS mx
            FROM t GROUP BY device, {window};"
     );
-    let (set, errors) = RuleSet::parse(Path::new("w.sql"), &text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let (mut p, errors) = set.build(|_| true).await;
-    assert!(errors.is_empty(), "{errors:?}");
-    p.remove(0)
+    common::only_pipeline("w.sql", &text).await
 }
 
 /// Random arrival order: mostly increasing times, shuffled in blocks spanning less than
@@ -71,19 +67,7 @@ fn events(seed: u64) -> Vec<Vec<Event>> {
 async fn run(p: &mut StreamPipeline, batches: &[Vec<Event>]) -> Vec<Row> {
     let mut outs: Vec<RuleOutput> = Vec::new();
     for b in batches {
-        let batch = RecordBatch::try_new(
-            p.stream.schema.clone(),
-            vec![
-                Arc::new(StringArray::from(
-                    b.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
-                )),
-                Arc::new(Int64Array::from(b.iter().map(|e| e.1).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from(
-                    b.iter().map(|e| e.2 as f64).collect::<Vec<_>>(),
-                )),
-            ],
-        )
-        .unwrap();
+        let batch = common::events_batch(p, b);
         let (o, errs) = p.push_at(&batch, 0).await;
         assert!(errs.is_empty(), "{errs:?}");
         outs.extend(o);

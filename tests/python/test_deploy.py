@@ -123,6 +123,14 @@ CONTRACT_LABEL_VALUES = {
         "malformed", "connect_timeout", "keepalive_timeout", "other",
     },
     ("fieldgate_broker_access_reloads_total", "result"): {"ok", "error"},
+    ("fieldgate_rules_reloads_total", "result"): {"ok", "error"},
+    ("fieldgate_stream_payloads_rejected_total", "reason"): {
+        "empty", "not_utf8", "too_large", "too_deep", "string_too_long", "array_too_long",
+        "malformed", "wrong_type",
+    },
+    ("fieldgate_queue_dropped_total", "reason"): {"oldest", "rejected", "expired"},
+    ("fieldgate_sink_dropped_total", "reason"): {"dead_letter", "refused", "device_exception"},
+    ("fieldgate_modbus_errors_total", "kind"): {"timeout", "exception", "bad_frame", "io"},
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Labels Prometheus adds to every scraped series (target and Kubernetes discovery labels).
@@ -991,7 +999,10 @@ def test_the_default_config_exports_every_dashboard_family_and_a_series_per_part
         assert family in exposed, f"/metrics lacks {family}"
         got = exposed[family][2].get(label, set())
         assert got == want, f"{family}{{{label}}} has {sorted(got)}, not {sorted(want)}"
-    reasons = exposed["fieldgate_sink_dropped_total"][2].get("reason", set())
-    assert {"dead_letter", "refused", "device_exception"} <= reasons, sorted(reasons)
+    for (name, label), values in CONTRACT_LABEL_VALUES.items():
+        if "device" in CONTRACT_METRICS[name][1]:
+            continue
+        got = exposed[name][2].get(label, set())
+        assert got == values, f"{name}{{{label}}} has {sorted(got)}, not {sorted(values)}"
     for family in [f for f, (_, labels) in CONTRACT_METRICS.items() if "device" in labels]:
         assert "device" not in exposed[family][2], f"{family} names a device the config lacks"

@@ -49,6 +49,16 @@ pub fn batch(p: &StreamPipeline, rows: &[(&str, i64, f64)]) -> RecordBatch {
     .unwrap()
 }
 
+/// A batch of a `(STRING, BIGINT, DOUBLE)` stream from `(device, time, integer value)`
+/// events.
+pub fn events_batch(p: &StreamPipeline, events: &[(String, i64, i64)]) -> RecordBatch {
+    let rows: Vec<(&str, i64, f64)> = events
+        .iter()
+        .map(|e| (e.0.as_str(), e.1, e.2 as f64))
+        .collect();
+    batch(p, &rows)
+}
+
 /// Every result row, as the JSON object Arrow's writer makes of it, in order.
 pub fn json_rows(outs: &[RuleOutput]) -> Vec<Value> {
     let mut out = Vec::new();
