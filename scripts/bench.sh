@@ -428,6 +428,7 @@ export MACHINE_MEM=$(free -g | awk '/^Mem:/ { printf "%s GiB, %s GiB available a
 export MACHINE_OS="$(. /etc/os-release && echo "$PRETTY_NAME"), Linux $(uname -r)"
 export MACHINE_MOSQ=$("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/^mosquitto version //')
 export MACHINE_RUSTC=$(rustc --version 2>/dev/null | cut -d' ' -f2)
+export BENCH_RULES_COUNT=$RULES
 export SETTINGS="BENCH_SECONDS=$SECONDS_FULL BENCH_LATENCY_SECONDS=$SECONDS_HALF BENCH_REPEAT=$REPEAT BENCH_DEVICES=$DEVICES BENCH_WINDOW_DEVICES=$WINDOW_DEVICES BENCH_CONNECTIONS=$CONNECTIONS BENCH_RULES=$RULES BENCH_QOS=$QOS"
 python3 - "$RESULTS" "$DOC" <<'EOF'
 import json, os, statistics, sys
@@ -441,7 +442,7 @@ names = {
     "filter": "(b) filter → queue → cloud MQTT, one message per row",
     "filter_array": "(b′) the same, sink `format = \"json_array\"`, `batch_max = 50`",
     "window": "(c) tumbling 10 s avg by device",
-    "rules": "(d) 100 rules on one stream (rate in)",
+    "rules": f"(d) {os.environ['BENCH_RULES_COUNT']} rules on one stream (rate in)",
 }
 targets = {  # scenario: (rate, ratio to baseline, p99 ms, RSS MiB)
     "filter": (300_000, 1.5, 5.0, 64),
