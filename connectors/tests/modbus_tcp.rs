@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::{
     Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use fieldgate_connectors::modbus::{DevicePoller, ModbusConfig, ModbusError, Value};
-use fieldgate_e2e::{ModbusSim, free_port};
+use fieldgate_e2e::ModbusSim;
 
 /// The device: one group with every type and order, `max_gap = 10`; tags given in both
 /// address notations.
@@ -109,8 +109,7 @@ const EXPECTED_FCS: [&str; 6] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decodes_every_type_and_order_in_the_planned_requests() {
-    let port = free_port();
-    let sim = ModbusSim::start(&[port.to_string()]);
+    let (sim, port) = ModbusSim::start_tcp();
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
     let plan = &poller.groups()[0].reads;
     assert_eq!(plan.len(), EXPECTED_FCS.len(), "{plan:?}");
@@ -202,8 +201,7 @@ async fn decodes_every_type_and_order_in_the_planned_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_round_trip_and_refusals() {
-    let port = free_port();
-    let sim = ModbusSim::start(&[port.to_string()]);
+    let (sim, port) = ModbusSim::start_tcp();
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
 
     poller.write("f32_cdab", &Value::F32(-42.25)).await.unwrap();
@@ -295,8 +293,7 @@ async fn writes_round_trip_and_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_goes_away_and_comes_back() {
-    let port = free_port();
-    let sim = ModbusSim::start(&[port.to_string()]);
+    let (sim, port) = ModbusSim::start_tcp();
     let poller = DevicePoller::standalone(&config(port).devices[0]).unwrap();
     let b = poller.poll(0).await.unwrap();
     assert_eq!(quality(&b, "u16"), "ok");
@@ -343,8 +340,7 @@ async fn a_device_that_goes_away_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_polls_at_the_interval_until_shutdown() {
-    let port = free_port();
-    let sim = ModbusSim::start(&[port.to_string()]);
+    let (sim, port) = ModbusSim::start_tcp();
     let poller = std::sync::Arc::new(DevicePoller::standalone(&config(port).devices[0]).unwrap());
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let (stop, stopped) = tokio::sync::watch::channel(false);

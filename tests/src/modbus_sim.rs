@@ -13,8 +13,30 @@ pub struct ModbusSim {
 }
 
 impl ModbusSim {
+    /// Starts `modbus_sim.py` as a Modbus TCP device on a free loopback port, and returns
+    /// it with the port. A port picked free may be taken by another process before the
+    /// simulator binds it (a client's ephemeral port, say): then it tries another, five
+    /// times at most.
+    pub fn start_tcp() -> (ModbusSim, u16) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = crate::free_port();
+            match ModbusSim::try_start(&[port.to_string()]) {
+                Ok(sim) => return (sim, port),
+                Err(e) if e.contains("address already in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free port for the Modbus simulator in five tries; the last:\n{last}")
+    }
+
     /// Starts `modbus_sim.py` with `args` and waits (bounded) for its ready line.
     pub fn start(args: &[String]) -> ModbusSim {
+        ModbusSim::try_start(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the simulator, or says why it did not start.
+    fn try_start(args: &[String]) -> Result<ModbusSim, String> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sim/modbus_sim.py");
         let mut child = Command::new("python3")
             .arg(script)
@@ -50,13 +72,13 @@ impl ModbusSim {
             let _ = child.kill();
             let _ = child.wait();
             std::thread::sleep(Duration::from_millis(200));
-            panic!(
+            return Err(format!(
                 "the Modbus simulator did not start with {args:?} (is pymodbus >= 3.16 installed? \
                  scripts/test.sh installs it); its stderr:\n{}",
                 errors.lock().unwrap()
-            );
+            ));
         }
-        ModbusSim { child, log }
+        Ok(ModbusSim { child, log })
     }
 
     /// Function codes of the requests logged since the last call, waiting until at least

@@ -112,8 +112,7 @@ fn coils(port: u16, address: u16, count: u16) -> Vec<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_rows_feed_rules_and_a_rule_writes_coils_back() {
     let dir = tempfile::tempdir().unwrap();
-    let sim_port = free_port();
-    let sim = ModbusSim::start(&[sim_port.to_string()]);
+    let (sim, sim_port) = ModbusSim::start_tcp();
     assert_eq!(
         coils(sim_port, 0, 2),
         [true, false],
@@ -212,8 +211,7 @@ async fn poll_rows_feed_rules_and_a_rule_writes_coils_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_on_an_unknown_group_or_tag_is_reported_and_the_rest_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let sim_port = free_port();
-    let sim = ModbusSim::start(&[sim_port.to_string()]);
+    let (sim, sim_port) = ModbusSim::start_tcp();
     let rules = format!(
         "{RULES}
 CREATE STREAM typo (device STRING)
