@@ -298,12 +298,8 @@ fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
             let (sinks, groups) = match config {
                 Some(c) => {
                     let cfg = config::Config::load(&c)?;
-                    let pollers = fieldgate_connectors::modbus::pollers(&cfg.modbus.source())?;
-                    let pollers: Vec<_> = pollers.into_iter().map(std::sync::Arc::new).collect();
-                    (
-                        Some(cfg.sinks),
-                        Some(fieldgate_connectors::modbus::Groups::of(&pollers)),
-                    )
+                    let groups = modbus_groups(&cfg)?;
+                    (Some(cfg.sinks), Some(groups))
                 }
                 None => (None, None),
             };

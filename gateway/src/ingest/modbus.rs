@@ -35,7 +35,7 @@ pub fn retain_known(groups: &Groups, set: &mut RuleSet, errors: &mut Vec<SqlErro
 }
 
 /// Checks a Modbus stream against its poll group; MQTT streams pass.
-pub fn check(groups: &Groups, stream: &StreamDef) -> Result<(), String> {
+fn check(groups: &Groups, stream: &StreamDef) -> Result<(), String> {
     match &stream.source {
         Source::Modbus { device, group } => {
             groups.check(&stream.name, device, group, &stream.schema)

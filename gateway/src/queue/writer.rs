@@ -104,9 +104,10 @@ pub(super) struct Writer<'a> {
     disk: Disk,
     removed_since_sync: bool,
     last_compaction: Option<Instant>,
-    /// Drops not yet logged: (full, rejected, expired) entries, and when last logged.
+    /// Drops not yet logged: (full, rejected, expired) entries.
     unlogged: (u64, u64, u64),
-    last_drop_log: Option<Instant>,
+    /// When the drops may be logged again.
+    drop_log: RateLimited,
     /// Disk failures, logged at a bounded rate.
     failure_log: RateLimited,
     /// Wait before the next reopen; grows while failures go on, reset by a commit.
@@ -143,7 +144,7 @@ impl<'a> Writer<'a> {
             removed_since_sync: false,
             last_compaction: None,
             unlogged: (0, 0, 0),
-            last_drop_log: None,
+            drop_log: RateLimited::new(DROP_LOG_EVERY),
             failure_log: RateLimited::new(FAILURE_LOG_EVERY),
             reopen_backoff: REOPEN_MIN,
             deferred_removes: Vec::new(),
@@ -555,15 +556,11 @@ impl<'a> Writer<'a> {
     }
 
     fn log_drops(&mut self) {
-        if self.unlogged == (0, 0, 0)
-            || self
-                .last_drop_log
-                .is_some_and(|t| t.elapsed() < DROP_LOG_EVERY)
-        {
+        // The three counts are kept here; the limiter only times the lines.
+        if self.unlogged == (0, 0, 0) || self.drop_log.allow(0).is_none() {
             return;
         }
         let (full, rejected, expired) = std::mem::take(&mut self.unlogged);
-        self.last_drop_log = Some(Instant::now());
         tracing::warn!(
             queue = self.name,
             dropped_oldest = full,
