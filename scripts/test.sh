@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs fieldgate's whole test suite on a fresh machine: installs what the tests need
 # when it is missing (mosquitto, socat, mount and prlimit from Debian; paho-mqtt, pytest,
-# pymodbus and PyYAML from PyPI), checks formatting and clippy (warnings are errors),
+# pymodbus, asyncua and PyYAML from PyPI), checks formatting and clippy (warnings are errors),
 # builds the gateway once in the debug profile, then runs the Rust tests and the Python
 # client tests against that binary. The full-disk tests
 # mount small tmpfs file systems, so the suite runs as root (as CI does).
@@ -36,6 +36,11 @@ fi
 if ! python3 -c 'import sys, serial, pymodbus; sys.exit(tuple(map(int, pymodbus.__version__.split(".")[:2])) < (3, 16))' >/dev/null 2>&1; then
   echo "installing pymodbus"
   python3 -m pip install --quiet --disable-pip-version-check 'pymodbus[serial]>=3.16,<4'
+fi
+# The OPC UA tests run an asyncua server (tests/sim/opcua_server.py) and use its client.
+if ! python3 -c 'import asyncua' >/dev/null 2>&1; then
+  echo "installing asyncua"
+  python3 -m pip install --quiet --disable-pip-version-check 'asyncua>=1.1,<3'
 fi
 
 # The gates: formatting, and clippy with every warning an error.

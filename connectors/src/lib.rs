@@ -19,9 +19,11 @@
 
 pub mod codec;
 pub mod file;
+pub mod groups;
 pub mod http;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 pub mod rate_limited;
 pub mod republish;
 pub mod retry;

@@ -29,6 +29,10 @@ pub enum SinkEvent {
     Ready,
     /// These messages arrived and may be deleted from the queue.
     Confirmed(Vec<u64>),
+    /// The destination refused these messages for good (a write to a node that is not
+    /// writable, a value out of range, an exception answer): deleted from the queue and
+    /// not counted as delivered; the sink counts them.
+    Refused(Vec<u64>),
     /// The destination was lost; sending resumes after the next `Ready`.
     Down(String),
 }

@@ -13,8 +13,9 @@ use fieldgate_connectors::codec::MessageIds;
 use fieldgate_connectors::file::FileSink;
 use fieldgate_connectors::http::HttpSink;
 use fieldgate_connectors::modbus::ModbusSink;
-use fieldgate_connectors::modbus::{DevicePoller, Groups, pollers};
+use fieldgate_connectors::modbus::{DevicePoller, pollers};
 use fieldgate_connectors::mqtt::MqttSink;
+use fieldgate_connectors::opcua::{OpcuaServer, OpcuaSink};
 use fieldgate_connectors::republish::{Publish, RepublishSink};
 use fieldgate_connectors::sink::Sink;
 use tokio::sync::watch;
@@ -25,6 +26,7 @@ use crate::admin::{self, Ops};
 use crate::config::{Config, SinkConfig};
 use crate::ingest::modbus::{self, ModbusIngestCounters, Republish};
 use crate::ingest::mqtt::{self, IngestCounters};
+use crate::ingest::opcua::{self, OpcuaIngestCounters};
 use crate::journal::{Journal, JournalOptions};
 use crate::live::stream_task::StreamContext;
 use crate::live::{LiveRules, Triggers};
@@ -63,6 +65,7 @@ fn start_sink(
     up: Uplink,
     broker: &broker::Broker,
     devices: &HashMap<String, Arc<DevicePoller>>,
+    servers: &HashMap<String, Arc<OpcuaServer>>,
 ) -> anyhow::Result<(JoinHandle<()>, &'static str, SinkExtra)> {
     let name = up.name.clone();
     Ok(match sink_cfg {
@@ -80,6 +83,11 @@ fn start_sink(
             let sink = ModbusSink::new(&name, m, devices.clone())?;
             let counters = sink.counters().clone();
             (up.spawn(sink), "modbus", SinkExtra::Modbus(counters))
+        }
+        SinkConfig::Opcua(o) => {
+            let sink = OpcuaSink::new(&name, o, servers.clone())?;
+            let counters = sink.counters().clone();
+            (up.spawn(sink), "opcua", SinkExtra::Opcua(counters))
         }
         SinkConfig::Republish(r) => {
             let link = Arc::new(broker.publisher(&format!("fieldgate-sink-{name}")));
@@ -184,6 +192,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .iter()
         .map(|p| (p.name().to_string(), p.clone()))
         .collect();
+    // OPC UA servers, before the sinks too: OPC UA sinks write through their sessions.
+    let opcua_servers =
+        fieldgate_connectors::opcua::servers(&cfg.opcua, &cfg.data_dir, &cfg.gateway_id)
+            .context("OPC UA application certificate")?;
+    let servers_by_name: HashMap<String, Arc<OpcuaServer>> = opcua_servers
+        .iter()
+        .map(|s| (s.name().to_string(), s.clone()))
+        .collect();
 
     // Queues and their uplinks.
     let queue_dir = cfg.data_dir.join("queue");
@@ -192,10 +208,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut sink_views = Vec::new();
     for (name, sink_cfg) in &cfg.sinks {
         let mut opts = cfg.queue.options(name);
-        if let SinkConfig::Modbus(m) = sink_cfg {
+        let max_age = match sink_cfg {
+            SinkConfig::Modbus(m) => Some(m.max_age),
+            SinkConfig::Opcua(o) => Some(o.max_age),
+            _ => None,
+        };
+        if let Some(max_age) = max_age {
             // A write waits at most `max_age` for its device.
             let ttl = &mut opts.limits.ttl;
-            *ttl = Some(ttl.map_or(m.max_age, |t| t.min(m.max_age)));
+            *ttl = Some(ttl.map_or(max_age, |t| t.min(max_age)));
         }
         let path = queue_dir.join(format!("{name}.redb"));
         let q = Queue::open(name, &path, opts)
@@ -220,8 +241,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             stop: stop_rx.clone(),
             drain: cfg.queue.drain_timeout,
         };
-        let (task, kind, extra) = start_sink(&cfg, sink_cfg, ids, link, &broker, &devices)
-            .with_context(|| format!("sink `{name}`"))?;
+        let (task, kind, extra) = start_sink(
+            &cfg,
+            sink_cfg,
+            ids,
+            link,
+            &broker,
+            &devices,
+            &servers_by_name,
+        )
+        .with_context(|| format!("sink `{name}`"))?;
         sink_views.push(SinkView {
             name: name.clone(),
             kind,
@@ -247,7 +276,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let rules = LiveRules::start(
         &cfg.rules_dir,
         cfg.sinks.keys().cloned().collect(),
-        Groups::of(&pollers),
+        crate::ingest::SourceGroups {
+            modbus: fieldgate_connectors::modbus::groups(&pollers),
+            opcua: fieldgate_connectors::opcua::groups(&cfg.opcua),
+        },
         stream_ctx,
     )
     .await?;
@@ -278,6 +310,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         )))
     };
+    let opcua_counters = Arc::new(OpcuaIngestCounters::default());
+    let opcua_task = if opcua_servers.is_empty() {
+        None
+    } else {
+        tracing::info!(servers = opcua_servers.len(), "OPC UA started");
+        Some(tokio::spawn(opcua::run(
+            opcua_servers.clone(),
+            routes.clone(),
+            opcua_counters.clone(),
+            stop_rx.clone(),
+        )))
+    };
     // Ingest reads the journal (what was not processed before the last stop comes first)
     // before devices can connect.
     let ingest_task = tokio::spawn(mqtt::run(
@@ -300,6 +344,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         modbus: modbus_counters.clone(),
         // In configuration order, as the operator wrote them.
         devices: pollers,
+        opcua: opcua_counters.clone(),
+        opcua_servers,
         sinks: sink_views,
         rules: rules_view,
         reloads: reload_counters.clone(),
@@ -315,6 +361,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
     if let Some(t) = modbus_task {
+        let _ = t.await;
+    }
+    if let Some(t) = opcua_task {
         let _ = t.await;
     }
     match reload_task.await {

@@ -13,6 +13,8 @@ use fieldgate_connectors::http::HttpSinkConfig;
 use fieldgate_connectors::modbus::ModbusSinkConfig;
 use fieldgate_connectors::modbus::{DeviceConfig, ModbusConfig, Transport};
 use fieldgate_connectors::mqtt::MqttSinkConfig;
+use fieldgate_connectors::opcua::config::Identity;
+use fieldgate_connectors::opcua::{OpcuaConfig, OpcuaSinkConfig};
 use fieldgate_connectors::republish::RepublishSinkConfig;
 use serde::Deserialize;
 
@@ -54,6 +56,9 @@ pub struct Config {
     /// Modbus devices to poll.
     #[serde(default)]
     pub modbus: ModbusSection,
+    /// OPC UA servers to subscribe to and poll.
+    #[serde(default)]
+    pub opcua: OpcuaConfig,
     /// Named sinks that rules send to.
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkConfig>,
@@ -432,6 +437,8 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// Writes results to the tags of Modbus devices (`type = "modbus"`).
     Modbus(ModbusSinkConfig),
+    /// Writes results to the nodes of OPC UA servers (`type = "opcua"`).
+    Opcua(OpcuaSinkConfig),
     /// Publishes to the embedded broker, for applications on the box.
     Republish(RepublishSinkConfig),
 }
@@ -486,7 +493,26 @@ impl Config {
                     }
                 }
                 SinkConfig::Http(h) => h.rebase(base),
-                SinkConfig::Modbus(_) | SinkConfig::Republish(_) => {}
+                SinkConfig::Modbus(_) | SinkConfig::Opcua(_) | SinkConfig::Republish(_) => {}
+            }
+        }
+        // Serial ports as other paths: `/dev/ttyUSB0` stays, `ports/meter` is the
+        // config's.
+        for d in &mut cfg.modbus.devices {
+            if let Transport::Rtu { path, .. } = &mut d.transport
+                && Path::new(path.as_str()).is_relative()
+            {
+                *path = base.join(&*path).to_string_lossy().into_owned();
+            }
+        }
+        for s in &mut cfg.opcua.servers {
+            if let Identity::X509 {
+                certificate,
+                private_key,
+            } = &mut s.identity
+            {
+                *certificate = base.join(&*certificate);
+                *private_key = base.join(&*private_key);
             }
         }
         Ok(cfg)
@@ -669,6 +695,12 @@ impl Config {
                     }
                     _ => Ok(()),
                 }),
+                SinkConfig::Opcua(o) => o.validate().and_then(|()| match &o.server {
+                    Some(s) if !self.opcua.servers.iter().any(|x| &x.name == s) => {
+                        Err(format!("server `{s}` is not an [[opcua.servers]] entry"))
+                    }
+                    _ => Ok(()),
+                }),
             };
             r.map_err(|e| anyhow::anyhow!("key `sinks.{name}`: {e}"))?;
         }
@@ -676,6 +708,9 @@ impl Config {
             .source()
             .validate()
             .map_err(|e| anyhow::anyhow!("key `modbus.devices`: {e}"))?;
+        self.opcua
+            .validate()
+            .map_err(|e| anyhow::anyhow!("key `opcua.servers`: {e}"))?;
         let topic = &self.modbus.republish_topic;
         if topic.is_empty() || topic.contains(['+', '#']) {
             bail!("key `modbus.republish_topic`: {topic:?} must be a topic name without wildcards");

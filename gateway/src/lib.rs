@@ -2,13 +2,15 @@
 //! inside, also used by its benchmarks.
 //!
 //! Data flows through the modules in this order: [`broker`] (the embedded MQTT broker)
-//! → [`journal`] (what it accepted, on disk before the PUBACK), and the Modbus pollers →
+//! → [`journal`] (what it accepted, on disk before the PUBACK), and the Modbus pollers
+//! and OPC UA subscriptions →
 //! [`ingest`] (routing messages and poll rows to streams) →
 //! [`live`] (a task per stream: decoding and the SQL rules, reloaded live) →
 //! [`queue`] (durable, per sink) → [`uplink`] (delivery to the sinks). [`app`] wires
 //! them; [`config`] reads the TOML configuration; [`admin`] serves the health probes,
 //! metrics and REST API; [`logging`] writes the log; [`rules_cli`] holds the rule
-//! author's offline tools; [`simulate`] is a load generator; [`heap`] hands freed memory
+//! author's offline tools; [`opcua_cli`] browses OPC UA servers and trusts their
+//! certificates; [`simulate`] is a load generator; [`heap`] hands freed memory
 //! back to the system.
 
 #![warn(missing_docs)]
@@ -22,6 +24,7 @@ pub mod ingest;
 pub mod journal;
 pub mod live;
 pub mod logging;
+pub mod opcua_cli;
 pub mod queue;
 pub mod rules_cli;
 pub mod simulate;

@@ -1,7 +1,7 @@
 //! The `fieldgate` command line: `run` starts the gateway; `rules check` and
 //! `rules test` are the rule author's tools.
 
-use fieldgate::{app, config, logging, rules_cli};
+use fieldgate::{app, config, logging, opcua_cli, rules_cli};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,6 +52,9 @@ enum Command {
     Rules(RulesCommand),
     /// Generate load: simulated sensors publishing JSON readings over MQTT.
     Simulate(SimulateArgs),
+    /// Browse OPC UA servers and trust their certificates.
+    #[command(subcommand)]
+    Opcua(OpcuaCommand),
     /// Set a user's password in the broker's password file (argon2id; created if
     /// missing). The password is asked for on the terminal, or read as one line from
     /// standard input when that is not a terminal.
@@ -97,6 +100,46 @@ struct SimulateArgs {
 }
 
 #[derive(Subcommand)]
+enum OpcuaCommand {
+    /// Print a server's address space: NodeId, browse name, node class and, for
+    /// variables, the `type` to configure and the access level.
+    Browse {
+        /// `opc.tcp://host:port/path`, or the name of a server in --config.
+        endpoint: String,
+        /// The node to start from (default: the Objects folder, i=85).
+        #[arg(long)]
+        node: Option<String>,
+        /// Levels below it.
+        #[arg(long, default_value_t = 3)]
+        depth: usize,
+        /// None, Basic256Sha256 or Aes128_Sha256_RsaOaep.
+        #[arg(long, default_value = "None")]
+        security_policy: String,
+        /// None, Sign or SignAndEncrypt (default: SignAndEncrypt with a policy).
+        #[arg(long)]
+        security_mode: Option<String>,
+        /// User name to log in as.
+        #[arg(long)]
+        user: Option<String>,
+        /// Environment variable holding the user's password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// The gateway's config: its certificates (`data_dir`), id and servers.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Trust a server certificate the gateway refused (a file name in
+    /// `<data_dir>/opcua/pki/rejected`, or a path); without one, list the refused ones.
+    Trust {
+        /// The certificate.
+        cert: Option<PathBuf>,
+        /// The gateway's config (for `data_dir`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum RulesCommand {
     /// Parse and plan every stream and rule; report errors as file:line:col.
     Check {
@@ -104,7 +147,7 @@ enum RulesCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Also check the rules against this config: the sinks they name, and the
-        /// Modbus groups their streams read.
+        /// Modbus and OPC UA groups their streams read.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -165,6 +208,33 @@ fn main() -> ExitCode {
         Command::Passwd { file, user } => {
             init_logging(cli.log_format, "warn");
             exit_code(passwd(&file, &user).map(|()| true))
+        }
+        Command::Opcua(cmd) => {
+            init_logging(cli.log_format, "warn");
+            exit_code(match cmd {
+                OpcuaCommand::Browse {
+                    endpoint,
+                    node,
+                    depth,
+                    security_policy,
+                    security_mode,
+                    user,
+                    password_env,
+                    config,
+                } => opcua_cli::run_browse(opcua_cli::BrowseArgs {
+                    endpoint,
+                    node,
+                    depth,
+                    security_policy,
+                    security_mode,
+                    user,
+                    password_env,
+                    config,
+                }),
+                OpcuaCommand::Trust { cert, config } => {
+                    opcua_cli::run_trust(config.as_deref(), cert.as_deref())
+                }
+            })
         }
         Command::Simulate(args) => {
             init_logging(cli.log_format, "warn");
@@ -240,7 +310,8 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `fieldgate validate`: the config, then its rules against its sinks and Modbus groups.
+/// `fieldgate validate`: the config, then its rules against its sinks and its Modbus
+/// and OPC UA groups.
 fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<bool> {
     let cfg = config::Config::load(path)?;
     if !offline {
@@ -262,7 +333,7 @@ fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<bool> {
             );
         }
     });
-    let groups = modbus_groups(&cfg)?;
+    let groups = fieldgate::ingest::SourceGroups::of(&cfg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -273,20 +344,14 @@ fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<bool> {
     ))?;
     if ok {
         println!(
-            "ok: config {} ({} sinks, {} Modbus devices)",
+            "ok: config {} ({} sinks, {} Modbus devices, {} OPC UA servers)",
             path.display(),
             cfg.sinks.len(),
-            cfg.modbus.devices.len()
+            cfg.modbus.devices.len(),
+            cfg.opcua.servers.len()
         );
     }
     Ok(ok)
-}
-
-/// The poll groups a config's Modbus devices define.
-fn modbus_groups(cfg: &config::Config) -> anyhow::Result<fieldgate_connectors::modbus::Groups> {
-    let pollers = fieldgate_connectors::modbus::pollers(&cfg.modbus.source())?;
-    let pollers: Vec<_> = pollers.into_iter().map(std::sync::Arc::new).collect();
-    Ok(fieldgate_connectors::modbus::Groups::of(&pollers))
 }
 
 fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
@@ -298,7 +363,7 @@ fn rules(cmd: RulesCommand) -> anyhow::Result<bool> {
             let (sinks, groups) = match config {
                 Some(c) => {
                     let cfg = config::Config::load(&c)?;
-                    let groups = modbus_groups(&cfg)?;
+                    let groups = fieldgate::ingest::SourceGroups::of(&cfg)?;
                     (Some(cfg.sinks), Some(groups))
                 }
                 None => (None, None),

@@ -8,22 +8,21 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, bail};
 use fieldgate_connectors::codec::JsonDecoder;
 use fieldgate_connectors::codec::json_rows;
-use fieldgate_connectors::modbus::Groups;
 use fieldgate_connectors::mqtt::topic_matches;
 use fieldgate_rules::{NullFields, RuleOutput, RuleSet, StreamPipeline, now_millis};
 use serde_json::Value;
 
 /// Parses and plans every stream and rule under `paths`; prints each error as
-/// `file:line:col: message`. With `groups`, Modbus streams are checked against the
-/// configured poll groups. Returns whether all of them are valid.
+/// `file:line:col: message`. With `groups`, Modbus and OPC UA streams are checked
+/// against the configured groups. Returns whether all of them are valid.
 pub async fn check(
     paths: &[PathBuf],
     sink_exists: impl Fn(&str) -> bool,
-    groups: Option<&Groups>,
+    groups: Option<&crate::ingest::SourceGroups>,
 ) -> anyhow::Result<bool> {
     let (mut set, mut errors) = RuleSet::load(paths);
     if let Some(g) = groups {
-        crate::ingest::modbus::retain_known(g, &mut set, &mut errors);
+        g.retain_known(&mut set, &mut errors);
     }
     let (pipelines, build_errors) = set.build(sink_exists).await;
     errors.extend(build_errors);

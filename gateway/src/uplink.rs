@@ -80,7 +80,6 @@ pub async fn run<S: Sink>(
                     Ok(()) => {
                         cursor = last + 1;
                         in_flight.extend(batch.iter().map(|m| (m.seq, m.payload.len() as u64)));
-                        last_down = None;
                     }
                     Err(e) => {
                         ready = false;
@@ -109,7 +108,6 @@ pub async fn run<S: Sink>(
             ev = sink.next_event() => match ev {
                 SinkEvent::Ready => {
                     tracing::debug!(sink = %name, "sink ready; sending from the oldest queued entry");
-                    last_down = None;
                     ready = true;
                     counters.up.store(true, Ordering::Relaxed);
                     cursor = 0;
@@ -121,8 +119,21 @@ pub async fn run<S: Sink>(
                     counters
                         .delivered
                         .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                    if !seqs.is_empty() && last_down.take().is_some() {
+                        tracing::info!(sink = %name, "sink delivering again");
+                    }
                     if let Err(e) = queue.remove(seqs).await {
                         tracing::error!(sink = %name, error = %e, "cannot delete delivered entries");
+                    }
+                }
+                SinkEvent::Refused(seqs) => {
+                    for s in &seqs {
+                        in_flight.remove(s);
+                    }
+                    // Counted by the sink (`dropped_total{reason="refused"}`), not as
+                    // delivered.
+                    if let Err(e) = queue.remove(seqs).await {
+                        tracing::error!(sink = %name, error = %e, "cannot delete refused entries");
                     }
                 }
                 SinkEvent::Down(reason) => {

@@ -52,6 +52,13 @@ pub enum Source {
         /// The name of the device's poll group.
         group: String,
     },
+    /// The rows of one OPC UA node group, one per change set.
+    Opcua {
+        /// The server's name in the gateway's config.
+        server: String,
+        /// The name of the server's node group.
+        group: String,
+    },
 }
 
 impl Source {
@@ -59,7 +66,7 @@ impl Source {
     pub fn mqtt_filter(&self) -> Option<&str> {
         match self {
             Source::Mqtt { filter } => Some(filter),
-            Source::Modbus { .. } => None,
+            Source::Modbus { .. } | Source::Opcua { .. } => None,
         }
     }
 }
@@ -69,6 +76,7 @@ impl std::fmt::Display for Source {
         match self {
             Source::Mqtt { filter } => write!(f, "MQTT topic filter `{filter}`"),
             Source::Modbus { device, group } => write!(f, "Modbus group `{device}/{group}`"),
+            Source::Opcua { server, group } => write!(f, "OPC UA group `{server}/{group}`"),
         }
     }
 }

@@ -66,15 +66,44 @@ async fn modbus_stream_declarations() {
     )
     .await;
     assert_error(
-        "CREATE STREAM t (a BIGINT) WITH (TYPE = 'opcua', DATASOURCE = 'a/b');",
+        "CREATE STREAM t (a BIGINT) WITH (TYPE = 'opc', DATASOURCE = 'a/b');",
         "1:41",
-        &["opcua", "mqtt or modbus"],
+        &["opc", "mqtt, modbus or opcua"],
     )
     .await;
     assert_error(
         "CREATE STREAM t (a BIGINT) WITH (TYPE = 'modbus', FORMAT = 'json', DATASOURCE = 'a/b');",
         "1:60",
         &["FORMAT"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn opcua_stream_declarations() {
+    let (set, errors) = RuleSet::parse(
+        Path::new("rules/press.sql"),
+        "CREATE STREAM press (temp DOUBLE, temp_source_time TIMESTAMP)\n\
+         WITH (TYPE = 'OPCUA', DATASOURCE = 'line1/press', TIMESTAMP = 'temp_source_time');",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        set.streams[0].source,
+        fieldgate_rules::Source::Opcua {
+            server: "line1".into(),
+            group: "press".into()
+        }
+    );
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (TYPE = 'opcua', DATASOURCE = 'line1');",
+        "1:63",
+        &["server/group", "line1", "opcua.servers"],
+    )
+    .await;
+    assert_error(
+        "CREATE STREAM t (a BIGINT) WITH (TYPE = 'opcua', FORMAT = 'json', DATASOURCE = 'a/b');",
+        "1:59",
+        &["FORMAT", "OPC UA"],
     )
     .await;
 }

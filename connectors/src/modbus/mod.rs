@@ -6,7 +6,7 @@
 //! - [`registers`]: registers and bits to values (and values to registers for writes).
 //! - [`line`](mod@line): connections with reconnect backoff, one per TCP device or serial port.
 //! - [`poller`]: polling, qualities, counters, degraded state and writes per device.
-//! - [`schema`]: the poll groups' columns as streams declare them, and rows cast to them.
+//! - [`schema`]: the poll groups' columns as streams declare them.
 //! - [`sink`](mod@sink): rule results written to a device's tags, each result one write.
 
 pub mod config;
@@ -18,9 +18,10 @@ pub mod schema;
 pub mod sink;
 mod sink_config;
 
+pub use crate::groups::{Groups, conform};
 pub use config::{DeviceConfig, ModbusConfig, Tag, Transport};
 pub use poller::{DeviceCounters, DevicePoller, ModbusError, PollRow, Quality, pollers};
 pub use registers::Value;
-pub use schema::{Groups, conform};
+pub use schema::groups;
 pub use sink::{ModbusSink, ModbusSinkCounters};
 pub use sink_config::ModbusSinkConfig;

@@ -131,6 +131,16 @@ impl ModbusSink {
         Ok((poller, writes))
     }
 
+    /// Reports what was written and what was refused, in that order.
+    fn push_outcomes(&mut self, done: Vec<u64>, refused: Vec<u64>) {
+        if !done.is_empty() {
+            self.events.push_back(SinkEvent::Confirmed(done));
+        }
+        if !refused.is_empty() {
+            self.events.push_back(SinkEvent::Refused(refused));
+        }
+    }
+
     fn log_refused(&mut self, rule: &str, reason: &str) {
         let Some(held) = self.refused_log.allow(1) else {
             return;
@@ -146,6 +156,7 @@ impl Sink for ModbusSink {
 
     async fn send(&mut self, msgs: &[Message]) -> Result<(), SinkError> {
         let mut done = Vec::with_capacity(msgs.len());
+        let mut refused = Vec::new();
         for msg in msgs {
             let result = match self.writes(msg) {
                 Ok((poller, writes)) => poller.write_all(&writes).await.map_err(|e| match e {
@@ -161,28 +172,28 @@ impl Sink for ModbusSink {
             match result {
                 Ok(()) => {
                     self.counters.written.fetch_add(1, Ordering::Relaxed);
+                    done.push(msg.seq);
                 }
                 Err(Failure::Refused(reason)) => {
                     self.counters.refused.fetch_add(1, Ordering::Relaxed);
                     self.log_refused(&msg.rule, &reason);
+                    refused.push(msg.seq);
                 }
                 Err(Failure::Exception(reason)) => {
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     self.log_refused(&msg.rule, &reason);
+                    refused.push(msg.seq);
                 }
                 Err(Failure::Unreachable(reason)) => {
                     // Kept in the queue; tried again after a pause, until `max_age`.
-                    if !done.is_empty() {
-                        self.events.push_back(SinkEvent::Confirmed(done));
-                    }
+                    self.push_outcomes(done, refused);
                     self.events.push_back(SinkEvent::Down(reason));
                     self.retry_at = Some(Instant::now() + RETRY_DELAY);
                     return Ok(());
                 }
             }
-            done.push(msg.seq);
         }
-        self.events.push_back(SinkEvent::Confirmed(done));
+        self.push_outcomes(done, refused);
         Ok(())
     }
 
@@ -313,7 +324,8 @@ mod tests {
         ])
         .await
         .unwrap();
-        assert_eq!(s.next_event().await, SinkEvent::Confirmed(vec![1, 2, 3]));
+        // Refused: deleted from the queue but not delivered.
+        assert_eq!(s.next_event().await, SinkEvent::Refused(vec![1, 2, 3]));
         assert_eq!(s.counters().refused.load(Ordering::Relaxed), 3);
         // The device does not answer: the row stays queued, the sink goes down and
         // comes back after a pause to try again.

@@ -155,6 +155,10 @@ pub async fn sinks(State(ops): State<Arc<Ops>>) -> Response {
                     dropped["refused"] = load(&m.refused).into();
                     dropped["device_exception"] = load(&m.failed).into();
                 }
+                SinkExtra::Opcua(o) => {
+                    dropped["refused"] = load(&o.refused).into();
+                    dropped["device_exception"] = load(&o.failed).into();
+                }
             }
             json!({
                 "name": s.name,

@@ -59,6 +59,7 @@ impl Collector for OpsCollector {
             rules(&mut e, r)?;
             sinks(&mut e, r)?;
             modbus(&mut e, r)?;
+            opcua(&mut e, r)?;
         }
         Ok(())
     }
@@ -559,6 +560,10 @@ fn sinks(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> 
                     refused = load(&m.refused);
                     exception = load(&m.failed);
                 }
+                SinkExtra::Opcua(o) => {
+                    refused = load(&o.refused);
+                    exception = load(&o.failed);
+                }
             }
             [
                 ("dead_letter", dead_letter),
@@ -645,6 +650,81 @@ fn modbus(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
         r.devices
             .iter()
             .map(|p| (dev(p), i64::from(p.is_degraded()))),
+    )?;
+    Ok(())
+}
+
+fn opcua(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> {
+    use fieldgate_connectors::opcua::ServerCounters;
+    counter(
+        e,
+        "fieldgate_opcua_rows_total",
+        "Rows from all OPC UA node groups.",
+        [(vec![], load(&r.opcua.rows))],
+    )?;
+    let per_server = |f: fn(&ServerCounters) -> &AtomicU64| {
+        r.opcua_servers
+            .iter()
+            .map(move |s| (vec![("server", s.name())], load(f(s.counters()))))
+    };
+    gauge(
+        e,
+        "fieldgate_opcua_server_connected",
+        "1 while a session with the server is up.",
+        r.opcua_servers.iter().map(|s| {
+            (
+                vec![("server", s.name())],
+                i64::from(s.counters().connected.load(Ordering::Relaxed)),
+            )
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_opcua_connects_total",
+        "Sessions established: the first and every reconnect.",
+        per_server(|c| &c.connects),
+    )?;
+    counter(
+        e,
+        "fieldgate_opcua_connect_failures_total",
+        "Failed attempts to connect or reconnect.",
+        per_server(|c| &c.connect_failures),
+    )?;
+    counter(
+        e,
+        "fieldgate_opcua_connection_lost_total",
+        "Sessions lost: keepalive failed, connection closed, server gone.",
+        per_server(|c| &c.connection_lost),
+    )?;
+    counter(
+        e,
+        "fieldgate_opcua_untrusted_total",
+        "Connection attempts refused because the server's certificate is not trusted.",
+        per_server(|c| &c.untrusted),
+    )?;
+    counter(
+        e,
+        "fieldgate_opcua_values_total",
+        "Values received: data changes and polled values.",
+        per_server(|c| &c.values),
+    )?;
+    counter(
+        e,
+        "fieldgate_opcua_type_errors_total",
+        "Values not of their node's configured type (read as null, BadTypeMismatch).",
+        per_server(|c| &c.type_errors),
+    )?;
+    counter(
+        e,
+        "fieldgate_opcua_node_errors_total",
+        "Nodes the server refused to monitor or read (unknown id, no access).",
+        per_server(|c| &c.node_errors),
+    )?;
+    counter(
+        e,
+        "fieldgate_opcua_read_failures_total",
+        "Reads of polled groups that failed as a whole.",
+        per_server(|c| &c.read_failures),
     )?;
     Ok(())
 }

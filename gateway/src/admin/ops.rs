@@ -7,11 +7,13 @@ use std::sync::{Arc, OnceLock, RwLock};
 use fieldgate_connectors::http::HttpCounters;
 use fieldgate_connectors::modbus::DevicePoller;
 use fieldgate_connectors::modbus::ModbusSinkCounters;
+use fieldgate_connectors::opcua::{OpcuaServer, OpcuaSinkCounters};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{BrokerCounters, BrokerHealth};
 use crate::ingest::modbus::ModbusIngestCounters;
 use crate::ingest::mqtt::IngestCounters;
+use crate::ingest::opcua::OpcuaIngestCounters;
 use crate::journal::{Journal, JournalStats};
 use crate::live::view::{ReloadCounters, ReloadReport, RulesView};
 use crate::queue::Queue;
@@ -65,6 +67,10 @@ pub struct Running {
     pub modbus: Arc<ModbusIngestCounters>,
     /// The Modbus device pollers, in configuration order.
     pub devices: Vec<Arc<DevicePoller>>,
+    /// What OPC UA ingest counts: rows received, unrouted, not castable.
+    pub opcua: Arc<OpcuaIngestCounters>,
+    /// The OPC UA servers, in configuration order.
+    pub opcua_servers: Vec<Arc<OpcuaServer>>,
     /// The sinks, in name order.
     pub sinks: Vec<SinkView>,
     /// The streams and rules running now.
@@ -89,7 +95,7 @@ impl std::fmt::Debug for Running {
 pub struct SinkView {
     /// The sink's name, as in `[sinks.NAME]`.
     pub name: String,
-    /// `mqtt`, `http`, `file`, `republish` or `modbus`.
+    /// `mqtt`, `http`, `file`, `republish`, `modbus` or `opcua`.
     pub kind: &'static str,
     /// The sink's durable queue.
     pub queue: Queue,
@@ -107,4 +113,6 @@ pub enum SinkExtra {
     Http(Arc<HttpCounters>),
     /// A Modbus sink's results written, refused and failed.
     Modbus(Arc<ModbusSinkCounters>),
+    /// An OPC UA sink's results written, refused and failed.
+    Opcua(Arc<OpcuaSinkCounters>),
 }

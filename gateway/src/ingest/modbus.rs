@@ -2,17 +2,14 @@
 //! streams declared on its group (`TYPE = 'modbus', DATASOURCE = 'device/group'`), cast
 //! to each stream's columns, and, when `republish` is on, publishes it as JSON to the
 //! embedded broker (`modbus/<device>/<group>` by default) for local subscribers.
-//!
-//! [`retain_known`] refuses, when the rules load, a stream that names a missing group or
-//! a column its group does not have, with file:line:col.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use fieldgate_connectors::codec::json_rows;
-use fieldgate_connectors::modbus::{DevicePoller, Groups, PollRow, conform};
-use fieldgate_rules::{RuleSet, Source, SqlError, StreamDef};
+use fieldgate_connectors::modbus::{DevicePoller, PollRow, conform};
+use fieldgate_rules::Source;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -21,28 +18,6 @@ use crate::broker::Publisher;
 
 /// Poll rows waiting for the router before pollers wait.
 const ROWS_CHANNEL: usize = 1024;
-
-/// Takes the Modbus streams that [`Groups::check`] refuses out of `set`, adding an error
-/// at each one's `DATASOURCE`. Their rules then fail for want of a stream.
-pub fn retain_known(groups: &Groups, set: &mut RuleSet, errors: &mut Vec<SqlError>) {
-    set.streams.retain(|s| match check(groups, s) {
-        Ok(()) => true,
-        Err(message) => {
-            errors.push(SqlError::new(&s.file, s.source_pos, message));
-            false
-        }
-    });
-}
-
-/// Checks a Modbus stream against its poll group; MQTT streams pass.
-fn check(groups: &Groups, stream: &StreamDef) -> Result<(), String> {
-    match &stream.source {
-        Source::Modbus { device, group } => {
-            groups.check(&stream.name, device, group, &stream.schema)
-        }
-        _ => Ok(()),
-    }
-}
 
 /// Modbus ingest counters.
 #[derive(Debug, Default)]

@@ -30,11 +30,9 @@ use fieldgate_rules::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use fieldgate_connectors::modbus::Groups;
-
 use self::stream_task::{Control, StreamContext, StreamCounters};
 use self::view::{ReloadCounters, ReloadReport, RuleView, RulesView, StreamView};
-use crate::ingest::{Input, Route};
+use crate::ingest::{Input, Route, SourceGroups};
 
 /// Micro-batches waiting per stream before ingest waits for the stream task.
 const STREAM_CHANNEL_BATCHES: usize = 64;
@@ -51,8 +49,8 @@ struct StreamTask {
 pub struct LiveRules {
     dir: PathBuf,
     sinks: HashSet<String>,
-    /// The Modbus poll groups streams may read.
-    groups: Groups,
+    /// The Modbus and OPC UA groups streams may read.
+    groups: SourceGroups,
     /// What every stream task is started with.
     ctx: StreamContext,
     running: RuleSet,
@@ -72,7 +70,7 @@ impl LiveRules {
     pub async fn start(
         dir: &Path,
         sinks: HashSet<String>,
-        groups: Groups,
+        groups: SourceGroups,
         ctx: StreamContext,
     ) -> anyhow::Result<LiveRules> {
         rule_files(&[dir.to_path_buf()]).context("cannot list the rules directory")?;
@@ -106,8 +104,8 @@ impl LiveRules {
 
     async fn plan(&self) -> ReloadPlan {
         let (mut loaded, mut errors) = RuleSet::load(std::slice::from_ref(&self.dir));
-        // A stream on a Modbus group that is not configured is an error in its file.
-        crate::ingest::modbus::retain_known(&self.groups, &mut loaded, &mut errors);
+        // A stream on a group that is not configured is an error in its file.
+        self.groups.retain_known(&mut loaded, &mut errors);
         plan_reload(&self.running, loaded, errors, |s| self.sinks.contains(s)).await
     }
 

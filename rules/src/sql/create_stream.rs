@@ -15,6 +15,7 @@ use crate::stream_def::{EventTime, PayloadFormat, Source, StreamDef, TimeEncodin
 enum SourceType {
     Mqtt,
     Modbus,
+    Opcua,
 }
 
 pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
@@ -40,10 +41,11 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
                 let t = match value.to_ascii_lowercase().as_str() {
                     "mqtt" => SourceType::Mqtt,
                     "modbus" => SourceType::Modbus,
+                    "opcua" => SourceType::Opcua,
                     _ => {
                         return Err(c.error_at(
                             value_pos,
-                            format!("unknown source TYPE `{value}` (use mqtt or modbus)"),
+                            format!("unknown source TYPE `{value}` (use mqtt, modbus or opcua)"),
                         ));
                     }
                 };
@@ -103,6 +105,7 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
         let want = match source_type.0 {
             SourceType::Mqtt => "DATASOURCE = 'topic/filter'",
             SourceType::Modbus => "DATASOURCE = 'device/group'",
+            SourceType::Opcua => "DATASOURCE = 'server/group'",
         };
         c.error_at(pos, format!("stream `{name}` needs {want}"))
     })?;
@@ -119,6 +122,24 @@ pub(super) fn parse(c: &mut Cursor) -> Result<StreamDef, SqlError> {
                 ));
             }
             modbus_group(&datasource).map_err(|m| c.error_at(source_pos, m))?
+        }
+        SourceType::Opcua => {
+            if let (_, Some(p)) = format {
+                return Err(c.error_at(
+                    p,
+                    "FORMAT applies to MQTT payloads; an OPC UA stream's rows come decoded",
+                ));
+            }
+            let (server, group) = group_path(&datasource).ok_or_else(|| {
+                c.error_at(
+                    source_pos,
+                    format!(
+                        "an OPC UA DATASOURCE is `server/group` (the names in the gateway's \
+                         [[opcua.servers]] config), not `{datasource}`"
+                    ),
+                )
+            })?;
+            Source::Opcua { server, group }
         }
     };
     let event_time = match ts_col {
@@ -207,19 +228,22 @@ fn undeclared_time_column(fields: &[Field], col: &str) -> String {
 
 /// A Modbus stream's `DATASOURCE`: `device/group`, as named in the gateway's config.
 fn modbus_group(datasource: &str) -> Result<Source, String> {
-    match datasource.split_once('/') {
-        Some((device, group))
-            if !device.is_empty() && !group.is_empty() && !group.contains('/') =>
-        {
-            Ok(Source::Modbus {
-                device: device.into(),
-                group: group.into(),
-            })
-        }
-        _ => Err(format!(
+    match group_path(datasource) {
+        Some((device, group)) => Ok(Source::Modbus { device, group }),
+        None => Err(format!(
             "a Modbus DATASOURCE is `device/group` (the names in the gateway's [modbus] \
              config), not `{datasource}`"
         )),
+    }
+}
+
+/// `owner/group`: two non-empty names.
+fn group_path(datasource: &str) -> Option<(String, String)> {
+    match datasource.split_once('/') {
+        Some((owner, group)) if !owner.is_empty() && !group.is_empty() && !group.contains('/') => {
+            Some((owner.into(), group.into()))
+        }
+        _ => None,
     }
 }
 
