@@ -13,6 +13,14 @@ use datafusion::arrow::datatypes::{DataType, Float32Type, Schema, SchemaRef, Tim
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
+/// A device name in a `DATASOURCE` that stands for every device with the group.
+pub const ANY: &str = "+";
+
+/// Whether a source naming `device` (maybe [`ANY`]) reads rows of `row_device`.
+pub fn device_matches(device: &str, row_device: &str) -> bool {
+    device == ANY || device == row_device
+}
+
 /// The columns of every configured group of one protocol, by device (or server) and
 /// group name.
 #[derive(Debug, Clone)]
@@ -59,6 +67,9 @@ impl Groups {
 
     /// Checks stream `stream`, declared with `columns` on group `device/group`: the group
     /// exists and each declared column is one of its columns, of a type it can be read as.
+    ///
+    /// `device` may be [`ANY`] (`+`): then every device with a group of that name is
+    /// read, and the columns must fit each of them.
     pub fn check(
         &self,
         stream: &str,
@@ -66,6 +77,19 @@ impl Groups {
         group: &str,
         columns: &Schema,
     ) -> Result<(), String> {
+        if device == ANY {
+            let devices = self.devices_with(group);
+            if devices.is_empty() {
+                return Err(format!(
+                    "stream `{stream}` reads {} group `{group}` of every device (`+/{group}`), \
+                     but no device has a group `{group}`",
+                    self.protocol
+                ));
+            }
+            return devices
+                .into_iter()
+                .try_for_each(|d| self.check(stream, d, group, columns));
+        }
         let protocol = self.protocol;
         let Some(schema) = self.get(device, group) else {
             let mut known: Vec<String> = self.map.keys().map(|(d, g)| format!("{d}/{g}")).collect();

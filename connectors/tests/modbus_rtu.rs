@@ -131,13 +131,14 @@ async fn two_units_share_one_serial_line_and_survive_its_loss() {
     }
     assert_eq!(log.iter().filter(|l| l.ends_with("unit=2")).count(), 12);
 
-    // The adapter disappears: rows keep coming, with failure qualities.
+    // The adapter disappears: rows keep coming, with failure qualities (`offline` while
+    // the silent unit waits for its next probe).
     sim.stop();
     drop(pty);
     for _ in 0..3 {
         let r = m1.poll(0).await.unwrap();
         let q = quality(&r, "u16");
-        assert!(q == "io_error" || q == "timeout", "{q}");
+        assert!(q == "io_error" || q == "timeout" || q == "offline", "{q}");
         assert!(r.column_by_name("u16").unwrap().is_null(0));
     }
     assert!(m1.is_degraded());
@@ -155,8 +156,16 @@ async fn two_units_share_one_serial_line_and_survive_its_loss() {
         assert!(Instant::now() < deadline, "serial line did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = m1.poll(0).await.unwrap();
-    assert_eq!(quality(&r, "u16"), "ok");
+    // The other unit is read again at its own next probe, within its backoff.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = m1.poll(0).await.unwrap();
+        if quality(&r, "u16") == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "unit 1 was not probed again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!m1.is_degraded());
     sim.stop();
 }
@@ -197,4 +206,140 @@ async fn an_answer_with_a_bad_crc_is_a_bad_frame_not_a_timeout() {
     assert_eq!(c.errors_frame.load(Relaxed), 1);
     assert_eq!(c.errors_timeout.load(Relaxed), 0);
     sim.stop();
+}
+
+/// The rows each (device, group) produced between `from` and `to` after the start.
+fn rows_per_group(
+    rows: &[(Duration, String, String)],
+    from: Duration,
+    to: Duration,
+) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for (at, device, group) in rows {
+        if *at >= from && *at < to {
+            *out.entry((device.clone(), group.clone())).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_unit_on_a_shared_line_does_not_starve_the_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b): (PathBuf, PathBuf) = (dir.path().join("sim"), dir.path().join("gw"));
+    let baud = 115_200;
+    let _pty = Pty::start(&a, &b);
+    let sim = ModbusSim::start(&[
+        "--rtu".to_string(),
+        a.display().to_string(),
+        baud.to_string(),
+    ]);
+    // Unit 1 answers, with three 200 ms groups (5 rows/s each); unit 12 is not on the
+    // line, polled as configs/factory.toml polls its meters (timeout 300 ms, one retry).
+    let path = b.display();
+    let text = format!(
+        r#"
+        [[devices]]
+        name = "live"
+        unit_id = 1
+        transport = {{ type = "rtu", path = "{path}", baud = {baud} }}
+        timeout = "300ms"
+        retries = 1
+        {groups}
+
+        [[devices]]
+        name = "dead"
+        unit_id = 12
+        transport = {{ type = "rtu", path = "{path}", baud = {baud} }}
+        timeout = "300ms"
+        retries = 1
+        [[devices.groups]]
+        name = "power"
+        interval = "1s"
+        tags = [{{ name = "p", register = 40001 }}, {{ name = "q", register = 40101 }}]
+        {groups}
+        "#,
+        groups = ["a", "b", "c"]
+            .map(|g| format!(
+                "[[devices.groups]]\nname = \"{g}\"\ninterval = \"200ms\"\n\
+                 tags = [{{ name = \"u16\", register = 40001 }}, {{ name = \"unit\", register = 40200 }}]\n"
+            ))
+            .join("\n")
+    );
+    let cfg: ModbusConfig = toml::from_str(&text).expect("test config parses");
+    let ps: Vec<_> = pollers(&cfg)
+        .unwrap()
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = ps
+        .iter()
+        .map(|p| tokio::spawn(p.clone().run(tx.clone(), stop_rx.clone())))
+        .collect();
+    drop(tx);
+    let start = Instant::now();
+    let run_for = Duration::from_secs(12);
+    let mut rows = Vec::new();
+    let mut dead_qualities = std::collections::BTreeSet::new();
+    while let Ok(Some(row)) = tokio::time::timeout_at((start + run_for).into(), rx.recv()).await {
+        if &*row.device == "live" {
+            assert_eq!(
+                quality(&row.batch, "u16"),
+                "ok",
+                "the live unit failed a poll"
+            );
+        } else {
+            let tag = if &*row.group == "power" { "p" } else { "u16" };
+            dead_qualities.insert(quality(&row.batch, tag));
+        }
+        rows.push((
+            start.elapsed(),
+            row.device.to_string(),
+            row.group.to_string(),
+        ));
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    sim.stop();
+    // After the first seconds (the dead unit's probes back off), every live group keeps
+    // its configured rate within 10%.
+    let (from, to) = (Duration::from_secs(4), run_for);
+    let counts = rows_per_group(&rows, from, to);
+    let want = (to - from).as_secs_f64() / 0.2;
+    for g in ["a", "b", "c"] {
+        let n = counts.get(&("live".into(), g.into())).copied().unwrap_or(0) as f64;
+        assert!(
+            n >= 0.9 * want,
+            "live/{g}: {n} rows in {:?}, want {want} (counts {counts:?})",
+            to - from
+        );
+    }
+    // The dead unit's rows keep coming too, at their own rate, saying why they are empty.
+    let dead = counts
+        .get(&("dead".into(), "power".into()))
+        .copied()
+        .unwrap_or(0) as f64;
+    assert!(
+        dead >= 0.9 * (to - from).as_secs_f64(),
+        "dead/power: {dead} rows"
+    );
+    assert!(dead_qualities.contains("offline"), "{dead_qualities:?}");
+    assert!(dead_qualities.contains("timeout"), "{dead_qualities:?}");
+    // It was probed, not polled: far fewer requests than polls.
+    let c = ps[1].counters();
+    let requests = c.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let skipped = c.skipped_polls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        skipped > 0 && requests < 20,
+        "dead unit: {requests} requests, {skipped} polls skipped"
+    );
+    assert_eq!(
+        c.errors_timeout.load(std::sync::atomic::Ordering::Relaxed),
+        requests,
+        "every request to the dead unit is a counted timeout"
+    );
 }

@@ -936,6 +936,66 @@ mod tests {
     }
 
     #[test]
+    fn relative_serial_ports_and_opcua_identity_files_are_the_config_files() {
+        let c = Config::parse(
+            "rules_dir = 'r'\n\
+             [[modbus.devices]]\nname = 'near'\ntransport = { type = 'rtu', path = 'ports/meter' }\n\
+             [[modbus.devices.groups]]\nname = 'g'\ninterval = '1s'\ntags = [{ name = 'x', register = 40001 }]\n\
+             [[modbus.devices]]\nname = 'usb'\nunit_id = 2\ntransport = { type = 'rtu', path = '/dev/ttyUSB0' }\n\
+             [[modbus.devices.groups]]\nname = 'g'\ninterval = '1s'\ntags = [{ name = 'x', register = 40001 }]\n\
+             [[opcua.servers]]\nname = 'plc'\nendpoint = 'opc.tcp://10.0.0.1:4840'\n\
+             identity = { type = 'x509', certificate = 'pki/user.der', private_key = 'pki/user.pem' }\n",
+            "gw.toml",
+            Path::new("/etc/fieldgate"),
+        )
+        .unwrap();
+        let paths: Vec<&str> = c
+            .modbus
+            .devices
+            .iter()
+            .map(|d| match &d.transport {
+                Transport::Rtu { path, .. } => path.as_str(),
+                Transport::Tcp { .. } => "",
+            })
+            .collect();
+        assert_eq!(paths, ["/etc/fieldgate/ports/meter", "/dev/ttyUSB0"]);
+        assert!(matches!(
+            &c.opcua.servers[0].identity,
+            Identity::X509 { certificate, .. } if certificate == Path::new("/etc/fieldgate/pki/user.der")
+        ));
+    }
+
+    #[test]
+    fn opcua_servers_and_sinks_are_checked() {
+        let server = "[[opcua.servers]]\nname = 'plc'\nendpoint = 'opc.tcp://10.0.0.1:4840'\n";
+        let e = Config::parse(
+            &format!("rules_dir = 'r'\n[sinks.ctl]\ntype = 'opcua'\nserver = 'plc2'\n{server}"),
+            "gw.toml",
+            Path::new(""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sinks.ctl") && e.contains("plc2"), "{e}");
+        let e = Config::parse(
+            "rules_dir = 'r'\n[[opcua.servers]]\nname = 'plc'\nendpoint = 'tcp://x'\n",
+            "gw.toml",
+            Path::new(""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("opcua.servers") && e.contains("opc.tcp://"),
+            "{e}"
+        );
+        Config::parse(
+            &format!("rules_dir = 'r'\n[sinks.ctl]\ntype = 'opcua'\nserver = 'plc'\n{server}"),
+            "gw.toml",
+            Path::new(""),
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn host_checks_find_ports_in_use_and_missing_serial_devices() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();

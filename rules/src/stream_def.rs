@@ -47,7 +47,8 @@ pub enum Source {
     },
     /// The rows of one Modbus poll group, one per poll.
     Modbus {
-        /// The device's name in the gateway's config.
+        /// The device's name in the gateway's config; `+` for every device with the
+        /// group.
         device: String,
         /// The name of the device's poll group.
         group: String,

@@ -107,6 +107,17 @@ CONTRACT_METRICS = {
     "fieldgate_modbus_write_errors_total": ("counter", {"device"}),
     "fieldgate_modbus_device_degraded": ("gauge", {"device"}),
     "fieldgate_modbus_rows_total": ("counter", set()),
+    "fieldgate_modbus_polls_skipped_total": ("counter", {"device"}),
+    "fieldgate_opcua_rows_total": ("counter", set()),
+    "fieldgate_opcua_server_connected": ("gauge", {"server"}),
+    "fieldgate_opcua_connects_total": ("counter", {"server"}),
+    "fieldgate_opcua_connect_failures_total": ("counter", {"server"}),
+    "fieldgate_opcua_connection_lost_total": ("counter", {"server"}),
+    "fieldgate_opcua_untrusted_total": ("counter", {"server"}),
+    "fieldgate_opcua_values_total": ("counter", {"server"}),
+    "fieldgate_opcua_type_errors_total": ("counter", {"server"}),
+    "fieldgate_opcua_node_errors_total": ("counter", {"server"}),
+    "fieldgate_opcua_read_failures_total": ("counter", {"server"}),
     "process_resident_memory_bytes": ("gauge", set()),
     "process_cpu_seconds_total": ("counter", set()),
 }
@@ -889,6 +900,10 @@ def every_kind_config(tmp: pathlib.Path, mqtt: int, admin: int) -> pathlib.Path:
         f'[sinks.api]\ntype = "http"\nurl = "http://127.0.0.1:{dead}/in"\ndead_letter = "dead.jsonl"\n'
         f'[sinks.bus]\ntype = "republish"\n'
         f'[sinks.plc_ctl]\ntype = "modbus"\ndevice = "plc"\n'
+        f'[[opcua.servers]]\nname = "line"\nendpoint = "opc.tcp://127.0.0.1:{dead}/"\n'
+        f'[[opcua.servers.groups]]\nname = "g"\n'
+        f'nodes = [{{ name = "sp", node_id = "ns=2;s=SP", type = "double", writable = true }}]\n'
+        f'[sinks.line_ctl]\ntype = "opcua"\nserver = "line"\n'
     )
     return config
 

@@ -3,6 +3,7 @@
 
 Usage: modbus_sim.py PORT [UNIT_ID]        Modbus TCP on 127.0.0.1:PORT, one unit
        modbus_sim.py --rtu PATH BAUD        Modbus RTU on serial port PATH, units 1 and 2
+                                            (other unit ids get no answer)
        modbus_sim.py --rtu-bad-crc PATH BAUD
                                             a serial device whose every answer to a
                                             read of holding registers has a wrong CRC
@@ -199,15 +200,37 @@ async def main():
         await asyncio.to_thread(serve_bad_crc, sys.argv[2], int(sys.argv[3]))
         return
     if sys.argv[1] == "--rtu":
+        # As on a real RS-485 line, a unit id that is not there stays silent.
         server = ModbusSerialServer(
-            [device(1), device(2)], port=sys.argv[2], baudrate=int(sys.argv[3])
+            [device(1), device(2)],
+            port=sys.argv[2],
+            baudrate=int(sys.argv[3]),
+            ignore_missing_devices=True,
         )
+        stay_silent_for_unknown_units(server)
     else:
         unit_id = int(sys.argv[2]) if len(sys.argv) > 2 else 1
         server = ModbusTcpServer(device(unit_id), address=("127.0.0.1", int(sys.argv[1])))
     await server.serve_forever(background=True)
     print("READY", flush=True)
     await asyncio.Event().wait()
+
+
+def stay_silent_for_unknown_units(server):
+    """pymodbus's simulator answers an unknown unit id with exception 4; a serial server
+    told to ignore missing devices stays silent only when the lookup raises
+    NoSuchIdException, so the lookup is made to."""
+    from pymodbus.exceptions import NoSuchIdException
+
+    core = server.context
+    known = core._SimCore__get_device
+
+    def get_device(device_id):
+        if device_id not in core.devices:
+            raise NoSuchIdException(f"no unit {device_id}")
+        return known(device_id)
+
+    core._SimCore__get_device = get_device
 
 
 if __name__ == "__main__":

@@ -53,7 +53,12 @@ degraded_after = 2
 [[modbus.devices.groups]]
 name = "g"
 interval = "100ms"
-tags = [{{ name = "x", register = 40001 }}]
+tags = [{{ name = "x", register = 40001, writable = true }}]
+
+[[modbus.devices.groups]]
+name = "line"
+interval = "100ms"
+tags = [{{ name = "speed", register = 40001 }}]
 
 [sinks.local]
 type = "file"
@@ -62,6 +67,10 @@ path = "out/{{rule}}.jsonl"
 [sinks.plc]
 type = "modbus"
 device = "plc1"
+
+[sinks.ghost_ctl]
+type = "modbus"
+device = "ghost"
 "#
     )
 }
@@ -78,6 +87,12 @@ CREATE RULE readings INTO local AS
 SELECT device, speed, temp, temp_quality, level, broken_quality, pump FROM line;
 
 CREATE RULE ghost_rows INTO local AS SELECT device, x, x_quality FROM ghost;
+CREATE RULE poke_ghost INTO ghost_ctl AS SELECT 1 AS x FROM ghost;
+
+-- The `line` group of every device that has one.
+CREATE STREAM every_line (device STRING, speed BIGINT, speed_quality STRING)
+WITH (TYPE = 'modbus', DATASOURCE = '+/line');
+CREATE RULE line_devices INTO local AS SELECT device, speed, speed_quality FROM every_line;
 
 -- Too hot: stop the pump, open the valve (two adjacent coils: one FC15 request).
 CREATE RULE cool_down INTO plc AS
@@ -168,15 +183,44 @@ async fn poll_rows_feed_rules_and_a_rule_writes_coils_back() {
         .await
     );
 
-    // The silent device's rows keep coming, each after its 300 ms timeout, and it
-    // never holds up plc1 (polled every 100 ms): plc1 has many more rows.
+    // The silent device's rows keep coming: `timeout` when it was probed, `offline`
+    // between its probes; it never holds up plc1 (polled every 100 ms): plc1 has many
+    // more rows.
     assert!(eventually(WAIT, || rows(dir.path(), "ghost_rows").len() >= 8).await);
     let ghost = rows(dir.path(), "ghost_rows");
     assert!(
         ghost
             .iter()
-            .all(|r| r["x"].is_null() && r["x_quality"] == "timeout"),
+            .all(|r| r["x"].is_null()
+                && (r["x_quality"] == "timeout" || r["x_quality"] == "offline")),
         "{ghost:?}"
+    );
+
+    // `+/line`: one stream reads the `line` group of both devices, the device a column.
+    let every_line = rows(dir.path(), "line_devices");
+    let devices: std::collections::BTreeSet<&str> = every_line
+        .iter()
+        .filter_map(|r| r["device"].as_str())
+        .collect();
+    assert_eq!(devices, ["ghost", "plc1"].into(), "{every_line:?}");
+    assert!(
+        every_line
+            .iter()
+            .any(|r| r["device"] == "plc1" && r["speed"] == 54321)
+    );
+    // The silent device was probed (a `timeout` in one of its groups), not polled.
+    assert!(
+        ghost
+            .iter()
+            .map(|r| &r["x_quality"])
+            .chain(
+                every_line
+                    .iter()
+                    .filter(|r| r["device"] == "ghost")
+                    .map(|r| &r["speed_quality"])
+            )
+            .any(|q| q == "timeout"),
+        "{ghost:?} {every_line:?}"
     );
     let plc1 = rows(dir.path(), "readings").len();
     assert!(
@@ -186,6 +230,16 @@ async fn poll_rows_feed_rules_and_a_rule_writes_coils_back() {
     );
     gw.wait_log(WAIT, &["Modbus device degraded", "ghost"])
         .await;
+    // Writes to the silent device stay queued and are retried every second; that it is
+    // unreachable is logged once, not at every retry.
+    gw.wait_log(WAIT, &["sink unreachable", "ghost_ctl"]).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let warnings = gw
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("sink unreachable") && l.contains("ghost_ctl"))
+        .count();
+    assert_eq!(warnings, 1, "log:\n{}", gw.log_text());
 
     // Every poll also goes to the embedded broker as JSON.
     let published = sub.json();
@@ -218,6 +272,7 @@ CREATE STREAM typo (device STRING)
 WITH (TYPE = 'modbus', DATASOURCE = 'plc1/lin');
 CREATE STREAM wrong_tag (speed BIGINT, sped BIGINT)
 WITH (TYPE = 'modbus', DATASOURCE = 'plc1/line');
+CREATE STREAM no_group (x BIGINT) WITH (TYPE = 'modbus', DATASOURCE = '+/nosuch');
 "
     );
     let setup = GatewaySetup::new(dir.path(), &modbus_toml(sim_port, free_port()), &rules);
@@ -225,15 +280,20 @@ WITH (TYPE = 'modbus', DATASOURCE = 'plc1/line');
     gw.wait_log(
         WAIT,
         &[
-            "rules/rules.sql:19:37",
+            "rules/rules.sql:25:37",
             "plc1/lin",
             "not configured",
             "plc1/line",
         ],
     )
     .await;
-    gw.wait_log(WAIT, &["rules/rules.sql:21:37", "`sped`", "speed_quality"])
+    gw.wait_log(WAIT, &["rules/rules.sql:27:37", "`sped`", "speed_quality"])
         .await;
+    gw.wait_log(
+        WAIT,
+        &["rules/rules.sql:28:71", "+/nosuch", "no device has a group"],
+    )
+    .await;
     assert!(
         eventually(WAIT, || !rows(dir.path(), "readings").is_empty()).await,
         "the valid rules did not run; log:\n{}",
@@ -253,7 +313,7 @@ fn the_factory_example_config_and_its_rules_check_clean() {
         .expect("fieldgate runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("ok: 4 streams, 6 rules"),
+        out.status.success() && stdout.contains("ok: 3 streams, 5 rules"),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -51,7 +51,8 @@ pub struct DeviceConfig {
     /// First reconnect delay; doubles per failed attempt up to `reconnect_max`, with jitter.
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
     pub reconnect_min: Duration,
-    /// Longest reconnect delay; 30s by default.
+    /// Longest reconnect delay, and longest wait between probes of a silent device; 5s
+    /// by default, so that a device back after an outage is read again within seconds.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
     /// Consecutive failed poll cycles after which the device counts as degraded.
@@ -308,7 +309,7 @@ fn default_reconnect_min() -> Duration {
     Duration::from_millis(200)
 }
 fn default_reconnect_max() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(5)
 }
 fn default_degraded_after() -> u32 {
     3

@@ -100,11 +100,17 @@ impl Line {
         self.ctx.is_some()
     }
 
-    /// The open connection, connecting first if the backoff allows.
-    pub async fn context(&mut self, timeout: Duration) -> Result<&mut Context, ConnectFailure> {
+    /// The open connection, connecting first if the backoff allows (or, with `now`, at
+    /// once: a poller probing a silent device has waited out a backoff of its own).
+    pub async fn context(
+        &mut self,
+        timeout: Duration,
+        now: bool,
+    ) -> Result<&mut Context, ConnectFailure> {
         if self.ctx.is_none() {
             if let Some(at) = self.retry_at
                 && Instant::now() < at
+                && !now
             {
                 return Err(ConnectFailure::Io);
             }
@@ -116,13 +122,25 @@ impl Line {
             {
                 Ok(Ok(ctx)) => Ok(ctx),
                 Ok(Err(e)) => {
-                    tracing::debug!(transport = ?self.transport, error = %e, "Modbus connect failed");
+                    if self.attempt == 0 {
+                        tracing::warn!(line = %self.describe(), error = %e, "Modbus line cannot be opened; retrying with backoff");
+                    } else {
+                        tracing::debug!(line = %self.describe(), error = %e, "Modbus connect failed");
+                    }
                     Err(ConnectFailure::Io)
                 }
-                Err(_) => Err(ConnectFailure::Timeout),
+                Err(_) => {
+                    if self.attempt == 0 {
+                        tracing::warn!(line = %self.describe(), "Modbus line: no connection within the timeout; retrying with backoff");
+                    }
+                    Err(ConnectFailure::Timeout)
+                }
             };
             match result {
                 Ok(ctx) => {
+                    if self.attempt > 0 {
+                        tracing::info!(line = %self.describe(), failed_attempts = self.attempt, "Modbus line open again");
+                    }
                     self.attempt = 0;
                     self.retry_at = None;
                     self.ctx = Some(ctx);
@@ -138,6 +156,14 @@ impl Line {
             }
         }
         self.ctx.as_mut().ok_or(ConnectFailure::Io)
+    }
+
+    /// The line as a person names it: `host:port` or the serial port's path.
+    pub fn describe(&self) -> String {
+        match &self.transport {
+            Transport::Tcp { host, port } => format!("{host}:{port}"),
+            Transport::Rtu { path, .. } => format!("serial port {path}"),
+        }
     }
 
     /// Drops the connection after a timeout or I/O error; the next use reconnects.

@@ -22,6 +22,7 @@ use super::config::{Area, DeviceConfig, ModbusConfig, Tag, TagType, Transport};
 use super::line::{ConnectFailure, Line, SharedLine};
 use super::registers::{EncodeError, Value, WriteData, decode};
 use super::requests::{ReadRequest, plan};
+use crate::retry::backoff;
 
 /// How a reading (or write) went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +38,14 @@ pub enum Quality {
     BadFrame,
     /// The connection failed, was refused or is waiting out its reconnect backoff.
     IoError,
+    /// Not asked: the device answered none of its last polls and is probed at the
+    /// reconnect backoff, so that it does not hold a shared line for every poll.
+    Offline,
 }
 
 impl Quality {
     /// The text in `<tag>_quality` columns: `ok`, `timeout`, `exception:<code>`,
-    /// `bad_frame`, `io_error`.
+    /// `bad_frame`, `io_error`, `offline`.
     pub fn as_str(&self) -> std::borrow::Cow<'static, str> {
         match self {
             Quality::Ok => "ok".into(),
@@ -49,6 +53,7 @@ impl Quality {
             Quality::Exception(c) => format!("exception:{c}").into(),
             Quality::BadFrame => "bad_frame".into(),
             Quality::IoError => "io_error".into(),
+            Quality::Offline => "offline".into(),
         }
     }
 
@@ -92,6 +97,17 @@ pub struct DeviceCounters {
     pub write_errors: AtomicU64,
     /// Poll cycles in a row in which no request was answered.
     pub failed_cycles: AtomicU64,
+    /// Polls not sent because the device is silent and its next probe is not due.
+    pub skipped_polls: AtomicU64,
+}
+
+/// When a device that stopped answering is asked again.
+#[derive(Debug, Default)]
+struct Silence {
+    /// Failed probes since it last answered.
+    attempt: u32,
+    /// The next poll that may go on the line; `None` while it answers.
+    next_probe: Option<Instant>,
 }
 
 /// Errors building pollers or writing.
@@ -263,6 +279,9 @@ pub struct DevicePoller {
     groups: Vec<GroupPlan>,
     counters: Arc<DeviceCounters>,
     degraded: AtomicBool,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    silence: std::sync::Mutex<Silence>,
 }
 
 impl DevicePoller {
@@ -295,7 +314,36 @@ impl DevicePoller {
             groups,
             counters: Arc::default(),
             degraded: AtomicBool::new(false),
+            reconnect_min: cfg.reconnect_min,
+            reconnect_max: cfg.reconnect_max,
+            silence: std::sync::Mutex::default(),
         })
+    }
+
+    fn silence(&self) -> std::sync::MutexGuard<'_, Silence> {
+        self.silence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the poll due now goes on the line: always while the device answers; once
+    /// it is silent, only when its next probe is due (then as a probe: no retries).
+    fn may_ask(&self) -> Option<bool> {
+        match self.silence().next_probe {
+            None => Some(false),
+            Some(at) if Instant::now() >= at => Some(true),
+            Some(_) => None,
+        }
+    }
+
+    /// Records whether a poll that went on the line was answered.
+    fn answered(&self, answered: bool) {
+        let mut s = self.silence();
+        if answered {
+            *s = Silence::default();
+        } else {
+            s.next_probe =
+                Some(Instant::now() + backoff(s.attempt, self.reconnect_min, self.reconnect_max));
+            s.attempt = s.attempt.saturating_add(1);
+        }
     }
 
     /// A poller with a line of its own.
@@ -324,15 +372,26 @@ impl DevicePoller {
         self.degraded.load(Ordering::Relaxed)
     }
 
-    /// Sends one request, retrying timeouts and I/O errors.
-    async fn read(&self, line: &mut Line, req: &ReadRequest) -> (Quality, Option<ReadData>) {
+    /// Sends one request, retrying timeouts and I/O errors; as a `probe` of a silent
+    /// device, once and connecting at once.
+    async fn read(
+        &self,
+        line: &mut Line,
+        req: &ReadRequest,
+        probe: bool,
+    ) -> (Quality, Option<ReadData>) {
         let mut quality = Quality::IoError;
-        for _ in 0..=self.retries {
+        let retries = if probe { 0 } else { self.retries };
+        for _ in 0..=retries {
             let received = line.bytes_received();
-            let ctx = match line.context(self.timeout).await {
+            let ctx = match line.context(self.timeout, probe).await {
                 Ok(ctx) => ctx,
                 // No connection: further attempts would only wait for the backoff.
-                Err(f) => return (f.into(), None),
+                Err(f) => {
+                    let q = f.into();
+                    self.count_failure(q);
+                    return (q, None);
+                }
             };
             ctx.set_slave(Slave(self.unit_id));
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -398,7 +457,7 @@ impl DevicePoller {
             Quality::Timeout => &c.errors_timeout,
             Quality::Exception(_) => &c.errors_exception,
             Quality::BadFrame => &c.errors_frame,
-            Quality::IoError => &c.errors_io,
+            Quality::IoError | Quality::Offline => &c.errors_io,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -421,10 +480,28 @@ impl DevicePoller {
         let mut values: Vec<Option<Value>> = vec![None; g.tags.len()];
         let mut qualities: Vec<Quality> = vec![Quality::IoError; g.tags.len()];
         let mut answered = false;
-        {
-            let mut line = self.line.lock().await;
+        let mut line = match self.may_ask() {
+            Some(_) => Some(self.line.lock().await),
+            None => None,
+        };
+        // Asked again with the line held: while this poll waited for it, another group's
+        // probe may have ended the silence, or failed and moved the next probe on.
+        let probe = match (&line, self.may_ask()) {
+            (Some(_), Some(probe)) => Some(probe),
+            _ => None,
+        };
+        if let (Some(line), Some(probe)) = (line.as_mut(), probe) {
+            let mut silent: Option<Quality> = None;
             for req in &g.reads {
-                let (q, data) = self.read(&mut line, req).await;
+                // After a request that got no answer at all, the rest of the poll is not
+                // sent: each would hold the line for the whole timeout again.
+                let (q, data) = match silent {
+                    Some(q) => (q, None),
+                    None => self.read(line, req, probe).await,
+                };
+                if matches!(q, Quality::Timeout | Quality::IoError) {
+                    silent = Some(q);
+                }
                 answered |= q.answered();
                 for &i in &req.tags {
                     let tag = &g.tags[i];
@@ -443,7 +520,12 @@ impl DevicePoller {
                     }
                 }
             }
+            self.answered(answered);
+        } else {
+            qualities.iter_mut().for_each(|q| *q = Quality::Offline);
+            self.counters.skipped_polls.fetch_add(1, Ordering::Relaxed);
         }
+        drop(line);
         self.counters.polls.fetch_add(1, Ordering::Relaxed);
         if answered {
             self.counters.failed_cycles.store(0, Ordering::Relaxed);
@@ -549,7 +631,10 @@ impl DevicePoller {
     /// Sends one write request (two for a read-modify-write) and waits for its answer.
     async fn send_write(&self, line: &mut Line, op: &WriteOp) -> Result<(), Quality> {
         let received = line.bytes_received();
-        let ctx = line.context(self.timeout).await.map_err(Quality::from)?;
+        let ctx = line
+            .context(self.timeout, false)
+            .await
+            .map_err(Quality::from)?;
         ctx.set_slave(Slave(self.unit_id));
         let sent = Instant::now();
         let addr = op.address;
@@ -618,7 +703,9 @@ impl DevicePoller {
             let (me, rows, mut shutdown) = (self.clone(), rows.clone(), shutdown.clone());
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(me.groups[i].interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // A poll that waited for a busy line costs the one tick it overran, and
+                // the group keeps its cadence.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
@@ -785,4 +872,76 @@ pub fn pollers(cfg: &ModbusConfig) -> Result<Vec<DevicePoller>, ModbusError> {
         out.push(DevicePoller::new(d, line)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device with the default timeout and backoff whose port refuses connections.
+    fn dead_device() -> DevicePoller {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let cfg: ModbusConfig = toml::from_str(&format!(
+            r#"
+            [[devices]]
+            name = "gone"
+            transport = {{ type = "tcp", host = "127.0.0.1", port = {port} }}
+            [[devices.groups]]
+            name = "g"
+            interval = "100ms"
+            tags = [{{ name = "x", register = 40001 }}]
+            "#
+        ))
+        .unwrap();
+        DevicePoller::standalone(&cfg.devices[0]).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_device_is_probed_at_most_reconnect_max_apart_and_skipped_between() {
+        let p = dead_device();
+        let start = Instant::now();
+        let mut probes = Vec::new();
+        while start.elapsed() < Duration::from_secs(120) {
+            let before = p.counters().skipped_polls.load(Ordering::Relaxed);
+            let row = p.poll(0).await.unwrap();
+            let skipped = p.counters().skipped_polls.load(Ordering::Relaxed) > before;
+            let q = row
+                .column_by_name("x_quality")
+                .map(|c| {
+                    datafusion::arrow::array::AsArray::as_string::<i32>(c)
+                        .value(0)
+                        .to_string()
+                })
+                .unwrap();
+            if skipped {
+                assert_eq!(q, "offline");
+            } else {
+                assert!(q == "io_error" || q == "timeout", "{q}");
+                probes.push(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Backing off: far fewer probes than polls...
+        assert!(
+            probes.len() > 10 && probes.len() < 200,
+            "{} probes",
+            probes.len()
+        );
+        // ...but never more than reconnect_max (5 s by default) apart, plus a poll
+        // interval, so a device back after an outage is read again within seconds.
+        let widest = probes.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(
+            widest <= Duration::from_millis(5_200),
+            "probes {widest:?} apart"
+        );
+        // Each probe is one counted failure; skipped polls are counted apart.
+        let c = p.counters();
+        let failures =
+            c.errors_io.load(Ordering::Relaxed) + c.errors_timeout.load(Ordering::Relaxed);
+        assert_eq!(failures, probes.len() as u64);
+        assert!(p.is_degraded());
+    }
 }

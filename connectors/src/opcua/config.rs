@@ -466,13 +466,33 @@ mod tests {
     #[test]
     fn bad_configs_name_what_is_wrong() {
         for (from, to, why) in [
-            ("opc.tcp://10.0.0.5:4840", "http://10.0.0.5", "opc.tcp:// URL"),
+            (
+                "opc.tcp://10.0.0.5:4840",
+                "http://10.0.0.5",
+                "opc.tcp:// URL",
+            ),
             ("ns=2;s=Press.Temp", "ns=x;q", "is not a node id"),
-            ("password_env = \"OPCUA_PW\"", "password = \"a\", password_env = \"B\"", "exactly one of"),
-            ("security_policy = \"Basic256Sha256\"", "security_mode = \"Sign\"", "needs a `security_policy`"),
+            (
+                "password_env = \"OPCUA_PW\"",
+                "password = \"a\", password_env = \"B\"",
+                "exactly one of",
+            ),
+            (
+                "security_policy = \"Basic256Sha256\"",
+                "security_mode = \"Sign\"",
+                "needs a `security_policy`",
+            ),
             ("name = \"on\"", "name = \"temp\"", "column `temp` is taken"),
-            ("type = \"boolean\"", "type = \"boolean\", min = 0", "apply to numeric nodes"),
-            ("type = \"double\"", "type = \"guid\"", "unknown node type `guid`"),
+            (
+                "type = \"boolean\"",
+                "type = \"boolean\", min = 0",
+                "apply to numeric nodes",
+            ),
+            (
+                "type = \"double\"",
+                "type = \"guid\"",
+                "unknown node type `guid`",
+            ),
             ("value = 2.0", "value = 200.0", "0..=100"),
             ("name = \"press\"", "name = \"a/b\"", "without `/`"),
         ] {

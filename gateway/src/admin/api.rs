@@ -205,8 +205,38 @@ pub async fn devices(State(ops): State<Arc<Ops>>) -> Response {
                     .then(|| load(&c.latency_us_sum) as f64 / answered as f64 / 1000.0),
                 "writes": load(&c.writes),
                 "write_errors": load(&c.write_errors),
+                "skipped_polls": load(&c.skipped_polls),
             })
         })
         .collect();
     Json(json!({ "devices": devices })).into_response()
+}
+
+/// `GET /api/opcua/servers`
+pub async fn opcua_servers(State(ops): State<Arc<Ops>>) -> Response {
+    let Some(r) = ops.running.get() else {
+        return starting();
+    };
+    let servers: Vec<Value> = r
+        .opcua_servers
+        .iter()
+        .map(|s| {
+            let c = s.counters();
+            json!({
+                "name": s.name(),
+                "endpoint": s.config().endpoint,
+                "connected": s.connected(),
+                "connects": load(&c.connects),
+                "connect_failures": load(&c.connect_failures),
+                "connection_lost": load(&c.connection_lost),
+                "untrusted": load(&c.untrusted),
+                "values": load(&c.values),
+                "rows": load(&c.rows),
+                "type_errors": load(&c.type_errors),
+                "node_errors": load(&c.node_errors),
+                "read_failures": load(&c.read_failures),
+            })
+        })
+        .collect();
+    Json(json!({ "servers": servers })).into_response()
 }

@@ -643,6 +643,15 @@ fn modbus(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error>
             .iter()
             .map(|p| (dev(p), load(&p.counters().write_errors))),
     )?;
+    counter(
+        e,
+        "fieldgate_modbus_polls_skipped_total",
+        "Polls not sent: the device answered none of its last polls and is probed at the \
+         reconnect backoff (its rows say `offline`).",
+        r.devices
+            .iter()
+            .map(|p| (dev(p), load(&p.counters().skipped_polls))),
+    )?;
     gauge(
         e,
         "fieldgate_modbus_device_degraded",

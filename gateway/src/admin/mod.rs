@@ -59,6 +59,7 @@ pub async fn serve(
         .route("/api/rules/{name}/start", post(api::start))
         .route("/api/sinks", get(api::sinks))
         .route("/api/modbus/devices", get(api::devices))
+        .route("/api/opcua/servers", get(api::opcua_servers))
         .route_layer(middleware::from_fn_with_state(
             policy.clone(),
             guard::require_token,

@@ -1,5 +1,6 @@
 //! Modbus ingest: runs the pollers of the `[modbus]` devices, hands each poll row to the
-//! streams declared on its group (`TYPE = 'modbus', DATASOURCE = 'device/group'`), cast
+//! streams declared on its group (`TYPE = 'modbus', DATASOURCE = 'device/group'`, or
+//! `'+/group'` for that group of every device, told apart by the `device` column), cast
 //! to each stream's columns, and, when `republish` is on, publishes it as JSON to the
 //! embedded broker (`modbus/<device>/<group>` by default) for local subscribers.
 
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use fieldgate_connectors::codec::json_rows;
+use fieldgate_connectors::groups::device_matches;
 use fieldgate_connectors::modbus::{DevicePoller, PollRow, conform};
 use fieldgate_rules::Source;
 use tokio::sync::{mpsc, watch};
@@ -71,7 +73,7 @@ pub async fn run(
             let Source::Modbus { device, group } = &r.source else {
                 continue;
             };
-            if **device != *row.device || **group != *row.group {
+            if !device_matches(device, &row.device) || **group != *row.group {
                 continue;
             }
             routed = true;

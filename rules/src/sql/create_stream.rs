@@ -232,7 +232,7 @@ fn modbus_group(datasource: &str) -> Result<Source, String> {
         Some((device, group)) => Ok(Source::Modbus { device, group }),
         None => Err(format!(
             "a Modbus DATASOURCE is `device/group` (the names in the gateway's [modbus] \
-             config), not `{datasource}`"
+             config; `+/group` for that group of every device), not `{datasource}`"
         )),
     }
 }
