@@ -810,12 +810,14 @@ mod tests {
             .skip(1)
             .filter_map(|b| b.split("```").next())
             .collect();
-        assert_eq!(blocks.len(), 3, "{blocks:?}");
+        assert_eq!(blocks.len(), 4, "{blocks:?}");
         let text = format!("rules_dir = 'r'\n{}", blocks.join("\n"));
         let c = Config::parse(&text, "docs/connectors.md", Path::new("")).unwrap();
         assert_eq!(c.modbus.devices.len(), 2);
         assert!(matches!(c.sinks["press_ctl"], SinkConfig::Modbus(_)));
         assert!(matches!(&c.sinks["cloud"], SinkConfig::Mqtt(m) if m.tls.is_some()));
+        assert_eq!(c.opcua.servers[0].groups.len(), 2);
+        assert!(matches!(c.sinks["line1_ctl"], SinkConfig::Opcua(_)));
     }
 
     #[test]
