@@ -11,7 +11,7 @@
 # Each configuration runs RUNS times; the summary gives medians.
 #
 # Loopback only, ports picked free at run time. Settings (env):
-#   CONFIGS="100x100 1000x20"  NODESxRATE, space separated
+#   CONFIGS="100x10 100x40 1000x4"  NODESxRATE (changes asked per second: the product), space separated
 #   RUNS=3 WARMUP=5 DURATION=15
 #   BUILD=1                    0 skips `cargo build --release -p fieldgate`
 #   CARGO_TARGET_DIR, FIELDGATE, OUT   as in scripts/bench-modbus.sh
@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-CONFIGS=${CONFIGS:-"100x100 1000x20"}
+CONFIGS=${CONFIGS:-"100x10 100x40 1000x4"}
 RUNS=${RUNS:-3}
 WARMUP=${WARMUP:-5}
 DURATION=${DURATION:-15}
@@ -117,7 +117,7 @@ SQL
 run_baseline() { # dir nodes -> same fields
   local dir=$1 nodes=$2 s0 s1 t0 t1 out
   s0=$(ticks "$SERVER_PID"); t0=$(now_us)
-  out=$(python3 "$CLIENT" "opc.tcp://127.0.0.1:$SERVER_PORT/fieldgate/test/" "$nodes" "$WARMUP" "$DURATION")
+  out=$(python3 "$CLIENT" "opc.tcp://127.0.0.1:$SERVER_PORT/fieldgate/test/" "$nodes" "$WARMUP" "$DURATION" 2>"$dir/baseline.log")
   s1=$(ticks "$SERVER_PID"); t1=$(now_us)
   echo "$out" >"$dir/baseline.json"
   python3 -c "

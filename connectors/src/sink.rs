@@ -75,6 +75,44 @@ pub trait Sink: Send {
     fn next_event(&mut self) -> impl Future<Output = SinkEvent> + Send;
 }
 
+/// The device (or server) a write result is for: the sink's `configured` one, which a
+/// result's `field` may repeat but not contradict, or else the one the result names.
+/// `what` names it in errors (`device`, `server`).
+pub(crate) fn write_target(
+    configured: Option<&str>,
+    row: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    what: &str,
+) -> Result<String, String> {
+    use serde_json::Value as Json;
+    match (configured, row.get(field)) {
+        (Some(c), None) => Ok(c.to_string()),
+        (Some(c), Some(Json::String(named))) if named == c => Ok(c.to_string()),
+        (Some(c), Some(named)) => Err(format!(
+            "result is for {what} {named}; this sink writes to `{c}`"
+        )),
+        (None, Some(Json::String(named))) => Ok(named.clone()),
+        (None, _) => Err(format!(
+            "result has no `{field}` and the sink names no {what}"
+        )),
+    }
+}
+
+/// Queues what a batch of writes came to: the written results confirmed, then the
+/// refused ones.
+pub(crate) fn push_outcomes(
+    events: &mut std::collections::VecDeque<SinkEvent>,
+    done: Vec<u64>,
+    refused: Vec<u64>,
+) {
+    if !done.is_empty() {
+        events.push_back(SinkEvent::Confirmed(done));
+    }
+    if !refused.is_empty() {
+        events.push_back(SinkEvent::Refused(refused));
+    }
+}
+
 /// `next_event` of a sink that queues its events: the oldest queued event; else, with a
 /// retry set, `Ready` once it is due (the retry is cleared only then, so a caller that
 /// stops waiting early, as the uplink's `select!` does, loses nothing); else never.

@@ -103,31 +103,7 @@ struct SimulateArgs {
 enum OpcuaCommand {
     /// Print a server's address space: NodeId, browse name, node class and, for
     /// variables, the `type` to configure and the access level.
-    Browse {
-        /// `opc.tcp://host:port/path`, or the name of a server in --config.
-        endpoint: String,
-        /// The node to start from (default: the Objects folder, i=85).
-        #[arg(long)]
-        node: Option<String>,
-        /// Levels below it.
-        #[arg(long, default_value_t = 3)]
-        depth: usize,
-        /// None, Basic256Sha256 or Aes128_Sha256_RsaOaep.
-        #[arg(long, default_value = "None")]
-        security_policy: String,
-        /// None, Sign or SignAndEncrypt (default: SignAndEncrypt with a policy).
-        #[arg(long)]
-        security_mode: Option<String>,
-        /// User name to log in as.
-        #[arg(long)]
-        user: Option<String>,
-        /// Environment variable holding the user's password.
-        #[arg(long)]
-        password_env: Option<String>,
-        /// The gateway's config: its certificates (`data_dir`), id and servers.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
+    Browse(opcua_cli::BrowseArgs),
     /// Trust a server certificate the gateway refused (a file name in
     /// `<data_dir>/opcua/pki/rejected`, or a path); without one, list the refused ones.
     Trust {
@@ -210,27 +186,10 @@ fn main() -> ExitCode {
             exit_code(passwd(&file, &user).map(|()| true))
         }
         Command::Opcua(cmd) => {
-            init_logging(cli.log_format, "warn");
+            // The OPC UA client's own warnings about each connection step are noise here.
+            init_logging(cli.log_format, "warn,opcua_client=error,opcua_core=error");
             exit_code(match cmd {
-                OpcuaCommand::Browse {
-                    endpoint,
-                    node,
-                    depth,
-                    security_policy,
-                    security_mode,
-                    user,
-                    password_env,
-                    config,
-                } => opcua_cli::run_browse(opcua_cli::BrowseArgs {
-                    endpoint,
-                    node,
-                    depth,
-                    security_policy,
-                    security_mode,
-                    user,
-                    password_env,
-                    config,
-                }),
+                OpcuaCommand::Browse(args) => opcua_cli::run_browse(args),
                 OpcuaCommand::Trust { cert, config } => {
                     opcua_cli::run_trust(config.as_deref(), cert.as_deref())
                 }

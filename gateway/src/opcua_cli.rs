@@ -12,24 +12,31 @@ use fieldgate_connectors::opcua::config::{Identity, SecurityMode, SecurityPolicy
 
 use crate::config::Config;
 
-/// How `browse` reaches the server.
-#[derive(Debug, Clone)]
+/// `fieldgate opcua browse`: how it reaches the server and what it prints.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BrowseArgs {
-    /// `opc.tcp://host:port/path`, or the name of a configured server (with `config`).
+    /// `opc.tcp://host:port/path`, or the name of a server in --config.
     pub endpoint: String,
-    /// The node to start from.
+    /// The node to start from (default: the Objects folder, i=85).
+    #[arg(long)]
     pub node: Option<String>,
     /// Levels below it.
+    #[arg(long, default_value_t = 3)]
     pub depth: usize,
-    /// `None`, `Basic256Sha256`, `Aes128_Sha256_RsaOaep`.
+    /// None, Basic256Sha256 or Aes128_Sha256_RsaOaep.
+    #[arg(long, default_value = "None")]
     pub security_policy: String,
-    /// `None`, `Sign`, `SignAndEncrypt`.
+    /// None, Sign or SignAndEncrypt (default: SignAndEncrypt with a policy).
+    #[arg(long)]
     pub security_mode: Option<String>,
-    /// User name; the password from `password_env`.
+    /// User name to log in as.
+    #[arg(long)]
     pub user: Option<String>,
-    /// The environment variable holding the password.
+    /// Environment variable holding the user's password.
+    #[arg(long)]
     pub password_env: Option<String>,
-    /// The gateway's config: its certificate directory, its id and its servers.
+    /// The gateway's config: its certificates (`data_dir`), id and servers.
+    #[arg(long, short)]
     pub config: Option<PathBuf>,
 }
 

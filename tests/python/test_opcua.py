@@ -315,8 +315,14 @@ def test_values_resume_after_the_server_restarts_mid_subscription(tmp_path):
     try:
         wait_for("counting", lambda: len(results(gw, "counts")) >= 10)
         sim.stop()
+        # What was received before the stop reaches the file sink; then nothing more.
+        def settled():
+            n = len(results(gw, "counts"))
+            time.sleep(1)
+            return len(results(gw, "counts")) == n
+        wait_for("the rows in flight", settled)
         before = [r["counter"] for r in results(gw, "counts")]
-        time.sleep(3)
+        time.sleep(2)
         assert len(results(gw, "counts")) == len(before)
         sim.start()
         # The new server counts from 1 again: rows with small counters after the big ones.

@@ -143,8 +143,9 @@ async def main():
                 await f.write_value(float(counter))
             nxt += period
             delay = nxt - asyncio.get_running_loop().time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # Behind schedule the loop still yields, so the server keeps answering
+            # requests (publishes) instead of only writing values.
+            await asyncio.sleep(max(delay, 0))
 
 
 if __name__ == "__main__":

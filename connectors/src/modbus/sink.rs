@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::sink_config::ModbusSinkConfig;
 use crate::modbus::{DevicePoller, ModbusError, Quality, Value};
 use crate::rate_limited::RateLimited;
-use crate::sink::{Message, Sink, SinkError, SinkEvent};
+use crate::sink::{Message, Sink, SinkError, SinkEvent, push_outcomes, write_target};
 
 /// Field of a result that names the device, when the sink has no `device`.
 const DEVICE_FIELD: &str = "device";
@@ -83,24 +83,10 @@ impl ModbusSink {
     fn writes(&self, msg: &Message) -> Result<Writes, String> {
         let row: serde_json::Map<String, Json> = serde_json::from_slice(&msg.payload)
             .map_err(|e| format!("result is not a JSON object: {e}"))?;
-        let device = match (&self.device, row.get(DEVICE_FIELD)) {
-            (Some(d), None) => d.as_str(),
-            (Some(d), Some(Json::String(named))) if named == d => d.as_str(),
-            (Some(d), Some(named)) => {
-                return Err(format!(
-                    "result is for device {named}; this sink writes to `{d}`"
-                ));
-            }
-            (None, Some(Json::String(d))) => d.as_str(),
-            (None, _) => {
-                return Err(format!(
-                    "result has no `{DEVICE_FIELD}` and the sink names no device"
-                ));
-            }
-        };
+        let device = write_target(self.device.as_deref(), &row, DEVICE_FIELD, "device")?;
         let poller = self
             .devices
-            .get(device)
+            .get(&device)
             .ok_or_else(|| format!("no [modbus] device `{device}`"))?
             .clone();
         let mut writes = Vec::with_capacity(row.len());
@@ -129,16 +115,6 @@ impl ModbusSink {
             return Err("result has no value to write".into());
         }
         Ok((poller, writes))
-    }
-
-    /// Reports what was written and what was refused, in that order.
-    fn push_outcomes(&mut self, done: Vec<u64>, refused: Vec<u64>) {
-        if !done.is_empty() {
-            self.events.push_back(SinkEvent::Confirmed(done));
-        }
-        if !refused.is_empty() {
-            self.events.push_back(SinkEvent::Refused(refused));
-        }
     }
 
     fn log_refused(&mut self, rule: &str, reason: &str) {
@@ -186,14 +162,14 @@ impl Sink for ModbusSink {
                 }
                 Err(Failure::Unreachable(reason)) => {
                     // Kept in the queue; tried again after a pause, until `max_age`.
-                    self.push_outcomes(done, refused);
+                    push_outcomes(&mut self.events, done, refused);
                     self.events.push_back(SinkEvent::Down(reason));
                     self.retry_at = Some(Instant::now() + RETRY_DELAY);
                     return Ok(());
                 }
             }
         }
-        self.push_outcomes(done, refused);
+        push_outcomes(&mut self.events, done, refused);
         Ok(())
     }
 

@@ -148,7 +148,12 @@ impl OpcuaServer {
         };
         let mut attempt = 0u32;
         while !*stop.borrow() {
-            match connector.session().await {
+            // Fetching the endpoints can take the client's own retries: stop waits for none.
+            let session = tokio::select! {
+                s = connector.session() => s,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match session {
                 Ok((session, event_loop)) => {
                     attempt = 0;
                     self.set_session(Some(session.clone()));

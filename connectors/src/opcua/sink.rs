@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::server::{OpcuaServer, WriteError};
 use super::values::to_variant;
 use crate::rate_limited::RateLimited;
-use crate::sink::{Message, Sink, SinkError, SinkEvent};
+use crate::sink::{Message, Sink, SinkError, SinkEvent, push_outcomes, write_target};
 
 /// Field of a result that names the server, when the sink has no `server`.
 const SERVER_FIELD: &str = "server";
@@ -118,21 +118,7 @@ impl OpcuaSink {
     fn writes(&self, msg: &Message) -> Result<Writes, String> {
         let row: serde_json::Map<String, Json> = serde_json::from_slice(&msg.payload)
             .map_err(|e| format!("result is not a JSON object: {e}"))?;
-        let server = match (&self.server, row.get(SERVER_FIELD)) {
-            (Some(s), None) => s.clone(),
-            (Some(s), Some(Json::String(named))) if named == s => s.clone(),
-            (Some(s), Some(named)) => {
-                return Err(format!(
-                    "result is for server {named}; this sink writes to `{s}`"
-                ));
-            }
-            (None, Some(Json::String(s))) => s.clone(),
-            (None, _) => {
-                return Err(format!(
-                    "result has no `{SERVER_FIELD}` and the sink names no server"
-                ));
-            }
-        };
+        let server = write_target(self.server.as_deref(), &row, SERVER_FIELD, "server")?;
         let srv = self
             .servers
             .get(&server)
@@ -169,15 +155,6 @@ impl OpcuaSink {
         };
         tracing::warn!(sink = %self.name, %rule, %reason, not_logged_before = held, "OPC UA write refused");
     }
-
-    fn push_outcomes(&mut self, done: Vec<u64>, refused: Vec<u64>) {
-        if !done.is_empty() {
-            self.events.push_back(SinkEvent::Confirmed(done));
-        }
-        if !refused.is_empty() {
-            self.events.push_back(SinkEvent::Refused(refused));
-        }
-    }
 }
 
 impl Sink for OpcuaSink {
@@ -209,14 +186,14 @@ impl Sink for OpcuaSink {
                     refused.push(msg.seq);
                 }
                 Err(e @ (WriteError::NotConnected(_) | WriteError::Request(_))) => {
-                    self.push_outcomes(done, refused);
+                    push_outcomes(&mut self.events, done, refused);
                     self.events.push_back(SinkEvent::Down(e.to_string()));
                     self.retry_at = Some(Instant::now() + RETRY_DELAY);
                     return Ok(());
                 }
             }
         }
-        self.push_outcomes(done, refused);
+        push_outcomes(&mut self.events, done, refused);
         Ok(())
     }
 
