@@ -45,6 +45,15 @@ pub enum ConnectError {
     Identity(String),
 }
 
+/// Most elements of an array the client decodes (notifications of one publish, values of
+/// one read, an array value).
+const MAX_ARRAY_LENGTH: usize = 100_000;
+/// Most chunks of one message (of 64 KiB each): 4 MiB.
+const MAX_CHUNKS: usize = 64;
+
+/// Most notifications a subscription's publish carries; more come in further publishes.
+pub const MAX_NOTIFICATIONS_PER_PUBLISH: u32 = 10_000;
+
 /// The client of one server: built once, connected as often as needed.
 pub struct Connector {
     client: Client,
@@ -99,6 +108,11 @@ impl Connector {
             .keep_alive_interval(cfg.keepalive)
             .max_failed_keep_alive_count(2)
             .request_timeout(cfg.request_timeout)
+            // A publish of a large group carries thousands of notifications: the client's
+            // default of 1000 array elements refused them and dropped the connection.
+            .max_array_length(MAX_ARRAY_LENGTH)
+            .max_chunk_count(MAX_CHUNKS)
+            .max_message_size(MAX_CHUNKS * 65_535)
             .session_timeout(u32::try_from(cfg.session_timeout.as_millis()).unwrap_or(u32::MAX))
             .session_name(format!("fieldgate {gateway_id}"))
             .recreate_subscriptions(true)

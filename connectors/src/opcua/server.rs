@@ -336,7 +336,7 @@ impl OpcuaServer {
                 g.publishing_interval,
                 keepalive_count * 3,
                 keepalive_count,
-                0,
+                super::connect::MAX_NOTIFICATIONS_PER_PUBLISH,
                 0,
                 true,
                 handler,
