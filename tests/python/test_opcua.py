@@ -342,15 +342,15 @@ def test_values_resume_after_the_server_restarts_mid_subscription(tmp_path):
 
 
 def test_a_publish_of_thousands_of_changes_is_taken_whole(tmp_path):
-    # 1200 nodes changing twice a second, published every 700 ms: each publish carries
-    # more than 1000 notifications (the client library's default decoding limit, which
-    # dropped the connection at every publish).
-    sim = OpcuaSim(tmp_path, rate=2, fast=1200)
+    # 1200 nodes changing once a second, published every 1.5 s: each publish carries at
+    # least 1200 notifications, more than the client library's default decoding limit
+    # of 1000, which dropped the connection at every publish.
+    sim = OpcuaSim(tmp_path, rate=1, fast=1200)
     nodes = ",\n".join(
         f'  {{ name = "f{i}", node_id = "ns=2;s=Fast{i}", type = "double" }}' for i in range(1200)
     )
     group = (
-        '[[opcua.servers.groups]]\nname = "many"\npublishing_interval = "700ms"\n'
+        '[[opcua.servers.groups]]\nname = "many"\npublishing_interval = "1500ms"\n'
         f'sampling_interval = "0s"\nqueue_size = 10\nnodes = [\n{nodes}\n]\n'
     )
     rules = (
@@ -362,13 +362,13 @@ def test_a_publish_of_thousands_of_changes_is_taken_whole(tmp_path):
         key = 'fieldgate_opcua_values_total{server="sim"}'
         wait_for("the first values", lambda: gw.metrics().get(key, 0) >= 1200)
         v0, t0 = gw.metrics()[key], time.monotonic()
-        time.sleep(5)
+        time.sleep(6)
         m, t1 = gw.metrics(), time.monotonic()
         rate = (m[key] - v0) / (t1 - t0)
         assert m['fieldgate_opcua_connection_lost_total{server="sim"}'] == 0, gw.log.read_text()[-3000:]
         assert "exceeds decoding limit" not in gw.log.read_text()
-        # The server writes 1200 x 2 values a second (when it keeps up).
-        assert rate >= 1200, f"{rate:.0f} changes/s"
+        # The server writes 1200 values a second (when it keeps up).
+        assert rate >= 600, f"{rate:.0f} changes/s"
         assert results(gw, "many_rows"), "no rows"
     finally:
         gw.stop()

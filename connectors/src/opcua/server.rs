@@ -202,16 +202,14 @@ impl OpcuaServer {
         stop: &mut watch::Receiver<bool>,
     ) {
         let mut events = Box::pin(event_loop.enter());
-        let mut set_up = false;
-        let mut pollers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        // The task that creates the subscriptions and runs the read loops, once.
+        let mut groups: Option<tokio::task::JoinHandle<()>> = None;
         let mut log = RateLimited::new(LOG_EVERY);
-        let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1);
         // Ends the read loops of this session when it ends.
         let (done_tx, done_rx) = watch::channel(false);
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = ready_rx.recv() => {}
                 ev = events.next() => match ev {
                     None => break,
                     Some(Err(status)) => {
@@ -222,7 +220,7 @@ impl OpcuaServer {
                         self.counters.connects.fetch_add(1, Ordering::Relaxed);
                         self.counters.connected.store(true, Ordering::Relaxed);
                         tracing::info!(server = %self.cfg.name, ?mode, "OPC UA session up");
-                        if set_up {
+                        if groups.is_some() {
                             // The client transfers or re-creates the subscriptions while it
                             // reconnects, before it starts the publishing loop of the new
                             // connection, which then waits for a trigger that already came:
@@ -236,15 +234,12 @@ impl OpcuaServer {
                                 }
                             });
                         } else {
-                            set_up = true;
                             let me = self.clone();
                             let s = session.clone();
                             let r = rows.clone();
-                            let ready = ready_tx.clone();
                             let done = done_rx.clone();
-                            pollers.push(tokio::spawn(async move {
+                            groups = Some(tokio::spawn(async move {
                                 let tasks = me.set_up_groups(&s, &r, &done).await;
-                                drop(ready);
                                 for t in tasks {
                                     let _ = t.await;
                                 }
@@ -275,7 +270,7 @@ impl OpcuaServer {
             }
         }
         let _ = done_tx.send(true);
-        for p in pollers {
+        if let Some(p) = groups {
             p.abort();
         }
     }
