@@ -17,6 +17,13 @@
 
 #![warn(missing_docs)]
 
+/// The clock, in epoch milliseconds: the `timestamp` of Modbus and OPC UA rows.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 pub mod codec;
 pub mod file;
 pub mod groups;

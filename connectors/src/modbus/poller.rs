@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
@@ -536,10 +536,7 @@ impl DevicePoller {
                 tracing::warn!(device = %self.name, failed_cycles = n, "Modbus device degraded");
             }
         }
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let ts = crate::now_millis();
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(3 + 2 * g.tags.len());
         cols.extend(g.constant.iter().cloned());
         cols.push(Arc::new(Int64Array::from_value(ts, 1)));

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
@@ -447,7 +447,7 @@ impl OpcuaServer {
         if group.is_empty() {
             return;
         }
-        match group.finish(now_millis()) {
+        match group.finish(crate::now_millis()) {
             Ok((batch, mismatches)) => {
                 report_mismatches(&self.cfg.name, &mismatches, &self.counters, log);
                 self.counters
@@ -529,14 +529,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The client handle of a group's node `i`.
 fn handle(i: usize) -> u32 {
     u32::try_from(i + 1).unwrap_or(u32::MAX)
-}
-
-/// The clock, in epoch milliseconds.
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Turns a subscription's notifications into the group's rows: one batch per publish.

@@ -72,35 +72,33 @@ async fn route(
     routes_rx: &mut watch::Receiver<Vec<Route>>,
     counters: &OpcuaIngestCounters,
 ) {
-    {
-        let n = row.batch.num_rows() as u64;
-        counters.rows.fetch_add(n, Ordering::Relaxed);
-        if routes_rx.has_changed().unwrap_or(false) {
-            *routes = routes_rx.borrow_and_update().clone();
+    let n = row.batch.num_rows() as u64;
+    counters.rows.fetch_add(n, Ordering::Relaxed);
+    if routes_rx.has_changed().unwrap_or(false) {
+        *routes = routes_rx.borrow_and_update().clone();
+    }
+    let mut routed = false;
+    for r in routes.iter() {
+        let Source::Opcua { server, group } = &r.source else {
+            continue;
+        };
+        if **server != *row.server || **group != *row.group {
+            continue;
         }
-        let mut routed = false;
-        for r in routes.iter() {
-            let Source::Opcua { server, group } = &r.source else {
-                continue;
-            };
-            if **server != *row.server || **group != *row.group {
-                continue;
-            }
-            routed = true;
-            match conform(&row.batch, &r.schema) {
-                Ok(batch) => {
-                    if r.tx.send(Input::Rows(batch)).await.is_err() {
-                        tracing::error!(stream = %r.stream, "stream task is gone; OPC UA rows dropped");
-                    }
-                }
-                Err(e) => {
-                    counters.cast_errors.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(stream = %r.stream, error = %e, "OPC UA rows do not fit the stream");
+        routed = true;
+        match conform(&row.batch, &r.schema) {
+            Ok(batch) => {
+                if r.tx.send(Input::Rows(batch)).await.is_err() {
+                    tracing::error!(stream = %r.stream, "stream task is gone; OPC UA rows dropped");
                 }
             }
+            Err(e) => {
+                counters.cast_errors.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(stream = %r.stream, error = %e, "OPC UA rows do not fit the stream");
+            }
         }
-        if !routed {
-            counters.unrouted.fetch_add(n, Ordering::Relaxed);
-        }
+    }
+    if !routed {
+        counters.unrouted.fetch_add(n, Ordering::Relaxed);
     }
 }
