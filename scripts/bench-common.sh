@@ -1,6 +1,6 @@
 # Helpers shared by the end-to-end benchmark scripts (sourced, not run): the processes a
 # script starts and their cleanup, free loopback ports, bounded waits, and readings of a
-# process's CPU time and memory; the binaries measured. The sourcing script sets
+# process's CPU time and memory; the binaries measured; the 150-byte readings. The sourcing script sets
 # BENCH_NAME for its messages, and TARGET, BIN and OUT for `bench_binaries`.
 
 # Every process started goes into PIDS; the trap stops them all when the script ends,
@@ -141,4 +141,18 @@ wait_sub() { # pid seconds
   done
   echo "  bench_sub did not finish within $2 s" >&2
   stop "$1" 2
+}
+
+# Readings of exactly 150 bytes, one per line, `seq` 0..N-1 (JSON numbers have no leading
+# zeros: the length is made up with white space before the closing brace).
+readings150() { # n
+  python3 - "$1" <<'PY'
+import sys
+for i in range(int(sys.argv[1])):
+    line = ('{"device":"press-%04d","ts":%d,"temp":%06.3f,"pressure":%.2f,"humidity":%05.2f,'
+            '"status":"running","line":"L%d","shift":%d,"seq":%d'
+            % (i % 1000, 1767225600000 + i, 10 + (i % 8000) / 100, 1000 + (i % 9000) / 100,
+               10 + (i % 8900) / 100, i % 8, i % 3, i))
+    print(line.ljust(149) + "}")
+PY
 }

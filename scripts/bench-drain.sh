@@ -131,17 +131,7 @@ rates() {
                  NR / (last - start), (NR ? bytes / NR : 0) }' "$1"
 }
 
-# Readings of exactly 150 bytes, one per line, `seq` 0..N-1 (JSON numbers have no leading
-# zeros: the length is made up with white space before the closing brace).
-python3 - "$N" >"$WORK/readings.txt" <<'EOF'
-import sys
-for i in range(int(sys.argv[1])):
-    line = ('{"device":"press-%04d","ts":%d,"temp":%06.3f,"pressure":%.2f,"humidity":%05.2f,'
-            '"status":"running","line":"L%d","shift":%d,"seq":%d'
-            % (i % 1000, 1767225600000 + i, 10 + (i % 8000) / 100, 1000 + (i % 9000) / 100,
-               10 + (i % 8900) / 100, i % 8, i % 3, i))
-    print(line.ljust(149) + "}")
-EOF
+readings150 "$N" >"$WORK/readings.txt"
 
 echo "fieldgate drain benchmark: N=$N, $RUNS run(s), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 

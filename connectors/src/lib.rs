@@ -5,6 +5,8 @@
 //!   messages the embedded broker accepted to the streams.
 //! - [`modbus`]: Modbus TCP/RTU devices polled into one Arrow row per poll group, the
 //!   poll groups' columns as streams see them, and rule results written back to tags.
+//! - [`nats`]: results published into a NATS JetStream stream, stored once by their
+//!   message ids.
 //! - [`http`]: results POSTed in batches, with retries and a dead-letter file.
 //! - [`file`]: results appended to JSONL files.
 //! - [`republish`]: results published to the embedded broker for applications on the box.
@@ -12,7 +14,7 @@
 //! Shared by them: [`codec`] (device JSON into Arrow, rule results out as JSON, message
 //! ids), [`sink`] (the one [`sink::Sink`] trait the uplink drives: only what a
 //! destination confirmed is deleted from the queue in front of it), [`retry`]
-//! (reconnect backoff), [`topic_template`] (per-result topics), [`rate_limited`] (warnings at a bounded
+//! (reconnect backoff), [`topic_template`] (per-result topics and subjects), [`tls`] (client TLS), [`rate_limited`] (warnings at a bounded
 //! rate) and [`secret`].
 
 #![warn(missing_docs)]
@@ -30,10 +32,12 @@ pub mod groups;
 pub mod http;
 pub mod modbus;
 pub mod mqtt;
+pub mod nats;
 pub mod opcua;
 pub mod rate_limited;
 pub mod republish;
 pub mod retry;
 pub mod secret;
 pub mod sink;
+pub mod tls;
 pub mod topic_template;

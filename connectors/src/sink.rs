@@ -19,6 +19,11 @@ pub struct Message {
     pub rule: Arc<str>,
     /// The encoded result (a JSON object).
     pub payload: Bytes,
+    /// Whether this is the last entry of the queue commit that wrote it. Commits are
+    /// read whole, so a sink that puts several results into one message and cuts only
+    /// at commit ends (and at limits counted from there) builds the same messages, under
+    /// the same ids, on every resend.
+    pub commit_end: bool,
 }
 
 /// What a sink reports to its uplink worker.
@@ -58,6 +63,9 @@ pub enum SinkError {
     /// The sink cannot be built from its configuration; the message says why.
     #[error("{0}")]
     Config(String),
+    /// The NATS client did not take a publish; the message says why.
+    #[error("NATS: {0}")]
+    Nats(String),
     /// The embedded broker did not take the results; the message says why.
     #[error("embedded broker: {0}")]
     Broker(String),

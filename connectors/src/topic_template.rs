@@ -1,29 +1,56 @@
-//! Topic templates of the sinks that publish: `{gateway}`, `{rule}` and `{device}`.
+//! Topic templates of the sinks that publish: `{gateway}`, `{rule}` and `{device}`, for
+//! MQTT topics and NATS subjects.
 
 /// A template with `{gateway}` already filled in.
 #[derive(Debug, Clone)]
-pub struct TopicTemplate(String);
+pub struct TopicTemplate {
+    text: String,
+    /// Characters a `{device}` value may not bring into the topic.
+    reserved: fn(char) -> bool,
+}
 
 impl TopicTemplate {
-    /// `template` with `{gateway}` replaced by `gateway`.
+    /// An MQTT topic: `template` with `{gateway}` replaced by `gateway`.
     pub fn new(template: &str, gateway: &str) -> Self {
-        TopicTemplate(template.replace("{gateway}", gateway))
+        Self {
+            text: template.replace("{gateway}", gateway),
+            reserved: |c| matches!(c, '/' | '+' | '#'),
+        }
+    }
+
+    /// A NATS subject: `template` with `{gateway}` replaced by `gateway`; a device's
+    /// `.`, `*`, `>` and white space become `_`.
+    pub fn nats(template: &str, gateway: &str) -> Self {
+        Self {
+            text: template.replace("{gateway}", gateway),
+            reserved: |c| matches!(c, '.' | '*' | '>') || c.is_whitespace(),
+        }
+    }
+
+    /// The template with `{gateway}` filled in and `{rule}`, `{device}` still open.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// The topic of one result: `{rule}` is the rule's name, `{device}` the result's
     /// `device` field (see [`device_level`]).
     pub fn render(&self, rule: &str, payload: &[u8]) -> String {
-        let topic = self.0.replace("{rule}", rule);
+        let topic = self.text.replace("{rule}", rule);
         if !topic.contains("{device}") {
             return topic;
         }
-        topic.replace("{device}", &device_level(payload))
+        topic.replace("{device}", &device_token(payload, self.reserved))
     }
 }
 
 /// The result's `device` field as a topic level: text or a number, with characters
 /// MQTT reserves in topic levels (`/`, `+`, `#`) replaced by `_`; `unknown` without one.
 pub fn device_level(payload: &[u8]) -> String {
+    device_token(payload, |c| matches!(c, '/' | '+' | '#'))
+}
+
+/// The result's `device` field, with the `reserved` characters replaced by `_`.
+fn device_token(payload: &[u8], reserved: fn(char) -> bool) -> String {
     #[derive(serde::Deserialize)]
     struct Device {
         device: Option<serde_json::Value>,
@@ -37,7 +64,7 @@ pub fn device_level(payload: &[u8]) -> String {
         _ => return "unknown".into(),
     };
     text.chars()
-        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .map(|c| if reserved(c) { '_' } else { c })
         .collect()
 }
 
@@ -70,5 +97,10 @@ mod tests {
         let t = TopicTemplate::new("site/{gateway}/{rule}/{device}", "gw1");
         assert_eq!(t.render("hot", br#"{"device":"m1"}"#), "site/gw1/hot/m1");
         assert!(validate("a/+/b").is_err() && validate("").is_err() && validate("a/b").is_ok());
+        let n = TopicTemplate::nats("site.{gateway}.{rule}.{device}", "gw1");
+        assert_eq!(
+            n.render("hot", br#"{"device":"line 1.m*>"}"#),
+            "site.gw1.hot.line_1_m__"
+        );
     }
 }

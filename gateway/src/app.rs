@@ -15,6 +15,7 @@ use fieldgate_connectors::http::HttpSink;
 use fieldgate_connectors::modbus::ModbusSink;
 use fieldgate_connectors::modbus::{DevicePoller, pollers};
 use fieldgate_connectors::mqtt::MqttSink;
+use fieldgate_connectors::nats::NatsSink;
 use fieldgate_connectors::opcua::{OpcuaServer, OpcuaSink};
 use fieldgate_connectors::republish::{Publish, RepublishSink};
 use fieldgate_connectors::sink::Sink;
@@ -77,6 +78,11 @@ fn start_sink(
             let sink = HttpSink::new(&name, h, ids)?;
             let counters = sink.counters();
             (up.spawn(sink), "http", SinkExtra::Http(counters))
+        }
+        SinkConfig::Nats(n) => {
+            let sink = NatsSink::start(&name, &cfg.gateway_id, n, ids)?;
+            let counters = sink.counters().clone();
+            (up.spawn(sink), "nats", SinkExtra::Nats(counters))
         }
         SinkConfig::File(f) => (up.spawn(FileSink::new(f, ids)), "file", SinkExtra::None),
         SinkConfig::Modbus(m) => {

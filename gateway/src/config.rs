@@ -13,6 +13,7 @@ use fieldgate_connectors::http::HttpSinkConfig;
 use fieldgate_connectors::modbus::ModbusSinkConfig;
 use fieldgate_connectors::modbus::{DeviceConfig, ModbusConfig, Transport};
 use fieldgate_connectors::mqtt::MqttSinkConfig;
+use fieldgate_connectors::nats::NatsSinkConfig;
 use fieldgate_connectors::opcua::config::Identity;
 use fieldgate_connectors::opcua::{OpcuaConfig, OpcuaSinkConfig};
 use fieldgate_connectors::republish::RepublishSinkConfig;
@@ -433,6 +434,9 @@ pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
     /// POSTs batches of results to an HTTP endpoint (`type = "http"`).
     Http(Box<HttpSinkConfig>),
+    /// Publishes to a NATS JetStream stream, exactly once in the stream
+    /// (`type = "nats"`).
+    Nats(Box<NatsSinkConfig>),
     /// Appends results to a file as JSON lines (`type = "file"`).
     File(FileSinkConfig),
     /// Writes results to the tags of Modbus devices (`type = "modbus"`).
@@ -493,6 +497,7 @@ impl Config {
                     }
                 }
                 SinkConfig::Http(h) => h.rebase(base),
+                SinkConfig::Nats(n) => n.rebase(base),
                 SinkConfig::Modbus(_) | SinkConfig::Opcua(_) | SinkConfig::Republish(_) => {}
             }
         }
@@ -687,6 +692,7 @@ impl Config {
             let r = match sink {
                 SinkConfig::Mqtt(m) => m.validate(),
                 SinkConfig::Http(h) => h.validate(),
+                SinkConfig::Nats(n) => n.validate(),
                 SinkConfig::File(f) => f.validate(),
                 SinkConfig::Republish(r) => r.validate(),
                 SinkConfig::Modbus(m) => m.validate().and_then(|()| match &m.device {
@@ -810,7 +816,7 @@ mod tests {
             .skip(1)
             .filter_map(|b| b.split("```").next())
             .collect();
-        assert_eq!(blocks.len(), 4, "{blocks:?}");
+        assert_eq!(blocks.len(), 5, "{blocks:?}");
         let text = format!("rules_dir = 'r'\n{}", blocks.join("\n"));
         let c = Config::parse(&text, "docs/connectors.md", Path::new("")).unwrap();
         assert_eq!(c.modbus.devices.len(), 2);
@@ -818,6 +824,9 @@ mod tests {
         assert!(matches!(&c.sinks["cloud"], SinkConfig::Mqtt(m) if m.tls.is_some()));
         assert_eq!(c.opcua.servers[0].groups.len(), 2);
         assert!(matches!(c.sinks["line1_ctl"], SinkConfig::Opcua(_)));
+        assert!(
+            matches!(&c.sinks["fleet"], SinkConfig::Nats(n) if n.servers.len() == 3 && n.tls.is_some())
+        );
     }
 
     #[test]

@@ -99,6 +99,7 @@ CONTRACT_METRICS = {
     "fieldgate_sink_retries_total": ("counter", {"sink"}),
     "fieldgate_sink_up": ("gauge", {"sink"}),
     "fieldgate_sink_dropped_total": ("counter", {"sink", "reason"}),
+    "fieldgate_sink_duplicates_total": ("counter", {"sink"}),
     "fieldgate_modbus_polls_total": ("counter", {"device"}),
     "fieldgate_modbus_requests_total": ("counter", {"device"}),
     "fieldgate_modbus_errors_total": ("counter", {"device", "kind"}),
@@ -140,7 +141,7 @@ CONTRACT_LABEL_VALUES = {
         "malformed", "wrong_type",
     },
     ("fieldgate_queue_dropped_total", "reason"): {"oldest", "rejected", "expired"},
-    ("fieldgate_sink_dropped_total", "reason"): {"dead_letter", "refused", "device_exception"},
+    ("fieldgate_sink_dropped_total", "reason"): {"dead_letter", "refused", "device_exception", "too_large"},
     ("fieldgate_modbus_errors_total", "kind"): {"timeout", "exception", "bad_frame", "io"},
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -904,6 +905,7 @@ def every_kind_config(tmp: pathlib.Path, mqtt: int, admin: int) -> pathlib.Path:
         f'[[opcua.servers.groups]]\nname = "g"\n'
         f'nodes = [{{ name = "sp", node_id = "ns=2;s=SP", type = "double", writable = true }}]\n'
         f'[sinks.line_ctl]\ntype = "opcua"\nserver = "line"\n'
+        f'[sinks.fleet]\ntype = "nats"\nservers = ["nats://127.0.0.1:{dead}"]\nstream = "FLEET"\n'
     )
     return config
 

@@ -1,5 +1,5 @@
 //! Harness for fieldgate's end-to-end tests: the built `fieldgate` binary, a real
-//! mosquitto as the cloud broker, and MQTT clients, all on loopback ports picked free
+//! mosquitto as the cloud broker, a NATS JetStream cluster, and MQTT clients, all on loopback ports picked free
 //! at run time. Every wait is bounded and fails the test with a message when it runs out.
 
 use std::collections::HashMap;
@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 pub mod modbus_sim;
+pub mod nats;
+pub mod pki;
 pub use modbus_sim::ModbusSim;
 
 /// Appends MQTT's variable-length "remaining length" of `n` bytes.
@@ -603,17 +605,27 @@ fn device(port: u16, client_id: &str) -> (AsyncClient, rumqttc::EventLoop) {
 
 /// Publishes with QoS 1 over TCP and returns once every publish was acknowledged.
 pub async fn publish_all(port: u16, client_id: &str, msgs: &[(String, Vec<u8>)]) {
+    publish_all_within(port, client_id, msgs, Duration::from_secs(120)).await;
+}
+
+/// [`publish_all`], failing when the acknowledgements take longer than `limit`.
+pub async fn publish_all_within(
+    port: u16,
+    client_id: &str,
+    msgs: &[(String, Vec<u8>)],
+    limit: Duration,
+) {
     let (client, mut eventloop) = device(port, client_id);
     let total = msgs.len();
     let pump = tokio::spawn(async move {
         let mut acked = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let deadline = tokio::time::Instant::now() + limit;
         while acked < total {
             match tokio::time::timeout_at(deadline, eventloop.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => panic!("publisher connection failed after {acked} acks: {e}"),
-                Err(_) => panic!("only {acked} of {total} publishes acknowledged within 120 s"),
+                Err(_) => panic!("only {acked} of {total} publishes acknowledged within {limit:?}"),
             }
         }
     });

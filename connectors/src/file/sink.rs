@@ -145,6 +145,7 @@ mod tests {
             seq,
             rule: Arc::from(rule),
             payload: Bytes::from(body.to_string()),
+            commit_end: true,
         }
     }
 

@@ -231,6 +231,7 @@ mod tests {
             seq,
             rule: Arc::from("r"),
             payload: Bytes::from(body.to_string()),
+            commit_end: true,
         }
     }
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::MqttTlsConfig;
 use crate::secret::Secret;
+use crate::tls::ClientTlsConfig;
 
 /// `[sinks.NAME]` with `type = "mqtt"`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -43,7 +43,7 @@ pub struct MqttSinkConfig {
     pub reconnect_max: Duration,
     /// TLS to the broker; without it, plain TCP.
     #[serde(default)]
-    pub tls: Option<MqttTlsConfig>,
+    pub tls: Option<ClientTlsConfig>,
     /// `message` (default): one publish per result. `json_array`: consecutive results for
     /// the same topic go out as one JSON array per publish, up to `batch_max` of them.
     #[serde(default)]

@@ -4,10 +4,8 @@
 
 mod config;
 mod sink;
-mod tls;
 mod topic_filter;
 
 pub use config::{MqttFormat, MqttSinkConfig};
 pub use sink::MqttSink;
-pub use tls::{MqttTlsConfig, TlsError};
 pub use topic_filter::topic_matches;

@@ -14,10 +14,11 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
-use super::{MqttFormat, MqttSinkConfig, TlsError};
+use super::{MqttFormat, MqttSinkConfig};
 use crate::codec::{MessageIds, json_array};
 use crate::retry::backoff;
 use crate::sink::{Message, Sink, SinkError, SinkEvent};
+use crate::tls::TlsError;
 use crate::topic_template::TopicTemplate;
 
 /// What the connection task reports.

@@ -240,6 +240,7 @@ mod tests {
             seq,
             rule: Arc::from("r"),
             payload: Bytes::from(body.to_string()),
+            commit_end: true,
         }
     }
 

@@ -100,6 +100,7 @@ mod tests {
             seq,
             rule: Arc::from("hot"),
             payload: Bytes::from(body.to_string()),
+            commit_end: true,
         };
         sink.send(&[msg(7, r#"{"device":"m1","t":1}"#), msg(8, r#"{"t":2}"#)])
             .await
@@ -126,6 +127,7 @@ mod tests {
             seq: 1,
             rule: Arc::from("r"),
             payload: Bytes::from_static(b"{}"),
+            commit_end: true,
         };
         let e = sink.send(&[m]).await.unwrap_err();
         assert!(e.to_string().contains("journal closed"), "{e}");

@@ -159,6 +159,9 @@ pub async fn sinks(State(ops): State<Arc<Ops>>) -> Response {
                     dropped["refused"] = load(&o.refused).into();
                     dropped["device_exception"] = load(&o.failed).into();
                 }
+                SinkExtra::Nats(n) => {
+                    dropped["too_large"] = load(&n.too_large).into();
+                }
             }
             json!({
                 "name": s.name,
@@ -166,6 +169,10 @@ pub async fn sinks(State(ops): State<Arc<Ops>>) -> Response {
                 "up": s.uplink.up.load(Ordering::Relaxed),
                 "delivered": load(&s.uplink.delivered),
                 "retries": load(&s.uplink.retries),
+                "duplicates": match &s.extra {
+                    SinkExtra::Nats(n) => load(&n.duplicates),
+                    _ => 0,
+                },
                 "queue": {
                     "entries": load(&st.entries),
                     "bytes": load(&st.bytes),

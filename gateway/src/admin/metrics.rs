@@ -549,10 +549,11 @@ fn sinks(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> 
         e,
         "fieldgate_sink_dropped_total",
         "Results a sink gave up on, by reason: refused by an HTTP receiver (dead_letter), \
-         not writable to a Modbus device (refused), or answered with a Modbus exception \
-         (device_exception). Every sink has every reason, at 0 where its kind never drops.",
+         not writable to a Modbus or OPC UA device (refused), answered with a device \
+         exception (device_exception), or larger than the NATS servers take (too_large). \
+         Every sink has every reason, at 0 where its kind never drops.",
         r.sinks.iter().flat_map(|s| {
-            let (mut dead_letter, mut refused, mut exception) = (0, 0, 0);
+            let (mut dead_letter, mut refused, mut exception, mut too_large) = (0, 0, 0, 0);
             match &s.extra {
                 SinkExtra::None => {}
                 SinkExtra::Http(h) => dead_letter = load(&h.dead_lettered),
@@ -564,13 +565,29 @@ fn sinks(e: &mut DescriptorEncoder, r: &Running) -> Result<(), std::fmt::Error> 
                     refused = load(&o.refused);
                     exception = load(&o.failed);
                 }
+                SinkExtra::Nats(n) => too_large = load(&n.too_large),
             }
             [
                 ("dead_letter", dead_letter),
                 ("refused", refused),
                 ("device_exception", exception),
+                ("too_large", too_large),
             ]
             .map(|(reason, v)| (vec![("sink", s.name.as_str()), ("reason", reason)], v))
+        }),
+    )?;
+    counter(
+        e,
+        "fieldgate_sink_duplicates_total",
+        "Results the destination already held when they were sent again (NATS JetStream's \
+         duplicate detection): resends after an outage or a restart, stored once. 0 for \
+         kinds that do not report duplicates.",
+        r.sinks.iter().map(|s| {
+            let v = match &s.extra {
+                SinkExtra::Nats(n) => load(&n.duplicates),
+                _ => 0,
+            };
+            (vec![("sink", s.name.as_str())], v)
         }),
     )?;
     Ok(())

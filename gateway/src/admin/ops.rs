@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use fieldgate_connectors::http::HttpCounters;
 use fieldgate_connectors::modbus::DevicePoller;
 use fieldgate_connectors::modbus::ModbusSinkCounters;
+use fieldgate_connectors::nats::NatsCounters;
 use fieldgate_connectors::opcua::{OpcuaServer, OpcuaSinkCounters};
 use tokio::sync::{mpsc, oneshot};
 
@@ -115,4 +116,6 @@ pub enum SinkExtra {
     Modbus(Arc<ModbusSinkCounters>),
     /// An OPC UA sink's results written, refused and failed.
     Opcua(Arc<OpcuaSinkCounters>),
+    /// A NATS sink's duplicates the server reported and results too large to publish.
+    Nats(Arc<NatsCounters>),
 }

@@ -1,6 +1,8 @@
 //! The queue's on-disk store: one redb file per sink. Table `entries` maps a big-endian
-//! u64 sequence number to an entry: format byte (1), enqueue time (u64 epoch ms,
-//! big-endian), rule-name length (u16, big-endian), the rule name, the payload. Table
+//! u64 sequence number to an entry: format byte (1, or 2 for the last entry a commit
+//! wrote), enqueue time (u64 epoch ms, big-endian), rule-name length (u16, big-endian),
+//! the rule name, the payload. The commit ends let a sink that batches cut its batches
+//! the same way on every resend ([`Message::commit_end`]). Table
 //! `meta` keeps the bytes held and the highest sequence number ever used, updated in the
 //! same transaction as the entries, so they never disagree with them, not even after a
 //! crash; a drained queue therefore never hands out a sequence number (and a message id)
@@ -30,7 +32,10 @@ const EPOCH: &str = "epoch";
 /// Key in `meta`: the highest sequence number ever used, so that sequence numbers keep
 /// rising after the queue drained (and its table is empty).
 const LAST_SEQ: &str = "last_seq";
+/// Format byte of an entry that the same commit wrote more entries after.
 const FORMAT: u8 = 1;
+/// Format byte of the last entry of a commit (same layout).
+const FORMAT_COMMIT_END: u8 = 2;
 /// Fixed part of an encoded entry: format, enqueue time, name length.
 const HEADER: usize = 1 + 8 + 2;
 /// What an entry costs besides its value: its key.
@@ -291,10 +296,14 @@ impl Store {
                 let mut meta = tx.open_table(META)?;
                 let mut bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
                 let mut buf = Vec::new();
-                for (rule, payload) in entries {
+                let mut entries = entries.into_iter().peekable();
+                while let Some((rule, payload)) = entries.next() {
                     seq += 1;
                     buf.clear();
                     encode(rule, now_ms, payload, &mut buf);
+                    if entries.peek().is_none() {
+                        buf[0] = FORMAT_COMMIT_END;
+                    }
                     t.insert(seq, buf.as_slice())?;
                     added.entries += 1;
                     added.bytes += buf.len() as u64 + KEY_BYTES;
@@ -420,8 +429,14 @@ impl Store {
             for item in t.range(from..)?.take(max) {
                 let (k, v) = item?;
                 let seq = k.value();
-                let (rule, payload) = decode(v.value()).ok_or(StoreError::Corrupt(seq))?;
-                out.push(Message { seq, rule, payload });
+                let (rule, payload, commit_end) =
+                    decode(v.value()).ok_or(StoreError::Corrupt(seq))?;
+                out.push(Message {
+                    seq,
+                    rule,
+                    payload,
+                    commit_end,
+                });
             }
             Ok(out)
         })
@@ -438,21 +453,25 @@ fn encode(rule: &str, now_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
 }
 
 fn enqueued_at(v: &[u8]) -> Option<u64> {
-    if *v.first()? != FORMAT {
+    if !matches!(*v.first()?, FORMAT | FORMAT_COMMIT_END) {
         return None;
     }
     Some(u64::from_be_bytes(v.get(1..9)?.try_into().ok()?))
 }
 
-fn decode(v: &[u8]) -> Option<(Arc<str>, Bytes)> {
-    if *v.first()? != FORMAT {
-        return None;
-    }
+/// An entry's rule, payload and whether it ended its commit.
+fn decode(v: &[u8]) -> Option<(Arc<str>, Bytes, bool)> {
+    let commit_end = match *v.first()? {
+        FORMAT => false,
+        FORMAT_COMMIT_END => true,
+        _ => return None,
+    };
     let len = usize::from(u16::from_be_bytes([*v.get(9)?, *v.get(10)?]));
     let name = std::str::from_utf8(v.get(HEADER..HEADER + len)?).ok()?;
     Some((
         Arc::from(name),
         Bytes::copy_from_slice(v.get(HEADER + len..)?),
+        commit_end,
     ))
 }
 
@@ -466,8 +485,8 @@ mod tests {
             let mut value = Vec::new();
             encode(rule, 1_700_000_000_000, payload, &mut value);
             assert_eq!(entry_bytes(rule, payload), value.len() as u64 + 8, "{rule}");
-            let (r, p) = decode(&value).expect("decodes");
-            assert_eq!((&*r, &p[..]), (rule, payload));
+            let (r, p, end) = decode(&value).expect("decodes");
+            assert_eq!((&*r, &p[..], end), (rule, payload, false));
         }
     }
 }

@@ -1,5 +1,6 @@
-//! TLS for the cloud MQTT connection: the broker's CA, and optionally a client
-//! certificate and key, as AWS IoT Core and Azure IoT Hub require.
+//! TLS for the sinks' client connections (cloud MQTT, NATS): the server's CA, and
+//! optionally a client certificate and key, as AWS IoT Core, Azure IoT Hub and NATS
+//! servers with `verify` require.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use serde::Deserialize;
 /// `[sinks.NAME.tls]`: PEM files.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct MqttTlsConfig {
-    /// The CA certificate(s) the broker's certificate must chain to.
+pub struct ClientTlsConfig {
+    /// The CA certificate(s) the server's certificate must chain to.
     pub ca_file: PathBuf,
-    /// Client certificate chain, for brokers that authenticate clients by certificate.
+    /// Client certificate chain, for servers that authenticate clients by certificate.
     #[serde(default)]
     pub cert_file: Option<PathBuf>,
     /// The client certificate's private key (PKCS#8, PKCS#1 or SEC1).
@@ -47,7 +48,7 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-impl MqttTlsConfig {
+impl ClientTlsConfig {
     /// Checks values serde cannot: a certificate and its key come together.
     pub fn validate(&self) -> Result<(), String> {
         match (&self.cert_file, &self.key_file) {
