@@ -75,6 +75,9 @@ async fn appended_entries_read_back_in_order_and_survive_reopen() {
         assert_eq!(seqs, [1, 2, 3]);
         assert_eq!(&*got[1].rule, "r2");
         assert_eq!(got[2].payload, Bytes::from("c"));
+        // Two commits: the last entry of each is marked.
+        let ends: Vec<bool> = got.iter().map(|m| m.commit_end).collect();
+        assert_eq!(ends, [false, true, true]);
         q.remove(vec![1]).await.unwrap();
         q.close().await;
     }
