@@ -1,12 +1,14 @@
 //! The queue's on-disk store: one redb file per sink. Table `entries` maps a big-endian
-//! u64 sequence number to an entry: format byte (1, or 2 for the last entry a commit
-//! wrote), enqueue time (u64 epoch ms, big-endian), rule-name length (u16, big-endian),
-//! the rule name, the payload. The commit ends let a sink that batches cut its batches
-//! the same way on every resend ([`Message::commit_end`]). Table
+//! u64 sequence number to an entry: format byte (1), enqueue time (u64 epoch ms,
+//! big-endian), rule-name length (u16, big-endian), the rule name, the payload. Table
 //! `meta` keeps the bytes held and the highest sequence number ever used, updated in the
 //! same transaction as the entries, so they never disagree with them, not even after a
 //! crash; a drained queue therefore never hands out a sequence number (and a message id)
-//! a second time.
+//! a second time. Table `commit_ends` holds the sequence number of the last entry of each
+//! commit still queued, so that a sink packing several results into one message cuts the
+//! same messages on every resend ([`Message::commit_end`]); entries from before the table
+//! (below `meta`'s `ends_from`) count as commits of one entry. A table of its own, not a
+//! flag in the entries, keeps the files readable by versions that do not know it.
 //!
 //! After an I/O error (a full disk, say) redb refuses every further operation until the
 //! database is opened again. The store notes such an error ([`Store::broken`]) and the
@@ -24,6 +26,9 @@ use redb::{
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const COMMIT_ENDS: TableDefinition<u64, ()> = TableDefinition::new("commit_ends");
+/// Key in `meta`: the first sequence number whose commit end `commit_ends` records.
+const ENDS_FROM: &str = "ends_from";
 /// Key in `meta`: bytes held by the entries (keys included).
 const BYTES: &str = "bytes";
 /// Key in `meta`: a random number drawn when the store was created, which makes
@@ -32,10 +37,7 @@ const EPOCH: &str = "epoch";
 /// Key in `meta`: the highest sequence number ever used, so that sequence numbers keep
 /// rising after the queue drained (and its table is empty).
 const LAST_SEQ: &str = "last_seq";
-/// Format byte of an entry that the same commit wrote more entries after.
 const FORMAT: u8 = 1;
-/// Format byte of the last entry of a commit (same layout).
-const FORMAT_COMMIT_END: u8 = 2;
 /// Fixed part of an encoded entry: format, enqueue time, name length.
 const HEADER: usize = 1 + 8 + 2;
 /// What an entry costs besides its value: its key.
@@ -160,11 +162,19 @@ impl Store {
         let db = Self::open_db(path, cache_bytes)?;
         // Make sure the tables exist so readers never see "table not found".
         let tx = db.begin_write()?;
-        tx.open_table(ENTRIES)?;
+        tx.open_table(COMMIT_ENDS)?;
         {
+            let last_entry = tx
+                .open_table(ENTRIES)?
+                .last()?
+                .map_or(0, |(k, _)| k.value());
             let mut meta = tx.open_table(META)?;
             if meta.get(EPOCH)?.is_none() {
                 meta.insert(EPOCH, rand::random::<u64>())?;
+            }
+            if meta.get(ENDS_FROM)?.is_none() {
+                let recorded = meta.get(LAST_SEQ)?.map_or(0, |v| v.value());
+                meta.insert(ENDS_FROM, last_entry.max(recorded) + 1)?;
             }
         }
         tx.commit()?;
@@ -195,6 +205,7 @@ impl Store {
             let tx = opened.begin_read()?;
             tx.open_table(ENTRIES)?;
             tx.open_table(META)?;
+            tx.open_table(COMMIT_ENDS)?;
         }
         *db = Some(opened);
         self.broken.store(false, Ordering::SeqCst);
@@ -296,14 +307,10 @@ impl Store {
                 let mut meta = tx.open_table(META)?;
                 let mut bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
                 let mut buf = Vec::new();
-                let mut entries = entries.into_iter().peekable();
-                while let Some((rule, payload)) = entries.next() {
+                for (rule, payload) in entries {
                     seq += 1;
                     buf.clear();
                     encode(rule, now_ms, payload, &mut buf);
-                    if entries.peek().is_none() {
-                        buf[0] = FORMAT_COMMIT_END;
-                    }
                     t.insert(seq, buf.as_slice())?;
                     added.entries += 1;
                     added.bytes += buf.len() as u64 + KEY_BYTES;
@@ -320,6 +327,11 @@ impl Store {
                 }
                 meta.insert(BYTES, bytes)?;
                 meta.insert(LAST_SEQ, seq)?;
+                let mut ends = tx.open_table(COMMIT_ENDS)?;
+                if seq > last {
+                    ends.insert(seq, ())?;
+                }
+                prune_ends(&t, &mut ends)?;
             }
             tx.commit()?;
             Ok((seq, added, dropped))
@@ -343,6 +355,7 @@ impl Store {
                 }
                 let bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
                 meta.insert(BYTES, bytes.saturating_sub(removed.bytes))?;
+                prune_ends(&t, &mut tx.open_table(COMMIT_ENDS)?)?;
             }
             tx.commit()?;
             Ok(removed)
@@ -374,6 +387,7 @@ impl Store {
                 }
                 let bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
                 meta.insert(BYTES, bytes.saturating_sub(expired.bytes))?;
+                prune_ends(&t, &mut tx.open_table(COMMIT_ENDS)?)?;
             }
             tx.commit()?;
             Ok(expired)
@@ -425,22 +439,47 @@ impl Store {
         self.with(|db| {
             let tx = db.begin_read()?;
             let t = tx.open_table(ENTRIES)?;
+            let ends = tx.open_table(COMMIT_ENDS)?;
+            let ends_from = tx
+                .open_table(META)?
+                .get(ENDS_FROM)?
+                .map_or(0, |v| v.value());
             let mut out = Vec::new();
-            for item in t.range(from..)?.take(max) {
+            let mut entries = t.range(from..)?;
+            for item in entries.by_ref().take(max) {
                 let (k, v) = item?;
                 let seq = k.value();
-                let (rule, payload, commit_end) =
-                    decode(v.value()).ok_or(StoreError::Corrupt(seq))?;
+                let (rule, payload) = decode(v.value()).ok_or(StoreError::Corrupt(seq))?;
                 out.push(Message {
                     seq,
                     rule,
                     payload,
-                    commit_end,
+                    commit_end: seq < ends_from || ends.get(seq)?.is_some(),
                 });
+            }
+            // Commits are whole in a snapshot: its last entry ends one, recorded or not
+            // (entries a version without `commit_ends` appended).
+            if entries.next().is_none()
+                && let Some(last) = out.last_mut()
+            {
+                last.commit_end = true;
             }
             Ok(out)
         })
     }
+}
+
+/// Forgets the commit ends below the first queued entry: their commits are gone.
+fn prune_ends(
+    entries: &redb::Table<u64, &[u8]>,
+    ends: &mut redb::Table<u64, ()>,
+) -> Result<(), StoreError> {
+    let first = entries.first()?.map(|(k, _)| k.value());
+    match first {
+        Some(first) => ends.retain_in(..first, |_, _| false)?,
+        None => ends.retain(|_, _| false)?,
+    }
+    Ok(())
 }
 
 fn encode(rule: &str, now_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
@@ -453,25 +492,21 @@ fn encode(rule: &str, now_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
 }
 
 fn enqueued_at(v: &[u8]) -> Option<u64> {
-    if !matches!(*v.first()?, FORMAT | FORMAT_COMMIT_END) {
+    if *v.first()? != FORMAT {
         return None;
     }
     Some(u64::from_be_bytes(v.get(1..9)?.try_into().ok()?))
 }
 
-/// An entry's rule, payload and whether it ended its commit.
-fn decode(v: &[u8]) -> Option<(Arc<str>, Bytes, bool)> {
-    let commit_end = match *v.first()? {
-        FORMAT => false,
-        FORMAT_COMMIT_END => true,
-        _ => return None,
-    };
+fn decode(v: &[u8]) -> Option<(Arc<str>, Bytes)> {
+    if *v.first()? != FORMAT {
+        return None;
+    }
     let len = usize::from(u16::from_be_bytes([*v.get(9)?, *v.get(10)?]));
     let name = std::str::from_utf8(v.get(HEADER..HEADER + len)?).ok()?;
     Some((
         Arc::from(name),
         Bytes::copy_from_slice(v.get(HEADER + len..)?),
-        commit_end,
     ))
 }
 
@@ -485,8 +520,8 @@ mod tests {
             let mut value = Vec::new();
             encode(rule, 1_700_000_000_000, payload, &mut value);
             assert_eq!(entry_bytes(rule, payload), value.len() as u64 + 8, "{rule}");
-            let (r, p, end) = decode(&value).expect("decodes");
-            assert_eq!((&*r, &p[..], end), (rule, payload, false));
+            let (r, p) = decode(&value).expect("decodes");
+            assert_eq!((&*r, &p[..]), (rule, payload));
         }
     }
 }

@@ -75,9 +75,11 @@ async fn appended_entries_read_back_in_order_and_survive_reopen() {
         assert_eq!(seqs, [1, 2, 3]);
         assert_eq!(&*got[1].rule, "r2");
         assert_eq!(got[2].payload, Bytes::from("c"));
-        // Two commits: the last entry of each is marked.
+        // Two commits: the last entry of each is marked, and a read that stops inside
+        // a commit does not mark where it stopped.
         let ends: Vec<bool> = got.iter().map(|m| m.commit_end).collect();
         assert_eq!(ends, [false, true, true]);
+        assert!(!q.read_from(0, 1).unwrap()[0].commit_end);
         q.remove(vec![1]).await.unwrap();
         q.close().await;
     }
