@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs fieldgate's whole test suite on a fresh machine: installs what the tests need
-# when it is missing (mosquitto, nats-server, socat, mount and prlimit from Debian; paho-mqtt, pytest,
+# when it is missing (mosquitto, nats-server, podman, runc, debootstrap, socat, mount and prlimit from Debian; paho-mqtt, pytest,
 # pymodbus, asyncua and PyYAML from PyPI), checks formatting and clippy (warnings are errors),
 # builds the gateway once in the debug profile, then runs the Rust tests and the Python
 # client tests against that binary. The full-disk tests
@@ -15,6 +15,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 # The fleet tests run a three-node JetStream cluster (tests/tests/nats.rs).
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/bin/nats-server ] || missing+=(nats-server)
+# The image test builds and runs the container image (tests/python/test_image.py).
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 # The full-disk tests mount small tmpfs disks; the descriptor test runs under prlimit.
 command -v mount >/dev/null 2>&1 || missing+=(mount)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)

@@ -25,6 +25,7 @@ pub mod journal;
 pub mod live;
 pub mod logging;
 pub mod opcua_cli;
+pub mod probe;
 pub mod queue;
 pub mod rules_cli;
 pub mod simulate;

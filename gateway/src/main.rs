@@ -63,6 +63,20 @@ enum Command {
         file: PathBuf,
         user: String,
     },
+    /// GET a path of the admin endpoint and exit 0 on a 200 answer: the container
+    /// image's health check, which has no shell or HTTP client to do it.
+    Probe {
+        /// The admin endpoint's address; without it, `FIELDGATE_PROBE_ADDR`, else
+        /// 127.0.0.1:9180.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// The path to GET.
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// How long connecting and the answer may take.
+        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(clap::Args)]
@@ -195,9 +209,43 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Probe {
+            addr,
+            path,
+            timeout,
+        } => {
+            let from_env = std::env::var("FIELDGATE_PROBE_ADDR").ok();
+            let addr = match (addr, from_env) {
+                (Some(a), _) => a,
+                (None, Some(text)) => match text.parse() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("FIELDGATE_PROBE_ADDR={text:?}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => std::net::SocketAddr::from(([127, 0, 0, 1], 9180)),
+            };
+            probe_exit(addr, &path, timeout)
+        }
         Command::Simulate(args) => {
             init_logging(cli.log_format, "warn");
             exit_code(simulate(args).map(|()| true))
+        }
+    }
+}
+
+/// `fieldgate probe`'s exit status: success on a 200 answer.
+fn probe_exit(addr: std::net::SocketAddr, path: &str, timeout: std::time::Duration) -> ExitCode {
+    match fieldgate::probe::probe(addr, path, timeout) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("{addr}{path}: not 200");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{addr}{path}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
