@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds fieldgate's container image with podman from a binary built already, with no
-# registry: the Debian the image's libraries come from is made here with debootstrap
-# (once; it stays as localhost/debian:bookworm-slim), the binary is staged at
+# registry: the Debian the image's libraries and CA certificates come from is made here
+# with debootstrap (once; it stays as localhost/debian:bookworm-slim), the binary is staged at
 # deploy/image/fieldgate, and deploy/Dockerfile's `prebuilt` target is built.
 #
 # Usage: scripts/image.sh BINARY [TAG]        (TAG: localhost/fieldgate:0.1.0)
@@ -18,7 +18,7 @@ export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}
 if ! podman image exists "$base"; then
   dir=$(mktemp -d "${TMPDIR:-/tmp}/fieldgate-base.XXXXXX")
   echo "making $base with debootstrap"
-  debootstrap --variant=minbase bookworm "$dir" >"$dir.log" 2>&1 \
+  debootstrap --variant=minbase --include=ca-certificates bookworm "$dir" >"$dir.log" 2>&1 \
     || { tail -20 "$dir.log" >&2; exit 1; }
   tar -C "$dir" -c . | podman import - "$base" >/dev/null
   rm -rf "$dir" "$dir.log"

@@ -23,6 +23,9 @@ from conftest import ROOT, binary, free_port
 from test_deploy import K8S, OVERLAYS, RUN_ARGS, USER_ID, gateway_container, pod_spec, render, workload
 
 TAG = "localhost/fieldgate:0.1.0"
+# Where the pod mounts its volumes, and this test too.
+RUN_MOUNTS = ("/etc/fieldgate/fieldgate.toml", "/etc/fieldgate/rules", "/etc/fieldgate/mqtt",
+              "/var/lib/fieldgate", "/tmp")
 TOKEN = "image-test-t0ken"
 ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "deploy" / "podman" / "containers.conf")}
 
@@ -82,6 +85,7 @@ def test_the_image_holds_what_the_binary_needs_and_nothing_to_log_in_with(image)
         for d in ("var/lib/fieldgate", "etc/fieldgate/mqtt"):
             assert (mounted / d).stat().st_uid == USER_ID, d
         assert "fieldgate:x:10001:10001:" in (mounted / "etc/passwd").read_text()
+        assert "BEGIN CERTIFICATE" in (mounted / "etc/ssl/certs/ca-certificates.crt").read_text()
         assert (mounted / "etc/fieldgate/fieldgate.toml").read_text() == (K8S / "base" / "fieldgate.toml").read_text()
     finally:
         podman("image", "unmount", TAG)
@@ -101,15 +105,17 @@ def test_the_manifests_run_the_image_as_it_is_built(image, name):
         get_ = c[probe]["httpGet"]
         assert get_["path"] == path and ports[get_["port"]] == 9180
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    # What the image writes to is a volume in the pod, and the config is where the
-    # image's command reads it.
-    assert {"/var/lib/fieldgate", "/tmp", "/etc/fieldgate/fieldgate.toml", "/etc/fieldgate/rules"} <= mounts
+    # The pod mounts what the run below mounts (what the image writes to is a volume,
+    # the config is where the image's command reads it), plus, in the factory, the
+    # serial adapter and the broker's ACL.
+    assert set(RUN_MOUNTS) <= mounts
+    assert mounts - set(RUN_MOUNTS) <= {"/dev/ttyUSB0", "/etc/fieldgate/mqtt-acl"}
     assert c["args"] == image["Config"]["Cmd"]
 
 
 def test_the_image_runs_read_only_as_the_pod_does_and_keeps_its_queue(image, tmp_path):
     mqtt, admin, dead = free_port(), free_port(), free_port()
-    for d in ("data", "tmp", "rules"):
+    for d in ("data", "tmp", "rules", "mqtt"):
         (tmp_path / d).mkdir()
     os.chown(tmp_path / "data", USER_ID, USER_ID)
     os.chmod(tmp_path / "tmp", 0o1777)
@@ -133,6 +139,7 @@ def test_the_image_runs_read_only_as_the_pod_does_and_keeps_its_queue(image, tmp
                "-e", f"FIELDGATE_ADMIN_TOKEN={TOKEN}", "-e", f"FIELDGATE_PROBE_ADDR=127.0.0.1:{admin}",
                "-v", f"{tmp_path / 'fieldgate.toml'}:/etc/fieldgate/fieldgate.toml:ro",
                "-v", f"{tmp_path / 'rules'}:/etc/fieldgate/rules:ro",
+               "-v", f"{tmp_path / 'mqtt'}:/etc/fieldgate/mqtt:ro",
                "-v", f"{tmp_path / 'data'}:/var/lib/fieldgate",
                "-v", f"{tmp_path / 'tmp'}:/tmp", TAG)
 
