@@ -14,7 +14,7 @@ impl TopicTemplate {
     pub fn new(template: &str, gateway: &str) -> Self {
         Self {
             text: template.replace("{gateway}", gateway),
-            reserved: |c| matches!(c, '/' | '+' | '#'),
+            reserved: mqtt_reserved,
         }
     }
 
@@ -46,7 +46,12 @@ impl TopicTemplate {
 /// The result's `device` field as a topic level: text or a number, with characters
 /// MQTT reserves in topic levels (`/`, `+`, `#`) replaced by `_`; `unknown` without one.
 pub fn device_level(payload: &[u8]) -> String {
-    device_token(payload, |c| matches!(c, '/' | '+' | '#'))
+    device_token(payload, mqtt_reserved)
+}
+
+/// What MQTT reserves in a topic level.
+fn mqtt_reserved(c: char) -> bool {
+    matches!(c, '/' | '+' | '#')
 }
 
 /// The result's `device` field, with the `reserved` characters replaced by `_`.

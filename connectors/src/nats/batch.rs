@@ -64,27 +64,26 @@ impl Cutter<'_> {
             // `[`, `]` and the rows with a comma between each two.
             let mut size = rows[0].len() + 2;
             let mut end = i + 1;
-            let mut complete = false;
-            while !complete {
-                let last = &msgs[end - 1];
-                if last.commit_end || rows.len() == self.per_message {
-                    complete = true;
-                    break;
+            // Whether the message ends here for a reason of the results themselves, not
+            // because `msgs` does.
+            let complete = loop {
+                if msgs[end - 1].commit_end || rows.len() == self.per_message {
+                    break true;
                 }
-                let Some(next) = msgs.get(end) else { break };
+                let Some(next) = msgs.get(end) else {
+                    break false;
+                };
                 if self.subject.render(&next.rule, &next.payload) != subject {
-                    complete = true;
-                    break;
+                    break true;
                 }
                 let row = self.ids.stamp(&next.payload, next.seq);
                 if size + 1 + row.len() > self.max_payload {
-                    complete = true;
-                    break;
+                    break true;
                 }
                 size += 1 + row.len();
                 rows.push(row);
                 end += 1;
-            }
+            };
             if !complete {
                 return (out, msgs.len() - i);
             }
