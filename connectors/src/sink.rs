@@ -19,10 +19,10 @@ pub struct Message {
     pub rule: Arc<str>,
     /// The encoded result (a JSON object).
     pub payload: Bytes,
-    /// Whether this is the last entry of the queue commit that wrote it. Commits are
-    /// read whole, so a sink that puts several results into one message and cuts only
-    /// at commit ends (and at limits counted from there) builds the same messages, under
-    /// the same ids, on every resend.
+    /// Whether this is the last entry of the queue commit that wrote it (or the last
+    /// entry queued when it was read). A commit lands in the queue whole, so a sink that
+    /// puts several results into one message and cuts only at commit ends (and at limits
+    /// counted from there) builds the same messages, under the same ids, on every resend.
     pub commit_end: bool,
 }
 
