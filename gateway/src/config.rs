@@ -455,6 +455,22 @@ fn default_data_dir() -> PathBuf {
 }
 
 impl Config {
+    /// Reads the files the sinks name (TLS certificates and keys, NATS credentials) as
+    /// the sinks do at start; the error names the sink's key and the file.
+    pub fn check_sink_files(&self) -> anyhow::Result<()> {
+        for (name, sink) in &self.sinks {
+            let r = match sink {
+                SinkConfig::Mqtt(m) => m.tls.as_ref().map_or(Ok(()), |t| {
+                    t.client_config().map(drop).map_err(|e| e.to_string())
+                }),
+                SinkConfig::Nats(n) => n.check_files().map_err(|e| e.to_string()),
+                _ => Ok(()),
+            };
+            r.map_err(|e| anyhow::anyhow!("key `sinks.{name}`: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Reads a config file; relative paths in it are taken from the file's directory.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)

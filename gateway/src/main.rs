@@ -43,7 +43,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// The config runs on another machine (CI, GitOps): skip the checks only that
-        /// machine can answer (free ports, serial devices).
+        /// machine can answer (free ports, serial devices, the files the config names).
         #[arg(long)]
         offline: bool,
     },
@@ -324,6 +324,7 @@ fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<bool> {
     if !offline {
         cfg.check_host()
             .and_then(|()| fieldgate::broker::check_files(&cfg.broker))
+            .and_then(|()| cfg.check_sink_files())
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     }
     if !cfg.rules_dir.is_dir() {

@@ -181,6 +181,24 @@ fn what_cannot_run_is_refused_by_validate_and_by_run_naming_the_key() {
             ),
             "modbus.devices[0].transport.path",
         ),
+        (
+            "a NATS credentials file that is not there",
+            format!(
+                "[broker]\n{b}{}[sinks.fleet]\ntype = \"nats\"\nservers = [\"127.0.0.1:4222\"]\n\
+                 stream = \"S\"\nauth = {{ method = \"credentials\", file = \"no-such.creds\" }}\n",
+                admin()
+            ),
+            "no-such.creds",
+        ),
+        (
+            "a cloud broker's CA file that is not there",
+            format!(
+                "[broker]\n{b}{}[sinks.cloud]\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\n\
+                 tls = {{ ca_file = \"no-such-ca.pem\" }}\n",
+                admin()
+            ),
+            "no-such-ca.pem",
+        ),
     ];
     for (i, (what, extra, key)) in cases.iter().enumerate() {
         let path = config(&tmp.path().join(format!("c{i}")), extra);

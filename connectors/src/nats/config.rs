@@ -187,6 +187,12 @@ impl NatsSinkConfig {
         }
     }
 
+    /// Reads the TLS and credentials files as the sink does at start: `validate`
+    /// refuses what `run` would.
+    pub fn check_files(&self) -> Result<(), super::NatsStartError> {
+        super::sink::secured_options(self).map(drop)
+    }
+
     /// Results per message: 1, or `batch_max` in `json_array` format.
     pub fn per_message(&self) -> usize {
         match self.format {

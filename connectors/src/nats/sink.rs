@@ -217,6 +217,29 @@ fn connect_options(
     cfg: &NatsSinkConfig,
     events: mpsc::UnboundedSender<Event>,
 ) -> Result<ConnectOptions, NatsStartError> {
+    let opts = secured_options(cfg)?;
+    let (min, max) = (cfg.reconnect_min, cfg.reconnect_max);
+    Ok(opts
+        .name(
+            cfg.client_name
+                .clone()
+                .unwrap_or_else(|| format!("fieldgate-{gateway}-{name}")),
+        )
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |attempt| {
+            backoff(u32::try_from(attempt).unwrap_or(u32::MAX), min, max)
+        })
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(event);
+            }
+        }))
+}
+
+/// The client's login and TLS, read from the files the configuration names.
+pub(super) fn secured_options(cfg: &NatsSinkConfig) -> Result<ConnectOptions, NatsStartError> {
     let mut opts = match &cfg.auth {
         None => ConnectOptions::new(),
         Some(NatsAuth::Token { token }) => ConnectOptions::with_token(token.expose().to_string()),
@@ -237,24 +260,7 @@ fn connect_options(
         let config = Arc::unwrap_or_clone(tls.client_config()?);
         opts = opts.require_tls(true).tls_client_config(config);
     }
-    let (min, max) = (cfg.reconnect_min, cfg.reconnect_max);
-    Ok(opts
-        .name(
-            cfg.client_name
-                .clone()
-                .unwrap_or_else(|| format!("fieldgate-{gateway}-{name}")),
-        )
-        .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(None)
-        .reconnect_delay_callback(move |attempt| {
-            backoff(u32::try_from(attempt).unwrap_or(u32::MAX), min, max)
-        })
-        .event_callback(move |event| {
-            let events = events.clone();
-            async move {
-                let _ = events.send(event);
-            }
-        }))
+    Ok(opts)
 }
 
 /// What the connection task works with.
