@@ -41,6 +41,11 @@ async fn cluster_with_stream(dir: &std::path::Path) -> (NatsCluster, jetstream::
     (cluster, js)
 }
 
+/// A gateway under `dir` whose rule forwards every reading to the `fleet` sink.
+fn fleet_gateway(dir: &std::path::Path, cluster: &NatsCluster, extra: &str) -> GatewaySetup {
+    GatewaySetup::new(dir, &fleet_sink(cluster, extra), &forward_rules("fleet"))
+}
+
 /// Asserts that readings `0..total` are each stored exactly once, under one id each.
 fn assert_each_once(contents: &StreamContents, total: i64, what: &str) {
     let readings = contents.readings();
@@ -86,10 +91,10 @@ async fn a_hundred_thousand_results_are_each_stored_once() {
     let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let (cluster, js) = cluster_with_stream(tmp.path()).await;
-    let setup = GatewaySetup::new(
+    let setup = fleet_gateway(
         &tmp.path().join("gw"),
-        &fleet_sink(&cluster, "format = \"json_array\"\nbatch_max = 200"),
-        &forward_rules("fleet"),
+        &cluster,
+        "format = \"json_array\"\nbatch_max = 200",
     );
     let gw = Gateway::start(&setup);
     const TOTAL: i64 = 100_000;
@@ -125,11 +130,7 @@ async fn killing_the_streams_leader_loses_nothing_and_doubles_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let (mut cluster, js) = cluster_with_stream(tmp.path()).await;
-    let setup = GatewaySetup::new(
-        &tmp.path().join("gw"),
-        &fleet_sink(&cluster, "max_in_flight = 64"),
-        &forward_rules("fleet"),
-    );
+    let setup = fleet_gateway(&tmp.path().join("gw"), &cluster, "max_in_flight = 64");
     let gw = Gateway::start(&setup);
     const TOTAL: i64 = 30_000;
     let port = setup.mqtt_port;
@@ -177,13 +178,10 @@ async fn ten_gateway_kill_9s_during_upload_store_every_result_once() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = NatsCluster::start(&tmp.path().join("nats"), 3, "");
     // Batches of 10 from a queue read 16 at a time: the kills land mid-commit.
-    let setup = GatewaySetup::new(
+    let setup = fleet_gateway(
         &tmp.path().join("gw"),
-        &fleet_sink(
-            &cluster,
-            "format = \"json_array\"\nbatch_max = 10\nmax_in_flight = 8",
-        ),
-        &forward_rules("fleet"),
+        &cluster,
+        "format = \"json_array\"\nbatch_max = 10\nmax_in_flight = 8",
     );
     // No stream yet: the sink says so, and every result stays queued.
     let mut gw = Gateway::start(&setup);
@@ -254,11 +252,7 @@ async fn the_queue_holds_while_the_cluster_is_down_a_minute_and_drains_after() {
     let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let (mut cluster, js) = cluster_with_stream(tmp.path()).await;
-    let setup = GatewaySetup::new(
-        &tmp.path().join("gw"),
-        &fleet_sink(&cluster, ""),
-        &forward_rules("fleet"),
-    );
+    let setup = fleet_gateway(&tmp.path().join("gw"), &cluster, "");
     let gw = Gateway::start(&setup);
     const FIRST: i64 = 5_000;
     const TOTAL: i64 = 10_000;
@@ -335,11 +329,7 @@ async fn ten_gateways_upload_at_once_with_exact_counts_each() {
         } else {
             ""
         };
-        let setup = GatewaySetup::new(
-            &tmp.path().join(format!("gw{g}")),
-            &fleet_sink(&cluster, format),
-            &forward_rules("fleet"),
-        );
+        let setup = fleet_gateway(&tmp.path().join(format!("gw{g}")), &cluster, format);
         let config = std::fs::read_to_string(setup.config()).unwrap();
         std::fs::write(
             setup.config(),
@@ -417,10 +407,10 @@ async fn upload_through(
     expect: bool,
 ) -> (bool, String) {
     let cluster = NatsCluster::start(&dir.join("nats"), 1, server_auth);
-    let setup = GatewaySetup::new(
+    let setup = fleet_gateway(
         &dir.join("gw"),
-        &fleet_sink(&cluster, &format!("create_stream = true\n{sink_auth}")),
-        &forward_rules("fleet"),
+        &cluster,
+        &format!("create_stream = true\n{sink_auth}"),
     );
     let gw = Gateway::start(&setup);
     publish_all(setup.mqtt_port, "devices", &plant_readings(0..100, 3)).await;
@@ -545,11 +535,7 @@ async fn a_stream_that_does_not_take_the_subjects_is_named_and_checked_again() {
             Duration::from_secs(120),
         ))
         .await;
-    let setup = GatewaySetup::new(
-        &tmp.path().join("gw"),
-        &fleet_sink(&cluster, ""),
-        &forward_rules("fleet"),
-    );
+    let setup = fleet_gateway(&tmp.path().join("gw"), &cluster, "");
     let gw = Gateway::start(&setup);
     publish_all(setup.mqtt_port, "devices", &plant_readings(0..50, 2)).await;
     let line = gw
@@ -578,13 +564,10 @@ async fn a_stream_that_does_not_take_the_subjects_is_named_and_checked_again() {
     assert_each_once(&read_stream(&js, STREAM).await, 50, "after the fix");
 
     // A credentials file that cannot be read stops the gateway at start, naming it.
-    let bad = GatewaySetup::new(
+    let bad = fleet_gateway(
         &tmp.path().join("gw-bad"),
-        &fleet_sink(
-            &cluster,
-            "auth = { method = \"credentials\", file = \"missing.creds\" }",
-        ),
-        &forward_rules("fleet"),
+        &cluster,
+        "auth = { method = \"credentials\", file = \"missing.creds\" }",
     );
     let out = std::process::Command::new(fieldgate_binary())
         .args(["run", "--config"])

@@ -446,15 +446,22 @@ impl Store {
                 .map_or(0, |v| v.value());
             let mut out = Vec::new();
             let mut entries = t.range(from..)?;
+            // The commit ends walked beside the entries: one range read, not a lookup
+            // per entry.
+            let mut ends = ends.range(from..)?;
+            let mut next_end = ends.next().transpose()?.map(|(k, _)| k.value());
             for item in entries.by_ref().take(max) {
                 let (k, v) = item?;
                 let seq = k.value();
                 let (rule, payload) = decode(v.value()).ok_or(StoreError::Corrupt(seq))?;
+                while next_end.is_some_and(|e| e < seq) {
+                    next_end = ends.next().transpose()?.map(|(k, _)| k.value());
+                }
                 out.push(Message {
                     seq,
                     rule,
                     payload,
-                    commit_end: seq < ends_from || ends.get(seq)?.is_some(),
+                    commit_end: seq < ends_from || next_end == Some(seq),
                 });
             }
             // Commits are whole in a snapshot: its last entry ends one, recorded or not
